@@ -1,0 +1,1 @@
+"""govgate compliance package."""

@@ -1,0 +1,369 @@
+"""The ledger service: group-committed signed appends, checkpoints and proofs.
+
+:class:`Ledger` is what the gateway and the CLI hold. ``await append(draft)``
+returns only when the record is durable. Appends that arrive while a
+transaction is in flight wait in a bounded queue and go into the next
+transaction together: one fsync for all of them, so throughput grows with
+concurrency. Records are sealed inside the store's transaction
+(:meth:`LedgerStore.sequence`), so the index and the chain always come from
+the store.
+
+Checkpoints are signed every ``checkpoint_every`` records, every
+``checkpoint_interval`` seconds while records arrive, and on demand. Before
+signing, the new root is proved consistent with the latest signed checkpoint
+from the stored nodes: the log never signs two inconsistent checkpoints.
+
+A new, empty log starts with a ``key`` record that names its signing key, and
+rotating the key appends a ``key`` record, signed by the old key, that names
+the new one.
+
+Example::
+
+    async with Ledger(SQLiteStore(path), signer) as log:
+        rec = await log.append(Draft("halt", {"scope": "all"}))
+        note = (await log.checkpoint()).note
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.errors import (
+    CheckpointError,
+    LedgerClosedError,
+    LedgerError,
+    NotFoundError,
+    ProofError,
+    RecordError,
+    StoreConflictError,
+)
+from ledger.merkle import (
+    Frontier,
+    consistency_ranges,
+    decompose,
+    fold_range,
+    inclusion_ranges,
+    verify_consistency,
+)
+from ledger.note import NoteSigner
+from ledger.record import Draft, Record, format_time, parse_time, seal, utc_now
+from ledger.store import Batch, Head, LedgerStore, StoredCheckpoint
+
+__all__ = ["ConsistencyProof", "InclusionProof", "Ledger", "LedgerConfig"]
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """Tunables, with limits as defaults."""
+
+    checkpoint_every: int = 1000  # records; 0 turns count-triggered checkpoints off
+    checkpoint_interval: float = 1.0  # seconds; 0 turns timed checkpoints off
+    max_batch: int = 1024  # records per transaction
+    max_pending: int = 65_536  # appends waiting; beyond this append() waits for room
+    checkpoint_on_close: bool = True  # sign the final size when closing
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 0 or self.checkpoint_interval < 0:
+            raise ValueError("checkpoint triggers must be >= 0")
+        if not 1 <= self.max_batch <= 65_536 or self.max_pending < 1:
+            raise ValueError("max_batch must be in 1..65536 and max_pending >= 1")
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    index: int
+    tree_size: int
+    leaf: bytes
+    leaf_hash: bytes
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    old_size: int
+    tree_size: int
+    proof: tuple[bytes, ...]
+
+
+@dataclass
+class _Pending:
+    draft: Draft
+    future: asyncio.Future[Record]
+    new_signer: NoteSigner | None = None
+
+
+class Ledger:
+    """Appends, checkpoints and proofs over one :class:`LedgerStore`."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        signer: NoteSigner,
+        *,
+        salt: bytes | None = None,
+        config: LedgerConfig | None = None,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._salt = salt
+        self._config = config or LedgerConfig()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(self._config.max_pending)
+        self._writer: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._checkpoint_lock = asyncio.Lock()
+        self._last_checkpoint_size = 0
+        self._closed = False
+
+    @property
+    def origin(self) -> str:
+        return self._signer.name
+
+    @property
+    def signer(self) -> NoteSigner:
+        return self._signer
+
+    @property
+    def store(self) -> LedgerStore:
+        return self._store
+
+    async def __aenter__(self) -> Ledger:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store, write the genesis key record if the log is new, start writing."""
+        await self._store.open()
+        head, _ = await self._store.snapshot()
+        if head.key_id and head.key_id != self._signer.key_id:
+            await self._store.close()
+            raise StoreConflictError(
+                f"the log's active key is {head.key_id}, not this key ({self._signer.key_id}); "
+                "use the current key (keys rotate through the ledger only)"
+            )
+        latest = await self._store.checkpoint()
+        self._last_checkpoint_size = latest.size if latest else 0
+        self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
+        if self._config.checkpoint_interval:
+            self._ticker = asyncio.create_task(self._tick_loop(), name="ledger-checkpoints")
+        if head.size == 0:
+            loop = asyncio.get_running_loop()
+            genesis = Draft("key", self._key_body(self._signer, "genesis"))
+            await self._submit(_Pending(genesis, loop.create_future()))
+
+    async def close(self) -> None:
+        """Finish queued appends, sign a final checkpoint, close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._writer:
+            await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            if self._config.checkpoint_on_close:
+                with contextlib.suppress(LedgerError):
+                    await self.checkpoint()
+        await self._store.close()
+
+    # -- appends -------------------------------------------------------------
+
+    def _key_body(self, signer: NoteSigner, reason: str) -> dict[str, Any]:
+        return {"key": signer.verifier_key, "key_id": signer.key_id, "reason": reason}
+
+    async def append(self, draft: Draft) -> Record:
+        """Seal and store one record; return it once it is durable."""
+        if draft.kind == "key":
+            raise RecordError("key records are written by the ledger itself (rotate_key)")
+        return await self._submit(_Pending(draft, asyncio.get_running_loop().create_future()))
+
+    async def append_many(self, drafts: Sequence[Draft]) -> list[Record]:
+        return list(await asyncio.gather(*(self.append(d) for d in drafts)))
+
+    async def rotate_key(self, new_signer: NoteSigner, reason: str = "rotation") -> Record:
+        """Append a ``key`` record signed by the current key naming ``new_signer``;
+        every record after it is signed by the new key."""
+        if new_signer.name != self._signer.name:
+            raise ValueError("a rotated key must keep the log's name (its origin)")
+        draft = Draft("key", self._key_body(new_signer, reason))
+        loop = asyncio.get_running_loop()
+        return await self._submit(_Pending(draft, loop.create_future(), new_signer))
+
+    async def _submit(self, item: _Pending) -> Record:
+        if self._closed or self._writer is None or self._writer.done():
+            raise LedgerClosedError("the ledger is not accepting appends")
+        await self._queue.put(item)
+        return await item.future
+
+    async def _write_loop(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < self._config.max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            try:
+                await self._commit(items)
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    async def _commit(self, items: list[_Pending]) -> None:
+        live = [i for i in items if not i.future.done()]  # callers may have given up
+        results: dict[int, Record | Exception] = {}
+
+        def build(head: Head, frontier: Frontier) -> Batch:
+            results.clear()
+            signer = self._signer
+            if head.key_id and head.key_id != signer.key_id:
+                raise StoreConflictError(
+                    f"the log's key changed to {head.key_id} in another process; restart"
+                )
+            now = utc_now()
+            if head.last_time and parse_time(head.last_time) > now:
+                now = parse_time(head.last_time)  # the clock stepped back: never back-date
+            prev = head.last_leaf
+            records: list[Record] = []
+            nodes: list[tuple[int, int, bytes]] = []
+            for pos, item in enumerate(live):
+                try:
+                    rec = seal(
+                        item.draft,
+                        index=head.size + len(records),
+                        prev=prev,
+                        time=now,
+                        signer=signer,
+                        salt=self._salt,
+                    )
+                except (RecordError, ValueError) as e:
+                    results[pos] = e
+                    continue
+                results[pos] = rec
+                records.append(rec)
+                nodes.extend(frontier.append(rec.leaf_hash))
+                prev = rec.leaf_hash
+                if item.new_signer is not None:
+                    signer = item.new_signer
+            new_head = Head(head.size + len(records), prev, format_time(now), signer.key_id)
+            return Batch(records, nodes, new_head, frontier)
+
+        if not live:
+            return
+        try:
+            batch = await self._store.sequence(build)
+        except Exception as e:
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(e)
+            return
+        for pos, item in enumerate(live):
+            result = results[pos]
+            if item.new_signer is not None and isinstance(result, Record):
+                self._signer = item.new_signer
+            if item.future.done():
+                continue
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+        every = self._config.checkpoint_every
+        if every and batch.head.size - self._last_checkpoint_size >= every:
+            with contextlib.suppress(LedgerError):
+                await self.checkpoint()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.checkpoint_interval)
+            with contextlib.suppress(LedgerError):
+                await self.checkpoint()
+
+    # -- checkpoints and proofs ------------------------------------------------
+
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint:
+        """The signed checkpoint for the current size (signing it if needed), or
+        the stored one for ``size``."""
+        if size is not None:
+            found = await self._store.checkpoint(size)
+            if found is None:
+                raise NotFoundError(f"no checkpoint was signed for size {size}")
+            return found
+        async with self._checkpoint_lock:
+            head, frontier = await self._store.snapshot()
+            latest = await self._store.checkpoint()
+            if latest is not None and latest.size == head.size:
+                self._last_checkpoint_size = latest.size
+                return latest
+            if head.key_id and head.key_id != self._signer.key_id:
+                raise StoreConflictError("the log's key changed in another process; restart")
+            root = frontier.root()
+            if latest is not None:
+                proof = await self._prove_consistency(latest.size, head.size)
+                try:
+                    verify_consistency(latest.size, head.size, proof, latest.root, root)
+                except ProofError as e:
+                    raise CheckpointError(
+                        f"refusing to sign size {head.size}: not consistent with the "
+                        f"checkpoint for size {latest.size} ({e})"
+                    ) from e
+            note = sign_checkpoint(Checkpoint(self.origin, head.size, root), self._signer)
+            kept = await self._store.save_checkpoint(
+                StoredCheckpoint(head.size, root, note, format_time(utc_now()))
+            )
+            self._last_checkpoint_size = kept.size
+            return kept
+
+    async def _hashes(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        plan = [decompose(b, e) for b, e in ranges]
+        got = await self._store.nodes({n for nodes in plan for n in nodes})
+        try:
+            return [fold_range([got[n] for n in nodes]) for nodes in plan]
+        except KeyError as e:
+            raise ProofError(f"the store lacks Merkle node {e.args[0]}") from e
+
+    async def _prove_consistency(self, old: int, new: int) -> list[bytes]:
+        return await self._hashes(consistency_ranges(old, new))
+
+    async def _proof_size(self, size: int | None) -> int:
+        if size is not None:
+            head, _ = await self._store.snapshot()
+            if not 0 <= size <= head.size:
+                raise NotFoundError(f"tree size {size} is beyond the log's size {head.size}")
+            return size
+        return (await self.checkpoint()).size
+
+    async def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
+        """Proof that record ``index`` is in the tree of ``size`` (default: the
+        current signed checkpoint's size)."""
+        tree_size = await self._proof_size(size)
+        if not 0 <= index < tree_size:
+            raise NotFoundError(f"index {index} is not in a tree of size {tree_size}")
+        (leaf,) = await self._store.envelopes(index, index + 1)
+        proof = await self._hashes(inclusion_ranges(index, tree_size))
+        leaf_hash = (await self._hashes([(index, index + 1)]))[0]
+        return InclusionProof(index, tree_size, leaf, leaf_hash, tuple(proof))
+
+    async def consistency_proof(self, old_size: int, size: int | None = None) -> ConsistencyProof:
+        tree_size = await self._proof_size(size)
+        if not 0 <= old_size <= tree_size:
+            raise NotFoundError(f"old size {old_size} is not within 0..{tree_size}")
+        proof = await self._prove_consistency(old_size, tree_size)
+        return ConsistencyProof(old_size, tree_size, tuple(proof))
+
+    async def root(self, size: int) -> bytes:
+        """The Merkle root of the first ``size`` records."""
+        return (await self._hashes([(0, size)]))[0] if size else fold_range([])

@@ -1,0 +1,395 @@
+"""Ledger records: DSSE envelopes over RFC 8785 payloads, signed with Ed25519.
+
+A record is stored as the canonical JSON of its DSSE envelope::
+
+    {"payload":"<base64 JCS payload>",
+     "payloadType":"application/vnd.govgate.record+json",
+     "signatures":[{"keyid":"<hex8>","sig":"<base64 Ed25519 over PAE>"}]}
+
+and those exact bytes are the record's Merkle leaf. The payload is::
+
+    {"actor", "body", "decision_id", "index", "key_id", "kind", "prev",
+     "target", "time", "trace_id"}
+
+where ``prev`` is the lowercase hex RFC 6962 leaf hash of the previous record
+(64 zeros for index 0), ``time`` is RFC 3339 UTC with microseconds, ``key_id`` is
+the signing key's signed-note key hash (8 hex digits) and ``trace_id`` the W3C
+trace id (32 hex digits) or empty. ``actor``, ``target`` and ``decision_id`` are
+optional (empty strings) and exist so that auditors can query by them.
+
+Parsing is strict: an envelope or payload that is not byte-for-byte its own
+canonical form is refused, so that a change to any byte of a record is caught
+at that record and not only later, at the next record or checkpoint.
+
+Example::
+
+    rec = seal(Draft("halt", {"scope": "env=prod"}), index=0, prev=ZERO_HASH,
+               time=utc_now(), signer=signer)
+    assert open_record(rec.envelope).payload["kind"] == "halt"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ledger._b64 import b64decode_strict, b64encode
+from ledger.canonical import canonical_json
+from ledger.errors import CanonicalJSONError, RecordError
+from ledger.merkle import leaf_hash
+from ledger.note import NoteSigner, NoteVerifier
+
+__all__ = [
+    "KINDS",
+    "PAYLOAD_TYPE",
+    "ZERO_HASH",
+    "Draft",
+    "OpenedRecord",
+    "Record",
+    "format_time",
+    "hmac_value",
+    "open_record",
+    "pae",
+    "parse_time",
+    "seal",
+    "utc_now",
+]
+
+PAYLOAD_TYPE = "application/vnd.govgate.record+json"
+ZERO_HASH = bytes(32)
+
+#: Kinds govgate writes itself. Other kinds are allowed if they match ``_KIND_RE``.
+KINDS = frozenset(
+    {
+        "decision",
+        "approval",
+        "denial",
+        "expiry",
+        "outcome",
+        "rollback",
+        "halt",
+        "resume",
+        "policy",
+        "model",
+        "key",
+        "incident",
+        "reconcile",
+        "note",
+    }
+)
+
+_KIND_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_HEX8_RE = re.compile(r"[0-9a-f]{8}")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_TRACE_RE = re.compile(r"(?:[0-9a-f]{32})?")
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_PAYLOAD_KEYS = frozenset(
+    {
+        "actor",
+        "body",
+        "decision_id",
+        "index",
+        "key_id",
+        "kind",
+        "prev",
+        "target",
+        "time",
+        "trace_id",
+    }
+)
+_MAX_TEXT = 1024  # actor, target and decision_id are identifiers, not documents
+HMAC_PREFIX = "hmac-sha256:"
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: what the signature covers."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(t), t, len(payload), payload)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def format_time(t: dt.datetime) -> str:
+    """RFC 3339 UTC with exactly six fractional digits, e.g. ``2026-11-25T15:00:00.000000Z``."""
+    if t.tzinfo is None:
+        raise ValueError("record times must be timezone-aware")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s: str) -> dt.datetime:
+    """Parse an RFC 3339 time (any offset, optional fraction) to an aware UTC datetime."""
+    try:
+        t = dt.datetime.fromisoformat(s.replace("z", "Z"))
+    except ValueError as e:
+        raise ValueError(f"{s!r} is not an RFC 3339 time") from e
+    if t.tzinfo is None:
+        raise ValueError(f"{s!r} has no time zone; use Z or an offset")
+    return t.astimezone(dt.UTC)
+
+
+def hmac_value(salt: bytes, value: Any) -> str:
+    """Salted HMAC of a JSON value, as stored in place of a sensitive field.
+
+    Like Vault's audit log: an auditor who knows a candidate value and holds
+    the salt can check it matches; a reader of the ledger alone learns nothing.
+    """
+    mac = hmac.new(salt, canonical_json(value), hashlib.sha256).hexdigest()
+    return HMAC_PREFIX + mac
+
+
+def _seal_sensitive(body: Mapping[str, Any], paths: Sequence[str], salt: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = _deep_copy(body)
+    for path in paths:
+        parts = path.split(".")
+        node: Any = out
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node:
+            node[parts[-1]] = hmac_value(salt, node[parts[-1]])
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a writer asks to append; the ledger adds index, time, chain and signature.
+
+    ``sensitive`` lists dotted paths in ``body`` (``"parameters.password"``) whose
+    values are replaced by salted HMACs before anything is stored.
+    """
+
+    kind: str
+    body: Mapping[str, Any]
+    trace_id: str = ""
+    actor: str = ""
+    target: str = ""
+    decision_id: str = ""
+    sensitive: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not _KIND_RE.fullmatch(self.kind):
+            raise RecordError(f"kind {self.kind!r} must match {_KIND_RE.pattern}")
+        if not isinstance(self.body, Mapping):
+            raise RecordError("body must be a JSON object")
+        if not _TRACE_RE.fullmatch(self.trace_id) or self.trace_id == "0" * 32:
+            raise RecordError("trace_id must be 32 lowercase hex digits (not all zero) or empty")
+        for name in ("actor", "target", "decision_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > _MAX_TEXT:
+                raise RecordError(f"{name} must be a string of at most {_MAX_TEXT} characters")
+
+
+@dataclass(frozen=True)
+class Record:
+    """A sealed record: its stored bytes, leaf hash, and the payload fields."""
+
+    index: int
+    time: str
+    kind: str
+    prev: bytes
+    key_id: str
+    trace_id: str
+    actor: str
+    target: str
+    decision_id: str
+    body: Mapping[str, Any]
+    envelope: bytes
+    leaf_hash: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as auditors read it (``govgate ledger query``)."""
+        return {
+            "index": self.index,
+            "time": self.time,
+            "kind": self.kind,
+            "actor": self.actor,
+            "target": self.target,
+            "decision_id": self.decision_id,
+            "trace_id": self.trace_id,
+            "key_id": self.key_id,
+            "prev": self.prev.hex(),
+            "leaf_hash": self.leaf_hash.hex(),
+            "body": self.body,
+        }
+
+
+def seal(
+    draft: Draft,
+    *,
+    index: int,
+    prev: bytes,
+    time: dt.datetime,
+    signer: NoteSigner,
+    salt: bytes | None = None,
+) -> Record:
+    """Build, canonicalise and sign one record."""
+    if draft.sensitive and salt is None:
+        raise ValueError("sealing sensitive fields needs the ledger's HMAC salt")
+    body = (
+        _seal_sensitive(draft.body, draft.sensitive, salt)
+        if salt and draft.sensitive
+        else draft.body
+    )
+    when = format_time(time)
+    payload = {
+        "actor": draft.actor,
+        "body": body,
+        "decision_id": draft.decision_id,
+        "index": index,
+        "key_id": signer.key_id,
+        "kind": draft.kind,
+        "prev": prev.hex(),
+        "target": draft.target,
+        "time": when,
+        "trace_id": draft.trace_id,
+    }
+    try:
+        payload_bytes = canonical_json(payload)
+    except CanonicalJSONError as e:
+        raise RecordError(f"record body cannot be canonicalised: {e}") from e
+    sig = signer.sign(pae(PAYLOAD_TYPE, payload_bytes))
+    envelope = canonical_json(
+        {
+            "payload": b64encode(payload_bytes),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"keyid": signer.key_id, "sig": b64encode(sig)}],
+        }
+    )
+    return Record(
+        index=index,
+        time=when,
+        kind=draft.kind,
+        prev=prev,
+        key_id=signer.key_id,
+        trace_id=draft.trace_id,
+        actor=draft.actor,
+        target=draft.target,
+        decision_id=draft.decision_id,
+        body=body,
+        envelope=envelope,
+        leaf_hash=leaf_hash(envelope),
+    )
+
+
+@dataclass(frozen=True)
+class OpenedRecord:
+    """An envelope taken apart, not yet checked against any key."""
+
+    record: Record
+    payload: dict[str, Any]
+    signed_bytes: bytes
+    signature: bytes
+
+    def verify(self, verifier: NoteVerifier) -> bool:
+        return verifier.key_id == self.record.key_id and verifier.verify(
+            self.signed_bytes, self.signature
+        )
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise RecordError(msg)
+
+
+def open_record(envelope: bytes) -> OpenedRecord:
+    """Parse stored envelope bytes strictly; raise :class:`RecordError` if malformed.
+
+    Checks shape, types and canonical form, not the signature (see
+    :meth:`OpenedRecord.verify`) nor the chain (that needs the previous record).
+    """
+    try:
+        env = orjson.loads(envelope)
+    except orjson.JSONDecodeError as e:
+        raise RecordError(f"envelope is not JSON: {e}") from e
+    _require(
+        isinstance(env, dict) and env.keys() == {"payload", "payloadType", "signatures"},
+        "envelope must have exactly payload, payloadType and signatures",
+    )
+    _require(env["payloadType"] == PAYLOAD_TYPE, f"payloadType is not {PAYLOAD_TYPE}")
+    sigs = env["signatures"]
+    _require(isinstance(sigs, list) and len(sigs) == 1, "envelope must carry exactly one signature")
+    sig_entry = sigs[0]
+    _require(
+        isinstance(sig_entry, dict) and sig_entry.keys() == {"keyid", "sig"},
+        "signature entry must have exactly keyid and sig",
+    )
+    _require(
+        isinstance(env["payload"], str)
+        and isinstance(sig_entry["sig"], str)
+        and isinstance(sig_entry["keyid"], str),
+        "envelope fields must be strings",
+    )
+    try:
+        payload_bytes = b64decode_strict(env["payload"], "payload")
+        signature = b64decode_strict(sig_entry["sig"], "signature")
+    except ValueError as e:
+        raise RecordError(str(e)) from e
+    try:
+        payload = orjson.loads(payload_bytes)
+    except orjson.JSONDecodeError as e:
+        raise RecordError(f"payload is not JSON: {e}") from e
+    _require(
+        isinstance(payload, dict) and payload.keys() == _PAYLOAD_KEYS,
+        f"payload must have exactly the fields {sorted(_PAYLOAD_KEYS)}",
+    )
+    p = payload
+    _require(type(p["index"]) is int and p["index"] >= 0, "index must be a non-negative integer")
+    _require(
+        isinstance(p["time"], str) and bool(_TIME_RE.fullmatch(p["time"])),
+        "time must be RFC 3339 UTC with six fractional digits",
+    )
+    _require(isinstance(p["kind"], str) and bool(_KIND_RE.fullmatch(p["kind"])), "bad kind")
+    _require(
+        isinstance(p["prev"], str) and bool(_HEX64_RE.fullmatch(p["prev"])),
+        "prev must be 64 lowercase hex digits",
+    )
+    _require(
+        isinstance(p["key_id"], str) and bool(_HEX8_RE.fullmatch(p["key_id"])),
+        "key_id must be 8 lowercase hex digits",
+    )
+    _require(p["key_id"] == sig_entry["keyid"], "envelope keyid differs from payload key_id")
+    _require(
+        isinstance(p["trace_id"], str) and bool(_TRACE_RE.fullmatch(p["trace_id"])),
+        "trace_id must be 32 lowercase hex digits or empty",
+    )
+    for name in ("actor", "target", "decision_id"):
+        _require(isinstance(p[name], str), f"{name} must be a string")
+    _require(isinstance(p["body"], dict), "body must be an object")
+    try:
+        canonical_payload = canonical_json(payload)
+        canonical_env = canonical_json(env)
+    except CanonicalJSONError as e:
+        raise RecordError(str(e)) from e
+    _require(canonical_payload == payload_bytes, "payload is not RFC 8785 canonical JSON")
+    _require(canonical_env == envelope, "envelope is not RFC 8785 canonical JSON")
+    record = Record(
+        index=p["index"],
+        time=p["time"],
+        kind=p["kind"],
+        prev=bytes.fromhex(p["prev"]),
+        key_id=p["key_id"],
+        trace_id=p["trace_id"],
+        actor=p["actor"],
+        target=p["target"],
+        decision_id=p["decision_id"],
+        body=p["body"],
+        envelope=envelope,
+        leaf_hash=leaf_hash(envelope),
+    )
+    return OpenedRecord(record, payload, pae(PAYLOAD_TYPE, payload_bytes), signature)

@@ -1,0 +1,355 @@
+"""The embedded ledger store: one SQLite file in WAL mode, through aiosqlite.
+
+Durability: ``synchronous=FULL`` in WAL mode fsyncs the WAL at every commit, so
+a transaction that returned from COMMIT survives ``kill -9`` and power loss.
+Sequencing: each append is one ``BEGIN IMMEDIATE`` transaction, which takes
+SQLite's single write lock before it reads the head; other processes that
+open the same file (a CLI append while a gateway runs) queue behind it.
+
+Tables: ``log_head`` (one row), ``records`` (envelope bytes plus the columns
+auditors query by), ``nodes`` (every complete Merkle subtree hash, keyed by
+:func:`ledger.merkle.node_key`), ``checkpoints`` and ``meta``.
+
+Example::
+
+    async with SQLiteStore("data/ledger.db") as store:
+        head, frontier = await store.snapshot()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ledger.errors import (
+    CheckpointError,
+    StoreConflictError,
+    StoreCorruptError,
+    StoreError,
+)
+from ledger.merkle import Frontier, NodeId, node_key
+from ledger.record import Record, open_record
+from ledger.store import Batch, BuildFn, Head, LedgerStore, RecordQuery, StoredCheckpoint
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL,
+    last_leaf BLOB NOT NULL,
+    last_time TEXT NOT NULL,
+    key_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    idx INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    target TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_time ON records (time);
+CREATE INDEX IF NOT EXISTS records_kind ON records (kind, idx);
+CREATE INDEX IF NOT EXISTS records_actor ON records (actor, idx);
+CREATE INDEX IF NOT EXISTS records_target ON records (target, idx);
+CREATE INDEX IF NOT EXISTS records_decision ON records (decision_id, idx);
+CREATE INDEX IF NOT EXISTS records_trace ON records (trace_id, idx);
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    signed_at TEXT NOT NULL
+);
+INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
+"""
+
+_QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
+_IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
+
+
+class SQLiteStore(LedgerStore):
+    """A :class:`LedgerStore` in one SQLite file."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self._path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on our connection
+        self._cache: tuple[Head, Frontier] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self._path, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open ledger database {self._path}: {e}") from e
+        self._db = db
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            mode = await self._one("PRAGMA journal_mode = WAL")
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{self._path}: cannot switch to WAL journal mode")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            row = await self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+            if row is None:
+                await db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._path} has schema version {row[0]}, newer than this govgate "
+                    f"understands ({SCHEMA_VERSION}); upgrade govgate"
+                )
+        except sqlite3.Error as e:
+            await self.close()
+            raise StoreError(f"cannot initialise ledger database {self._path}: {e}") from e
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        self._cache = None
+        if db is not None:
+            await db.close()
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        async with self._conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        async with self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _read_head(self) -> Head:
+        row = await self._one("SELECT size, last_leaf, last_time, key_id FROM log_head")
+        if row is None:
+            raise StoreCorruptError("log_head row is missing")
+        return Head(int(row[0]), bytes(row[1]), str(row[2]), str(row[3]))
+
+    async def _fetch_nodes(self, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
+        keys = {node_key(level, index): (level, index) for level, index in ids}
+        out: dict[NodeId, bytes] = {}
+        key_list = list(keys)
+        for i in range(0, len(key_list), _IN_CHUNK):
+            chunk = key_list[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for k, h in await self._all(f"SELECT id, hash FROM nodes WHERE id IN ({marks})", chunk):  # noqa: S608
+                out[keys[k]] = bytes(h)
+        return out
+
+    async def _frontier_at(self, head: Head) -> Frontier:
+        """The frontier for ``head``, from the cache when it is still that head's."""
+        if self._cache is not None and self._cache[0] == head:
+            return self._cache[1].copy()
+        ids = Frontier.ids(head.size)
+        got = await self._fetch_nodes(ids)
+        if len(got) != len(ids):
+            raise StoreCorruptError(
+                f"Merkle nodes for the frontier of size {head.size} are missing"
+            )
+        frontier = Frontier(head.size, [got[i] for i in ids])
+        self._cache = (head, frontier.copy())
+        return frontier
+
+    async def sequence(self, build: BuildFn) -> Batch:
+        db = self._conn
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot start a ledger transaction: {e}") from e
+            try:
+                head = await self._read_head()
+                frontier = await self._frontier_at(head)
+                batch = await asyncio.to_thread(build, head, frontier)
+                if batch.records and batch.records[0].index != head.size:
+                    raise StoreConflictError("batch does not start at the head")
+                await db.executemany(
+                    "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.index,
+                            r.time,
+                            r.kind,
+                            r.actor,
+                            r.target,
+                            r.decision_id,
+                            r.trace_id,
+                            r.envelope,
+                        )
+                        for r in batch.records
+                    ],
+                )
+                await db.executemany(
+                    "INSERT INTO nodes VALUES (?, ?)",
+                    [(node_key(level, index), h) for level, index, h in batch.nodes],
+                )
+                h = batch.head
+                await db.execute(
+                    "UPDATE log_head SET size = ?, last_leaf = ?, last_time = ?, key_id = ? "
+                    "WHERE id = 1 AND size = ?",
+                    (h.size, h.last_leaf, h.last_time, h.key_id, head.size),
+                )
+                await db.execute("COMMIT")
+            except BaseException as e:
+                self._cache = None
+                # A failed COMMIT or a closed connection has already rolled back.
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.IntegrityError):
+                    raise StoreConflictError(f"ledger head moved during append: {e}") from e
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"ledger append failed: {e}") from e
+                raise
+            self._cache = (batch.head, batch.frontier.copy())
+            return batch
+
+    async def snapshot(self) -> tuple[Head, Frontier]:
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN")
+                try:
+                    head = await self._read_head()
+                    frontier = await self._frontier_at(head)
+                finally:
+                    await self._conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read the ledger head: {e}") from e
+            return head, frontier
+
+    async def nodes(self, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
+        async with self._lock:
+            try:
+                return await self._fetch_nodes(ids)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read Merkle nodes: {e}") from e
+
+    async def envelopes(self, start: int, end: int) -> list[bytes]:
+        async with self._lock:
+            try:
+                rows = await self._all(
+                    "SELECT idx, envelope FROM records WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    (start, end),
+                )
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read records: {e}") from e
+        for offset, (idx, _) in enumerate(rows):
+            if idx != start + offset:
+                raise StoreCorruptError(f"record {start + offset} is missing from the store")
+        return [bytes(env) for _, env in rows]
+
+    async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
+        where = ["idx >= ?"]
+        params: list[Any] = [max(q.start, 0 if after is None else after + 1)]
+        if q.end is not None:
+            where.append("idx < ?")
+            params.append(q.end)
+        if q.since is not None:
+            where.append("time >= ?")
+            params.append(q.since)
+        if q.until is not None:
+            where.append("time < ?")
+            params.append(q.until)
+        for col in _QUERY_COLUMNS:
+            value = getattr(q, col)
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        sql = f"SELECT envelope FROM records WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"  # noqa: S608
+        params.append(q.limit)
+        async with self._lock:
+            try:
+                rows = await self._all(sql, params)
+            except sqlite3.Error as e:
+                raise StoreError(f"ledger query failed: {e}") from e
+        return [open_record(bytes(r[0])).record for r in rows]
+
+    async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
+        db = self._conn
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    latest = await self._one(
+                        "SELECT size, root, note, signed_at FROM checkpoints "
+                        "ORDER BY size DESC LIMIT 1"
+                    )
+                    same = await self._one(
+                        "SELECT size, root, note, signed_at FROM checkpoints WHERE size = ?",
+                        (cp.size,),
+                    )
+                    head = await self._read_head()
+                    if same is not None:
+                        if bytes(same[1]) != cp.root:
+                            raise CheckpointError(
+                                f"another root is already signed for size {cp.size}"
+                            )
+                        kept = StoredCheckpoint(int(same[0]), bytes(same[1]), same[2], same[3])
+                    elif latest is not None and int(latest[0]) > cp.size:
+                        raise CheckpointError(
+                            f"checkpoint for size {cp.size} is older than the latest ({latest[0]})"
+                        )
+                    elif cp.size > head.size:
+                        raise CheckpointError(f"checkpoint size {cp.size} is beyond the log head")
+                    else:
+                        await db.execute(
+                            "INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
+                            (cp.size, cp.root, cp.note, cp.signed_at),
+                        )
+                        kept = cp
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot save checkpoint: {e}") from e
+            return kept
+
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        params: tuple[int, ...] = ()
+        if size is None:
+            sql = "SELECT * FROM checkpoints ORDER BY size DESC LIMIT 1"
+        else:
+            sql, params = "SELECT * FROM checkpoints WHERE size = ?", (size,)
+        async with self._lock:
+            try:
+                row = await self._one(sql, params)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read checkpoints: {e}") from e
+        return None if row is None else StoredCheckpoint(int(row[0]), bytes(row[1]), row[2], row[3])
+
+    async def checkpoints(self, upto: int) -> list[StoredCheckpoint]:
+        async with self._lock:
+            try:
+                rows = await self._all(
+                    "SELECT * FROM checkpoints WHERE size <= ? ORDER BY size", (upto,)
+                )
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read checkpoints: {e}") from e
+        return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]

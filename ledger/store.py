@@ -1,0 +1,147 @@
+"""The ``LedgerStore`` seam: where records, Merkle nodes and checkpoints live.
+
+The store is the sequencer. :meth:`LedgerStore.sequence` runs one transaction
+that reads the log head, lets the caller seal a batch of records after it
+(index, previous leaf hash, Merkle frontier), writes the records, the new
+complete Merkle nodes and the new head, and commits durably. Two writers, in
+one process or many, can therefore never assign the same index or fork the
+chain; in-process caches (the frontier) are checked against the head inside
+that transaction.
+
+Stores: :class:`ledger.sqlite.SQLiteStore` (embedded default). A PostgreSQL
+store for many replicas implements the same interface.
+
+Example::
+
+    async with SQLiteStore(path) as store:
+        batch = await store.sequence(build)   # build(head, frontier) -> Batch
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from ledger.merkle import Frontier, NodeId
+from ledger.record import ZERO_HASH, Record
+
+__all__ = ["Batch", "Head", "LedgerStore", "RecordQuery", "StoredCheckpoint"]
+
+
+@dataclass(frozen=True)
+class Head:
+    """The log head: everything an append must know about what came before."""
+
+    size: int = 0
+    last_leaf: bytes = ZERO_HASH
+    last_time: str = ""
+    key_id: str = ""  # the key that must sign the next record ("" before the first)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a sequencer callback hands back to be written in one transaction."""
+
+    records: Sequence[Record]
+    nodes: Sequence[tuple[int, int, bytes]]
+    head: Head
+    frontier: Frontier
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str
+    signed_at: str
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    """Auditor filters; all are ANDed. Times are RFC 3339 strings in the records' form."""
+
+    start: int = 0
+    end: int | None = None  # exclusive
+    since: str | None = None  # inclusive
+    until: str | None = None  # exclusive
+    kind: str | None = None
+    actor: str | None = None
+    target: str | None = None
+    decision_id: str | None = None
+    trace_id: str | None = None
+    limit: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or (self.end is not None and self.end < self.start):
+            raise ValueError("index range must satisfy 0 <= start <= end")
+        if not 1 <= self.limit <= 100_000:
+            raise ValueError("limit must be between 1 and 100000")
+
+
+BuildFn = Callable[[Head, Frontier], Batch]
+
+
+class LedgerStore(abc.ABC):
+    """Durable storage for one log. Every method may raise :class:`StoreError`."""
+
+    async def __aenter__(self) -> LedgerStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or check the schema."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def sequence(self, build: BuildFn) -> Batch:
+        """Append atomically after the current head; return only once durable.
+
+        ``build`` runs inside the transaction, off the event loop, with the head
+        and a private copy of the frontier at that head. Whatever it raises
+        aborts the transaction and propagates.
+        """
+
+    @abc.abstractmethod
+    async def snapshot(self) -> tuple[Head, Frontier]:
+        """The head and its frontier, read consistently."""
+
+    @abc.abstractmethod
+    async def nodes(self, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
+        """Complete-subtree hashes by id; ids not stored are absent from the result."""
+
+    @abc.abstractmethod
+    async def envelopes(self, start: int, end: int) -> list[bytes]:
+        """The stored envelope bytes of records ``[start, end)``, in order."""
+
+    @abc.abstractmethod
+    async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
+        """Records matching ``q`` with index greater than ``after``, ascending."""
+
+    @abc.abstractmethod
+    async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
+        """Keep a signed checkpoint; return the one kept for that size.
+
+        Refuses (:class:`CheckpointError`) a different root for a size already
+        signed, or a size smaller than the latest.
+        """
+
+    @abc.abstractmethod
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        """The checkpoint for ``size``, or the latest when ``size`` is None."""
+
+    @abc.abstractmethod
+    async def checkpoints(self, upto: int) -> list[StoredCheckpoint]:
+        """Every checkpoint with size <= ``upto``, ascending."""
