@@ -81,6 +81,14 @@ def _read_secret(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
+def _load_signer(path: Path) -> NoteSigner:
+    raw = _read_secret(path, "signing key")
+    try:
+        return NoteSigner.from_key_string(raw.decode("utf-8").removesuffix("\n"))
+    except (UnicodeDecodeError, KeyFormatError) as e:
+        raise KeyFormatError(f"{path} is not a signer key: {e}") from None
+
+
 class DataDir:
     """One log's files. Methods raise :class:`LedgerError` with what to do next."""
 
@@ -121,11 +129,7 @@ class DataDir:
                 f"no signing key in {self.path}; create one with: "
                 f"govgate keys generate --data {self.path}"
             )
-        raw = _read_secret(self.key_path, "signing key")
-        try:
-            return NoteSigner.from_key_string(raw.decode("utf-8"))
-        except (UnicodeDecodeError, KeyFormatError) as e:
-            raise KeyFormatError(f"{self.key_path} is not a signer key: {e}") from None
+        return _load_signer(self.key_path)
 
     def salt(self) -> bytes:
         """The HMAC salt for sensitive fields, created on first use."""
@@ -164,7 +168,7 @@ class DataDir:
         return new
 
     def _retire(self, *, ledger_key_id: str) -> None:
-        old = NoteSigner.from_key_string(_read_secret(self.key_path, "signing key").decode())
+        old = _load_signer(self.key_path)
         retired = self.path / "keys" / "retired" / f"{old.key_id}.key"
         retired.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(self.key_path, retired)
@@ -176,9 +180,7 @@ class DataDir:
         """Finish or undo a key-file swap interrupted by a crash."""
         if not self.next_key_path.exists():
             return
-        pending = NoteSigner.from_key_string(
-            _read_secret(self.next_key_path, "pending key").decode()
-        )
+        pending = _load_signer(self.next_key_path)
         if self._head_key_id() == pending.key_id:
             self._retire(ledger_key_id=pending.key_id)
         else:

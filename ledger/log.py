@@ -304,6 +304,8 @@ class Ledger:
             return found
         async with self._checkpoint_lock:
             head, frontier = await self._store.snapshot()
+            if head.size == 0:
+                raise NotFoundError("the log is empty; there is nothing to checkpoint")
             latest = await self._store.checkpoint()
             if latest is not None and latest.size == head.size:
                 self._last_checkpoint_size = latest.size
@@ -359,8 +361,8 @@ class Ledger:
 
     async def consistency_proof(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         tree_size = await self._proof_size(size)
-        if not 0 <= old_size <= tree_size:
-            raise NotFoundError(f"old size {old_size} is not within 0..{tree_size}")
+        if not 1 <= old_size <= tree_size:
+            raise NotFoundError(f"old size {old_size} is not within 1..{tree_size}")
         proof = await self._prove_consistency(old_size, tree_size)
         return ConsistencyProof(old_size, tree_size, tuple(proof))
 

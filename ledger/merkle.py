@@ -238,19 +238,18 @@ def verify_consistency(
     old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes
 ) -> None:
     """Check a consistency proof (RFC 9162 §2.1.4.2); raise :class:`ProofError` if it fails."""
-    if not 0 <= old_size <= new_size:
-        raise ProofError(f"old size {old_size} is not within 0..{new_size}")
+    if not 0 < old_size <= new_size:
+        # As Go's tlog and transparency-dev/merkle: consistency with the empty tree is meaningless.
+        raise ProofError(f"old size {old_size} is not within 1..{new_size}")
     for i, p in enumerate(proof):
         _check_hash(p, f"proof hash {i}")
+    _check_hash(old_root, "old root")
+    _check_hash(new_root, "new root")
     if old_size == new_size:
         if proof:
             raise ProofError("proof between equal sizes must be empty")
         if old_root != new_root:
             raise ProofError("equal sizes with different roots")
-        return
-    if old_size == 0:
-        if proof:
-            raise ProofError("proof from the empty tree must be empty")
         return
     if not proof:
         raise ProofError("empty consistency proof")

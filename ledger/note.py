@@ -69,7 +69,6 @@ def key_hash(name: str, public_key: bytes) -> int:
 
 def _parse_key_string(s: str, *, private: bool) -> tuple[str, int, bytes]:
     what = "signer key" if private else "verifier key"
-    s = s.strip()
     if private:
         if not s.startswith("PRIVATE+KEY+"):
             raise KeyFormatError(f"{what} must look like PRIVATE+KEY+name+hash+key")
@@ -226,6 +225,8 @@ def open_note(note: str, verifiers: Sequence[NoteVerifier]) -> Note:
         raise NoteError("note has no blank line before its signatures")
     text, sig_block = note[: split + 1], note[split + 2 :]
     _check_text(text)
+    if any(ord(c) < 0x20 and c != "\n" for c in sig_block):
+        raise NoteError("signature block contains a control character")
     if not sig_block.endswith("\n"):
         raise NoteError("signature block must end with a newline")
     msg = text.encode("utf-8")
@@ -236,8 +237,12 @@ def open_note(note: str, verifiers: Sequence[NoteVerifier]) -> Note:
         if not line.startswith(_SIG_PREFIX):
             raise NoteError(f"malformed signature line {line!r}")
         name, _, b64 = line[len(_SIG_PREFIX) :].partition(" ")
-        if not name or not b64 or " " in b64:
+        if not b64 or " " in b64:
             raise NoteError(f"malformed signature line {line!r}")
+        try:
+            _check_name(name)
+        except KeyFormatError as e:
+            raise NoteError(f"bad key name in signature line: {e}") from e
         try:
             blob = b64decode_strict(b64, "signature")
         except ValueError as e:
@@ -250,7 +255,8 @@ def open_note(note: str, verifiers: Sequence[NoteVerifier]) -> Note:
         if v is not None:
             if not v.verify(msg, sig.signature):
                 raise NoteError(f"invalid signature by {name}+{sig.key_hash:08x}")
-            verified.append(name)
+            if name not in verified:
+                verified.append(name)
     if len(sigs) > _MAX_SIGNATURES:
         raise NoteError(f"note has more than {_MAX_SIGNATURES} signatures")
     if not verified:

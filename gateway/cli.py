@@ -1,0 +1,392 @@
+"""The ``govgate`` command line.
+
+Sub-commands::
+
+    govgate keys generate|public|rotate     the log's signing key
+    govgate ledger append|query|checkpoint|proof|consistency|export|verify|hmac
+    govgate demo                            the embedded-defaults walkthrough
+
+Machine-readable results go to standard output (JSON, or JSON lines for
+streams); progress and messages go to standard error. Errors exit with status
+1 and one line that says what to do; ``ledger verify`` exits 0 only when
+everything verifies. No command prints a private key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from gateway.demo import run_demo
+from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, VerificationError
+from ledger._b64 import b64encode
+from ledger.datadir import DEFAULT_ORIGIN, default_data_dir
+from ledger.export import export_ledger
+from ledger.record import format_time, hmac_value, parse_time
+from ledger.store import RecordQuery
+from ledger.verify import verify_export
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="govgate",
+    help="Governance and audit gateway for virtualization.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="The ledger's Ed25519 signing key.", no_args_is_help=True)
+ledger_app = typer.Typer(
+    help="Append to, query, prove and verify the ledger.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+
+err = Console(stderr=True)
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        envvar="GOVGATE_DATA_DIR",
+        help="Data directory (default: $GOVGATE_DATA_DIR or ~/.local/share/govgate).",
+        default_factory=default_data_dir,
+        show_default=False,
+    ),
+]
+
+# Read-only commands must not write checkpoints on their way out.
+_READ_ONLY = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value) + b"\n")
+    sys.stdout.flush()
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(_wrap(coro))
+
+
+async def _wrap(coro: Awaitable[T]) -> T:
+    return await coro
+
+
+def _progress(label: str) -> tuple[Progress, Callable[[int, int], None]]:
+    bar = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+# -- keys ------------------------------------------------------------------------
+
+
+@keys_app.command("generate")
+def keys_generate(
+    data: DataOpt,
+    name: Annotated[
+        str, typer.Option("--name", help="Log name (the checkpoint origin).")
+    ] = DEFAULT_ORIGIN,
+) -> None:
+    """Create the log's signing key (mode 0600) and print its verifier key."""
+    signer = DataDir(data).generate_key(name)
+    err.print(f"created signing key {signer.key_id} in {DataDir(data).key_path} (mode 0600)")
+    typer.echo(signer.verifier_key)
+
+
+@keys_app.command("public")
+def keys_public(data: DataOpt) -> None:
+    """Print the active verifier key string (name+hash+key), the auditor's trust anchor."""
+    typer.echo(DataDir(data).signer().verifier_key)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    data: DataOpt,
+    reason: Annotated[str, typer.Option(help="Why the key is rotated (recorded).")] = "rotation",
+) -> None:
+    """Replace the signing key: a `key` record signed by the old key names the new one."""
+
+    async def go() -> tuple[str, int]:
+        d = DataDir(data)
+        async with d.open_ledger(_READ_ONLY) as log:
+            new = await d.rotate(log, reason)
+            rec_index = (await log.checkpoint()).size - 1
+            return new.verifier_key, rec_index
+
+    vkey, index = _run(go())
+    err.print(f"rotated; key record at index {index}; the old key is in keys/retired/")
+    typer.echo(vkey)
+
+
+# -- ledger ------------------------------------------------------------------------
+
+
+@ledger_app.command("append")
+def ledger_append(
+    data: DataOpt,
+    kind: Annotated[str, typer.Option(help="Record kind, e.g. decision, halt, incident.")],
+    body: Annotated[str, typer.Option(help="Record body as a JSON object.")],
+    trace_id: Annotated[str, typer.Option(help="W3C trace id (32 hex digits).")] = "",
+    actor: Annotated[str, typer.Option(help="Who caused the record.")] = "",
+    target: Annotated[str, typer.Option(help="What it is about, e.g. libvirt/vm-1.")] = "",
+    decision_id: Annotated[str, typer.Option(help="The decision it belongs to.")] = "",
+    sensitive: Annotated[
+        list[str] | None,
+        typer.Option(help="Dotted body path to store as a salted HMAC (repeatable)."),
+    ] = None,
+) -> None:
+    """Append one record and print it (JSON) once it is durable."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise typer.BadParameter(f"--body is not JSON: {e}") from e
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("--body must be a JSON object")
+    draft = Draft(
+        kind,
+        parsed,
+        trace_id=trace_id,
+        actor=actor,
+        target=target,
+        decision_id=decision_id,
+        sensitive=tuple(sensitive or ()),
+    )
+
+    async def go() -> dict[str, Any]:
+        async with DataDir(data).open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
+            return (await log.append(draft)).to_json()
+
+    _print_json(_run(go()))
+
+
+def _time_arg(value: str | None, option: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return format_time(parse_time(value))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from e
+
+
+@ledger_app.command("query")
+def ledger_query(
+    data: DataOpt,
+    start: Annotated[int, typer.Option("--from-index", min=0, help="First index.")] = 0,
+    end: Annotated[int | None, typer.Option("--to-index", min=0, help="End index (excl.).")] = None,
+    since: Annotated[str | None, typer.Option(help="RFC 3339 time, inclusive.")] = None,
+    until: Annotated[str | None, typer.Option(help="RFC 3339 time, exclusive.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Record kind.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Actor.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target.")] = None,
+    decision_id: Annotated[str | None, typer.Option(help="Decision id.")] = None,
+    trace_id: Annotated[str | None, typer.Option(help="W3C trace id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Stop after this many records.")] = 1000,
+    page_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per read.")] = 1000,
+) -> None:
+    """Print matching records as JSON lines, oldest first (needs no key)."""
+    q = RecordQuery(
+        start=start,
+        end=end,
+        since=_time_arg(since, "--since"),
+        until=_time_arg(until, "--until"),
+        kind=kind,
+        actor=actor,
+        target=target,
+        decision_id=decision_id,
+        trace_id=trace_id,
+        limit=min(page_size, limit),
+    )
+
+    async def go() -> None:
+        printed, after = 0, None
+        async with DataDir(data).store() as store:
+            while printed < limit:
+                page = await store.query(q, after=after)
+                for rec in page[: limit - printed]:
+                    _print_json(rec.to_json())
+                    printed += 1
+                if len(page) < q.limit:
+                    break
+                after = page[-1].index
+
+    if not DataDir(data).db_path.exists():
+        raise LedgerError(f"no ledger in {data}")
+    _run(go())
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(
+    data: DataOpt,
+    size: Annotated[
+        int | None, typer.Option(min=1, help="Print the one stored for size N.")
+    ] = None,
+) -> None:
+    """Print the signed checkpoint note for the current size (signing one if needed)."""
+
+    async def go() -> str:
+        async with DataDir(data).open_ledger(_READ_ONLY) as log:
+            return (await log.checkpoint(size)).note
+
+    sys.stdout.write(_run(go()))
+
+
+@ledger_app.command("proof")
+def ledger_proof(
+    data: DataOpt,
+    index: Annotated[int, typer.Option(min=0, help="Record index.")],
+    size: Annotated[
+        int | None, typer.Option(min=1, help="Tree size (default: checkpoint).")
+    ] = None,
+) -> None:
+    """Print an RFC 9162 inclusion proof as JSON."""
+
+    async def go() -> dict[str, Any]:
+        async with DataDir(data).open_ledger(_READ_ONLY) as log:
+            p = await log.inclusion_proof(index, size)
+        return {
+            "index": p.index,
+            "tree_size": p.tree_size,
+            "leaf": b64encode(p.leaf),
+            "leaf_hash": b64encode(p.leaf_hash),
+            "proof": [b64encode(h) for h in p.proof],
+        }
+
+    _print_json(_run(go()))
+
+
+@ledger_app.command("consistency")
+def ledger_consistency(
+    data: DataOpt,
+    old: Annotated[int, typer.Option(min=0, help="Older tree size.")],
+    size: Annotated[
+        int | None, typer.Option(min=1, help="Newer size (default: checkpoint).")
+    ] = None,
+) -> None:
+    """Print an RFC 9162 consistency proof as JSON."""
+
+    async def go() -> dict[str, Any]:
+        async with DataDir(data).open_ledger(_READ_ONLY) as log:
+            p = await log.consistency_proof(old, size)
+        return {
+            "old_size": p.old_size,
+            "tree_size": p.tree_size,
+            "proof": [b64encode(h) for h in p.proof],
+        }
+
+    _print_json(_run(go()))
+
+
+@ledger_app.command("export")
+def ledger_export(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Export file (JSON lines).")],
+) -> None:
+    """Write every record and checkpoint to FILE, ending with a fresh signed checkpoint."""
+
+    async def go() -> None:
+        bar, update = _progress("exporting")
+        with bar:
+            async with DataDir(data).open_ledger(_READ_ONLY) as log:
+                summary = await export_ledger(log, out, progress=update)
+        err.print(f"exported {summary.size} records and {summary.checkpoints} checkpoints to {out}")
+
+    _run(go())
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    file: Annotated[Path, typer.Argument(help="Export written by `govgate ledger export`.")],
+    key: Annotated[str, typer.Option(help="Trusted verifier key (name+hash+key).")],
+    signatures: Annotated[
+        bool, typer.Option(help="Check every record signature (off: chain, roots, checkpoints).")
+    ] = True,
+    threads: Annotated[int | None, typer.Option(min=1, help="Signature threads.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Re-verify an export with only the public key. Exit 0 only when all holds."""
+    try:
+        trusted = NoteVerifier.from_key_string(key)
+    except LedgerError as e:
+        raise typer.BadParameter(str(e), param_hint="--key") from e
+    if not file.is_file():
+        raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
+    bar, update = _progress("verifying")
+    if quiet:
+        result = verify_export(file, trusted, signatures=signatures, threads=threads)
+    else:
+        with bar:
+            result = verify_export(
+                file, trusted, signatures=signatures, threads=threads, progress=update
+            )
+    mode = (
+        "signatures, chain, Merkle roots and checkpoints"
+        if signatures
+        else ("chain, Merkle roots and checkpoints (record signatures not checked)")
+    )
+    err.print(
+        f"[green]OK[/green] {result.size} records, {result.checkpoints} checkpoints; "
+        f"checked {mode}; keys {', '.join(result.key_ids)}"
+    )
+    sys.stdout.write(result.last_checkpoint)
+
+
+@ledger_app.command("hmac")
+def ledger_hmac(
+    data: DataOpt,
+    value: Annotated[str, typer.Argument(help="Candidate value as JSON, e.g. '\"s3cret\"'.")],
+) -> None:
+    """Print the salted HMAC a sensitive field holding VALUE would have been stored as."""
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise typer.BadParameter(f"VALUE is not JSON: {e}") from e
+    typer.echo(hmac_value(DataDir(data).salt(), parsed))
+
+
+@app.command("demo")
+def demo(
+    data: Annotated[Path, typer.Option(help="Demo data directory.")] = Path("demo-data"),
+    records: Annotated[int, typer.Option(min=1, max=1_000_000, help="Sample decisions.")] = 2000,
+    writers: Annotated[int, typer.Option(min=1, max=1024, help="Concurrent writers.")] = 32,
+) -> None:
+    """Walk through the ledger on embedded defaults: key, appends, proof, export, verify."""
+    raise typer.Exit(run_demo(data, records, writers, Console()))
+
+
+def main() -> None:
+    """Console entry point: domain errors become one line on stderr and exit 1."""
+    try:
+        app()
+    except VerificationError as e:
+        err.print(f"[red]FAILED[/red] {e}")
+        raise SystemExit(1) from None
+    except LedgerError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

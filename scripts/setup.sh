@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything govgate needs on a fresh Debian machine (run as root, or
+# with sudo available), then create .venv with govgate and its dev tools.
+# Safe to run again: steps that are already done are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+PYTHON=${PYTHON:-python3}
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+
+# System packages. python3-venv provides ensurepip for Debian's own python3;
+# build-essential and python3-dev let pip build any wheel it cannot download;
+# sqlite3 is the CLI for looking inside a ledger by hand.
+APT_PACKAGES=(python3 python3-venv python3-dev build-essential sqlite3 ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        log "installing Debian packages: ${missing[*]}"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        log "not a Debian system; make sure these are installed: ${missing[*]}"
+    fi
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    log "govgate needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1)"
+    exit 1
+fi
+
+stamp=.venv/.govgate-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "virtual environment .venv is up to date"
+    exit 0
+fi
+if [ ! -x .venv/bin/python ]; then
+    log "creating virtual environment .venv"
+    "$PYTHON" -m venv .venv
+fi
+log "installing govgate and its development tools into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+echo "$want" > "$stamp"
+log "done: $(.venv/bin/govgate --help >/dev/null && echo 'govgate is installed in .venv/bin')"
