@@ -52,7 +52,7 @@ from ledger.merkle import (
     verify_consistency,
 )
 from ledger.note import NoteSigner
-from ledger.record import Draft, Record, format_time, parse_time, seal, utc_now
+from ledger.record import Draft, Prepared, Record, format_time, parse_time, prepare, seal, utc_now
 from ledger.store import Batch, Head, LedgerStore, StoredCheckpoint
 
 __all__ = ["ConsistencyProof", "InclusionProof", "Ledger", "LedgerConfig"]
@@ -91,9 +91,20 @@ class ConsistencyProof:
     proof: tuple[bytes, ...]
 
 
+@dataclass(frozen=True)
+class _Built:
+    """A sealed batch and the head it was sealed on."""
+
+    base: Head
+    batch: Batch
+    results: list[Record | Exception]  # one per live item, in order
+    signer: NoteSigner  # the key after this batch
+    rotated: bool
+
+
 @dataclass
 class _Pending:
-    draft: Draft
+    draft: Prepared
     future: asyncio.Future[Record]
     new_signer: NoteSigner | None = None
 
@@ -161,7 +172,7 @@ class Ledger:
             self._ticker = asyncio.create_task(self._tick_loop(), name="ledger-checkpoints")
         if head.size == 0:
             loop = asyncio.get_running_loop()
-            genesis = Draft("key", self._key_body(self._signer, "genesis"))
+            genesis = prepare(Draft("key", self._key_body(self._signer, "genesis")))
             await self._submit(_Pending(genesis, loop.create_future()))
 
     async def close(self) -> None:
@@ -192,7 +203,8 @@ class Ledger:
         """Seal and store one record; return it once it is durable."""
         if draft.kind == "key":
             raise RecordError("key records are written by the ledger itself (rotate_key)")
-        return await self._submit(_Pending(draft, asyncio.get_running_loop().create_future()))
+        prepared = prepare(draft, self._salt)
+        return await self._submit(_Pending(prepared, asyncio.get_running_loop().create_future()))
 
     async def append_many(self, drafts: Sequence[Draft]) -> list[Record]:
         return list(await asyncio.gather(*(self.append(d) for d in drafts)))
@@ -202,7 +214,7 @@ class Ledger:
         every record after it is signed by the new key."""
         if new_signer.name != self._signer.name:
             raise ValueError("a rotated key must keep the log's name (its origin)")
-        draft = Draft("key", self._key_body(new_signer, reason))
+        draft = prepare(Draft("key", self._key_body(new_signer, reason)))
         loop = asyncio.get_running_loop()
         return await self._submit(_Pending(draft, loop.create_future(), new_signer))
 
@@ -212,79 +224,120 @@ class Ledger:
         await self._queue.put(item)
         return await item.future
 
+    async def _collect(self) -> list[_Pending]:
+        items = [await self._queue.get()]
+        # Let writers woken by the last commit enqueue before taking the batch:
+        # without this, batches shrink to whoever happened to be first.
+        seen = -1
+        while self._queue.qsize() != seen and self._queue.qsize() < self._config.max_batch:
+            seen = self._queue.qsize()
+            await asyncio.sleep(0)
+        while len(items) < self._config.max_batch and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
     async def _write_loop(self) -> None:
-        while True:
-            items = [await self._queue.get()]
-            while len(items) < self._config.max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            try:
-                await self._commit(items)
-            finally:
-                for _ in items:
-                    self._queue.task_done()
+        """Pipeline: sign batch k+1 on the head batch k will leave while k is written.
 
-    async def _commit(self, items: list[_Pending]) -> None:
-        live = [i for i in items if not i.future.done()]  # callers may have given up
-        results: dict[int, Record | Exception] = {}
-
-        def build(head: Head, frontier: Frontier) -> Batch:
-            results.clear()
-            signer = self._signer
-            if head.key_id and head.key_id != signer.key_id:
-                raise StoreConflictError(
-                    f"the log's key changed to {head.key_id} in another process; restart"
-                )
-            now = utc_now()
-            if head.last_time and parse_time(head.last_time) > now:
-                now = parse_time(head.last_time)  # the clock stepped back: never back-date
-            prev = head.last_leaf
-            records: list[Record] = []
-            nodes: list[tuple[int, int, bytes]] = []
-            for pos, item in enumerate(live):
-                try:
-                    rec = seal(
-                        item.draft,
-                        index=head.size + len(records),
-                        prev=prev,
-                        time=now,
-                        signer=signer,
-                        salt=self._salt,
-                    )
-                except (RecordError, ValueError) as e:
-                    results[pos] = e
-                    continue
-                results[pos] = rec
-                records.append(rec)
-                nodes.extend(frontier.append(rec.leaf_hash))
-                prev = rec.leaf_hash
-                if item.new_signer is not None:
-                    signer = item.new_signer
-            new_head = Head(head.size + len(records), prev, format_time(now), signer.key_id)
-            return Batch(records, nodes, new_head, frontier)
-
-        if not live:
-            return
+        The store's transaction still decides: a batch signed on a head that did
+        not come to be (the previous commit failed, another process appended) is
+        thrown away and sealed again inside the transaction.
+        """
+        inflight: asyncio.Task[_Built | None] | None = None
+        predicted: _Built | None = None
         try:
-            batch = await self._store.sequence(build)
-        except Exception as e:
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(e)
-            return
-        for pos, item in enumerate(live):
-            result = results[pos]
-            if item.new_signer is not None and isinstance(result, Record):
-                self._signer = item.new_signer
-            if item.future.done():
+            while True:
+                items = await self._collect()
+                live = [i for i in items if not i.future.done()]  # callers may have given up
+                if predicted is None and inflight is not None:
+                    predicted, inflight = await inflight, None  # sealed in its transaction
+                built = None
+                rotating = any(i.new_signer for i in live)
+                if predicted is not None and not rotating and not predicted.rotated:
+                    base = predicted.batch
+                    built = await asyncio.to_thread(
+                        self._build, live, base.head, base.frontier.copy(), self._signer
+                    )
+                if inflight is not None:
+                    await inflight
+                inflight = asyncio.create_task(self._commit(items, live, built))
+                predicted = built
+        finally:
+            if inflight is not None:
+                await inflight
+
+    def _build(
+        self, live: list[_Pending], head: Head, frontier: Frontier, signer: NoteSigner
+    ) -> _Built:
+        """Seal ``live`` after ``head``: CPU only, safe to run off the event loop."""
+        if head.key_id and head.key_id != signer.key_id:
+            raise StoreConflictError(
+                f"the log's key changed to {head.key_id} in another process; restart"
+            )
+        now = utc_now()
+        if head.last_time and parse_time(head.last_time) > now:
+            now = parse_time(head.last_time)  # the clock stepped back: never back-date
+        prev = head.last_leaf
+        records: list[Record] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        results: list[Record | Exception] = []
+        rotated = False
+        for item in live:
+            try:
+                rec = seal(
+                    item.draft, index=head.size + len(records), prev=prev, time=now, signer=signer
+                )
+            except (RecordError, ValueError) as e:
+                results.append(e)
                 continue
-            if isinstance(result, Exception):
-                item.future.set_exception(result)
-            else:
-                item.future.set_result(result)
-        every = self._config.checkpoint_every
-        if every and batch.head.size - self._last_checkpoint_size >= every:
-            with contextlib.suppress(LedgerError):
-                await self.checkpoint()
+            results.append(rec)
+            records.append(rec)
+            nodes.extend(frontier.append(rec.leaf_hash))
+            prev = rec.leaf_hash
+            if item.new_signer is not None:
+                signer, rotated = item.new_signer, True
+        new_head = Head(head.size + len(records), prev, format_time(now), signer.key_id)
+        return _Built(head, Batch(records, nodes, new_head, frontier), results, signer, rotated)
+
+    async def _commit(
+        self, items: list[_Pending], live: list[_Pending], built: _Built | None
+    ) -> _Built | None:
+        """Write one batch; resolve its callers; return what was committed."""
+        try:
+            if not live:
+                return None
+            done = built
+
+            def in_transaction(head: Head, frontier: Frontier) -> Batch:
+                nonlocal done
+                if done is None or done.base != head:
+                    done = self._build(live, head, frontier, self._signer)
+                return done.batch
+
+            try:
+                batch = await self._store.sequence(in_transaction)
+            except Exception as e:
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+                return None
+            assert done is not None
+            self._signer = done.signer
+            for item, result in zip(live, done.results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            every = self._config.checkpoint_every
+            if every and batch.head.size - self._last_checkpoint_size >= every:
+                with contextlib.suppress(LedgerError):
+                    await self.checkpoint()
+            return done
+        finally:
+            for _ in items:
+                self._queue.task_done()
 
     async def _tick_loop(self) -> None:
         while True:

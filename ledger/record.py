@@ -17,9 +17,13 @@ the signing key's signed-note key hash (8 hex digits) and ``trace_id`` the W3C
 trace id (32 hex digits) or empty. ``actor``, ``target`` and ``decision_id`` are
 optional (empty strings) and exist so that auditors can query by them.
 
-Parsing is strict: an envelope or payload that is not byte-for-byte its own
-canonical form is refused, so that a change to any byte of a record is caught
-at that record and not only later, at the next record or checkpoint.
+Parsing is strict: an envelope that is not byte-for-byte its own canonical
+form is refused, and the signature covers the payload bytes exactly, so a
+change to any byte of a record is caught at that record (when signatures are
+checked) and not only later, at the next record or checkpoint. The payload's
+own canonical form is the writer's duty (:func:`seal` always writes RFC 8785);
+re-canonicalising it on every read would double the verifier's cost and catch
+nothing the signature does not.
 
 Example::
 
@@ -30,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -40,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from ledger._b64 import b64decode_strict, b64encode
+from ledger._b64 import b64decode_strict
 from ledger.canonical import canonical_json
 from ledger.errors import CanonicalJSONError, RecordError
 from ledger.merkle import leaf_hash
@@ -52,17 +57,20 @@ __all__ = [
     "ZERO_HASH",
     "Draft",
     "OpenedRecord",
+    "Prepared",
     "Record",
     "format_time",
     "hmac_value",
     "open_record",
     "pae",
     "parse_time",
+    "prepare",
     "seal",
     "utc_now",
 ]
 
 PAYLOAD_TYPE = "application/vnd.govgate.record+json"
+_PAYLOAD_TYPE_BYTES = PAYLOAD_TYPE.encode()
 ZERO_HASH = bytes(32)
 
 #: Kinds govgate writes itself. Other kinds are allowed if they match ``_KIND_RE``.
@@ -104,6 +112,7 @@ _PAYLOAD_KEYS = frozenset(
         "trace_id",
     }
 )
+_PAYLOAD_KEYS_MSG = f"payload must have exactly the fields {', '.join(sorted(_PAYLOAD_KEYS))}"
 _MAX_TEXT = 1024  # actor, target and decision_id are identifiers, not documents
 HMAC_PREFIX = "hmac-sha256:"
 
@@ -229,8 +238,54 @@ class Record:
         }
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A draft with its body canonicalised, ready to be sealed at any index.
+
+    Canonicalising the body is the costly part of sealing; :func:`prepare` does
+    it before the record reaches the sequencer, so the store's transaction only
+    splices in index, time and chain, signs and hashes.
+    """
+
+    draft: Draft
+    body: Mapping[str, Any]
+    head: bytes  # '{"actor":…,"body":…,"decision_id":…,"index":'
+    kind_json: bytes
+    target_json: bytes
+
+
+def prepare(draft: Draft, salt: bytes | None = None) -> Prepared:
+    """Seal sensitive fields and canonicalise ``draft`` (:class:`RecordError` if impossible)."""
+    if draft.sensitive and salt is None:
+        raise ValueError("sealing sensitive fields needs the ledger's HMAC salt")
+    try:
+        body = (
+            _seal_sensitive(draft.body, draft.sensitive, salt)
+            if salt and draft.sensitive
+            else draft.body
+        )
+        head = b'{"actor":%b,"body":%b,"decision_id":%b,"index":' % (
+            canonical_json(draft.actor),
+            canonical_json(body),
+            canonical_json(draft.decision_id),
+        )
+        return Prepared(draft, body, head, canonical_json(draft.kind), canonical_json(draft.target))
+    except CanonicalJSONError as e:
+        raise RecordError(f"record body cannot be canonicalised: {e}") from e
+
+
+def _envelope(payload_b64: bytes, key_id: bytes, sig_b64: bytes) -> bytes:
+    # RFC 8785 form of the DSSE envelope: its fields never need JSON escaping.
+    return b'{"payload":"%b","payloadType":"%b","signatures":[{"keyid":"%b","sig":"%b"}]}' % (
+        payload_b64,
+        _PAYLOAD_TYPE_BYTES,
+        key_id,
+        sig_b64,
+    )
+
+
 def seal(
-    draft: Draft,
+    item: Draft | Prepared,
     *,
     index: int,
     prev: bytes,
@@ -238,50 +293,45 @@ def seal(
     signer: NoteSigner,
     salt: bytes | None = None,
 ) -> Record:
-    """Build, canonicalise and sign one record."""
-    if draft.sensitive and salt is None:
-        raise ValueError("sealing sensitive fields needs the ledger's HMAC salt")
-    body = (
-        _seal_sensitive(draft.body, draft.sensitive, salt)
-        if salt and draft.sensitive
-        else draft.body
-    )
+    """Canonicalise (unless prepared), chain and sign one record.
+
+    The payload is spliced from canonical pieces in RFC 8785 key order; the
+    tests hold it equal to ``canonical_json`` of the whole payload.
+    """
+    p = item if isinstance(item, Prepared) else prepare(item, salt)
+    d = p.draft
     when = format_time(time)
-    payload = {
-        "actor": draft.actor,
-        "body": body,
-        "decision_id": draft.decision_id,
-        "index": index,
-        "key_id": signer.key_id,
-        "kind": draft.kind,
-        "prev": prev.hex(),
-        "target": draft.target,
-        "time": when,
-        "trace_id": draft.trace_id,
-    }
-    try:
-        payload_bytes = canonical_json(payload)
-    except CanonicalJSONError as e:
-        raise RecordError(f"record body cannot be canonicalised: {e}") from e
+    key_id = signer.key_id.encode()
+    payload_bytes = (
+        b'%b%d,"key_id":"%b","kind":%b,"prev":"%b","target":%b,"time":"%b","trace_id":"%b"}'
+        % (
+            p.head,
+            index,
+            key_id,
+            p.kind_json,
+            prev.hex().encode(),
+            p.target_json,
+            when.encode(),
+            d.trace_id.encode(),
+        )
+    )
     sig = signer.sign(pae(PAYLOAD_TYPE, payload_bytes))
-    envelope = canonical_json(
-        {
-            "payload": b64encode(payload_bytes),
-            "payloadType": PAYLOAD_TYPE,
-            "signatures": [{"keyid": signer.key_id, "sig": b64encode(sig)}],
-        }
+    envelope = _envelope(
+        binascii.b2a_base64(payload_bytes, newline=False),
+        key_id,
+        binascii.b2a_base64(sig, newline=False),
     )
     return Record(
         index=index,
         time=when,
-        kind=draft.kind,
+        kind=d.kind,
         prev=prev,
         key_id=signer.key_id,
-        trace_id=draft.trace_id,
-        actor=draft.actor,
-        target=draft.target,
-        decision_id=draft.decision_id,
-        body=body,
+        trace_id=d.trace_id,
+        actor=d.actor,
+        target=d.target,
+        decision_id=d.decision_id,
+        body=p.body,
         envelope=envelope,
         leaf_hash=leaf_hash(envelope),
     )
@@ -321,7 +371,7 @@ def open_record(envelope: bytes) -> OpenedRecord:
         isinstance(env, dict) and env.keys() == {"payload", "payloadType", "signatures"},
         "envelope must have exactly payload, payloadType and signatures",
     )
-    _require(env["payloadType"] == PAYLOAD_TYPE, f"payloadType is not {PAYLOAD_TYPE}")
+    _require(env["payloadType"] == PAYLOAD_TYPE, "payloadType is not " + PAYLOAD_TYPE)
     sigs = env["signatures"]
     _require(isinstance(sigs, list) and len(sigs) == 1, "envelope must carry exactly one signature")
     sig_entry = sigs[0]
@@ -346,7 +396,7 @@ def open_record(envelope: bytes) -> OpenedRecord:
         raise RecordError(f"payload is not JSON: {e}") from e
     _require(
         isinstance(payload, dict) and payload.keys() == _PAYLOAD_KEYS,
-        f"payload must have exactly the fields {sorted(_PAYLOAD_KEYS)}",
+        _PAYLOAD_KEYS_MSG,
     )
     p = payload
     _require(type(p["index"]) is int and p["index"] >= 0, "index must be a non-negative integer")
@@ -369,14 +419,13 @@ def open_record(envelope: bytes) -> OpenedRecord:
         "trace_id must be 32 lowercase hex digits or empty",
     )
     for name in ("actor", "target", "decision_id"):
-        _require(isinstance(p[name], str), f"{name} must be a string")
+        _require(isinstance(p[name], str), "actor, target and decision_id must be strings")
     _require(isinstance(p["body"], dict), "body must be an object")
-    try:
-        canonical_payload = canonical_json(payload)
-        canonical_env = canonical_json(env)
-    except CanonicalJSONError as e:
-        raise RecordError(str(e)) from e
-    _require(canonical_payload == payload_bytes, "payload is not RFC 8785 canonical JSON")
+    # Every envelope field is now known to need no JSON escaping, so its RFC 8785
+    # form is this one spelling; comparing is much cheaper than re-canonicalising.
+    canonical_env = _envelope(
+        env["payload"].encode(), sig_entry["keyid"].encode(), sig_entry["sig"].encode()
+    )
     _require(canonical_env == envelope, "envelope is not RFC 8785 canonical JSON")
     record = Record(
         index=p["index"],
