@@ -1,0 +1,359 @@
+"""The ledger service and the SQLite store: sequencing, group commit, fail-closed
+appends, checkpoints that never contradict each other, key rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from ledger import DataDir, Draft, LedgerConfig, SQLiteStore
+from ledger.canonical import canonical_json_slow
+from ledger.errors import (
+    CheckpointError,
+    KeyFormatError,
+    LedgerClosedError,
+    LedgerError,
+    RecordError,
+    StoreConflictError,
+    StoreError,
+)
+from ledger.export import export_ledger
+from ledger.log import Ledger
+from ledger.merkle import leaf_hash, node_key, root_of, verify_consistency, verify_inclusion
+from ledger.note import NoteSigner
+from ledger.record import HMAC_PREFIX, format_time, open_record
+from ledger.store import RecordQuery, StoredCheckpoint
+from ledger.verify import verify_export
+
+QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> DataDir:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    return d
+
+
+class CountingStore(SQLiteStore):
+    """A real SQLite store that counts transactions (and can be told to fail)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.transactions = 0
+        self.fail_with: Exception | None = None
+
+    async def sequence(self, build):  # type: ignore[no-untyped-def]
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.transactions += 1
+        return await super().sequence(build)
+
+
+async def test_genesis_record_names_the_key(data: DataDir) -> None:
+    async with data.open_ledger(QUIET) as log:
+        (genesis,) = await log.store.query(RecordQuery())
+    assert genesis.index == 0
+    assert genesis.kind == "key"
+    assert genesis.prev == bytes(32)
+    assert genesis.body["key"] == data.signer().verifier_key
+
+
+async def test_chain_and_merkle_tree_match_the_stored_bytes(data: DataDir) -> None:
+    async with data.open_ledger(QUIET) as log:
+        for i in range(20):
+            await log.append(Draft("note", {"i": i}))
+        envs = await log.store.envelopes(0, 21)
+        cp = await log.checkpoint()
+        leaves = [leaf_hash(e) for e in envs]
+        assert cp.size == 21
+        assert cp.root == root_of(leaves)
+        for i, env in enumerate(envs):
+            rec = open_record(env).record
+            assert rec.index == i
+            assert rec.prev == (leaves[i - 1] if i else bytes(32))
+        proof = await log.inclusion_proof(13)
+        verify_inclusion(leaves[13], 13, 21, proof.proof, cp.root)
+
+
+async def test_payload_bytes_are_exactly_rfc8785(data: DataDir) -> None:
+    body = {"z": [1, -5, True, None], "é": 'ü\u2028"\\', "a": {"b": "x\ny"}}
+    async with data.open_ledger(QUIET) as log:
+        rec = await log.append(Draft("note", body, actor="ünï", target='t"q', trace_id="ab" * 16))
+    opened = open_record(rec.envelope)
+    payload = opened.signed_bytes.split(b" ", 4)[4]
+    assert payload == canonical_json_slow(opened.payload)
+
+
+async def test_concurrent_appends_are_group_committed(data: DataDir) -> None:
+    store = CountingStore(data.db_path)
+    async with Ledger(store, data.signer(), config=QUIET) as log:
+        before = store.transactions
+        recs = await log.append_many([Draft("note", {"i": i}) for i in range(500)])
+        used = store.transactions - before
+    assert sorted(r.index for r in recs) == list(range(1, 501))
+    assert used < 50, f"500 concurrent appends took {used} transactions"
+
+
+async def test_append_fails_closed_when_the_store_cannot_write(data: DataDir) -> None:
+    store = CountingStore(data.db_path)
+    async with Ledger(store, data.signer(), config=QUIET) as log:
+        store.fail_with = StoreError("disk full")
+        with pytest.raises(StoreError, match="disk full"):
+            await log.append(Draft("decision", {"verb": "delete"}))
+        store.fail_with = None
+        rec = await log.append(Draft("decision", {"verb": "start"}))
+    assert rec.index == 1  # nothing was written for the failed append
+
+
+async def test_bad_drafts_are_refused_before_anything_is_written(data: DataDir) -> None:
+    async with data.open_ledger(QUIET) as log:
+        with pytest.raises(RecordError):
+            await log.append(Draft("note", {"risk": float("nan")}))
+        with pytest.raises(RecordError):
+            await log.append(Draft("note", {"n": 2**60}))
+        with pytest.raises(RecordError, match="key records"):
+            await log.append(Draft("key", {"key": "x"}))
+        head, _ = await log.store.snapshot()
+    assert head.size == 1
+    for bad in (
+        {"kind": "Bad Kind"},
+        {"kind": "note", "trace_id": "xyz"},
+        {"kind": "note", "trace_id": "0" * 32},
+        {"kind": "note", "actor": "a" * 2000},
+    ):
+        kind = bad.pop("kind")
+        with pytest.raises(RecordError):
+            Draft(kind, {}, **bad)  # type: ignore[arg-type]
+
+
+async def test_sensitive_fields_are_stored_as_salted_hmacs(data: DataDir) -> None:
+    async with data.open_ledger(QUIET) as log:
+        rec = await log.append(
+            Draft(
+                "decision",
+                {"parameters": {"password": "s3cret", "vcpus": 4}},
+                sensitive=("parameters.password", "parameters.missing"),
+            )
+        )
+    assert rec.body["parameters"]["vcpus"] == 4
+    stored = rec.body["parameters"]["password"]
+    assert stored.startswith(HMAC_PREFIX)
+    assert b"s3cret" not in rec.envelope
+    assert b"s3cret" not in data.db_path.read_bytes()
+    from ledger.record import hmac_value
+
+    assert hmac_value(data.salt(), "s3cret") == stored
+    assert hmac_value(data.salt(), "other") != stored
+
+
+async def test_two_writers_on_one_file_keep_one_chain(data: DataDir, tmp_path: Path) -> None:
+    """Two ledgers (as two processes would) share one file; the store sequences them."""
+    signer = data.signer()
+    a = Ledger(SQLiteStore(data.db_path), signer, config=QUIET)
+    b = Ledger(SQLiteStore(data.db_path), signer, config=QUIET)
+    async with a, b:
+        await asyncio.gather(
+            *(a.append(Draft("note", {"w": "a", "i": i})) for i in range(200)),
+            *(b.append(Draft("note", {"w": "b", "i": i})) for i in range(200)),
+        )
+        out = tmp_path / "x.jsonl"
+        await export_ledger(a, out)
+    result = verify_export(out, signer.verifier)
+    assert result.size == 401
+
+
+async def test_clock_stepping_back_never_back_dates(data: DataDir) -> None:
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    async with data.open_ledger(QUIET) as log:
+        await log.append(Draft("note", {}))
+    with sqlite3.connect(data.db_path) as db:
+        db.execute("UPDATE log_head SET last_time = ?", (format_time(future),))
+    async with data.open_ledger(QUIET) as log:
+        rec = await log.append(Draft("note", {}))
+    assert rec.time == format_time(future)
+
+
+async def test_store_refuses_contradicting_checkpoints(data: DataDir) -> None:
+    async with data.open_ledger(QUIET) as log:
+        await log.append(Draft("note", {}))
+        cp = await log.checkpoint()
+        other = StoredCheckpoint(cp.size, bytes(32), "forged\n", cp.signed_at)
+        with pytest.raises(CheckpointError, match="another root"):
+            await log.store.save_checkpoint(other)
+        await log.append(Draft("note", {}))
+        await log.checkpoint()
+        with pytest.raises(CheckpointError, match="older"):
+            await log.store.save_checkpoint(StoredCheckpoint(1, bytes(32), "x\n", cp.signed_at))
+        # Saving the same checkpoint again is harmless.
+        assert await log.store.save_checkpoint(cp) == cp
+
+
+async def test_never_signs_a_checkpoint_inconsistent_with_the_last(data: DataDir) -> None:
+    no_close = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
+    async with data.open_ledger(no_close) as log:
+        for i in range(8):
+            await log.append(Draft("note", {"i": i}))
+        assert (await log.checkpoint()).size == 9
+        await log.append(Draft("note", {}))
+    # Someone with database access rewrites history under the signed root: the
+    # hash of the first eight records' subtree.
+    with sqlite3.connect(data.db_path) as db:
+        changed = db.execute("UPDATE nodes SET hash = ? WHERE id = ?", (bytes(32), node_key(3, 0)))
+        assert changed.rowcount == 1
+    async with data.open_ledger(no_close) as log:
+        with pytest.raises(CheckpointError, match="not consistent"):
+            await log.checkpoint()
+        latest = await log.store.checkpoint()
+        assert latest is not None
+        assert latest.size == 9
+
+
+async def test_checkpoints_follow_count_and_time_triggers(data: DataDir) -> None:
+    async with data.open_ledger(LedgerConfig(checkpoint_every=10, checkpoint_interval=0)) as log:
+        for i in range(25):
+            await log.append(Draft("note", {"i": i}))
+        sizes = [c.size for c in await log.store.checkpoints(10_000)]
+    assert sizes == [10, 20]  # genesis + 9, then every 10 records
+    async with data.open_ledger(LedgerConfig(checkpoint_every=0, checkpoint_interval=0.05)) as log:
+        await log.append(Draft("note", {}))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            latest = await log.store.checkpoint()
+            if latest and latest.size == 27:
+                break
+        assert latest is not None
+        assert latest.size == 27
+
+
+async def test_consistency_proofs_between_stored_checkpoints(data: DataDir) -> None:
+    async with data.open_ledger(LedgerConfig(checkpoint_every=3, checkpoint_interval=0)) as log:
+        for i in range(40):
+            await log.append(Draft("note", {"i": i}))
+        cps = await log.store.checkpoints(10_000)
+        assert len(cps) > 5
+        for old in cps:
+            for new in cps:
+                if old.size <= new.size:
+                    p = await log.consistency_proof(old.size, new.size)
+                    verify_consistency(old.size, new.size, p.proof, old.root, new.root)
+
+
+async def test_rotation_switches_keys_and_verifies_with_either(
+    data: DataDir, tmp_path: Path
+) -> None:
+    first = data.signer()
+    async with data.open_ledger(QUIET) as log:
+        await log.append(Draft("note", {}))
+        second = await data.rotate(log, "test")
+        rec = await log.append(Draft("note", {}))
+        assert rec.key_id == second.key_id
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert verify_export(out, first.verifier).key_ids == [first.key_id, second.key_id]
+    verify_export(out, second.verifier)
+    retired = data.path / "keys" / "retired" / f"{first.key_id}.key"
+    assert stat.S_IMODE(retired.stat().st_mode) == 0o600
+    assert data.signer().key_id == second.key_id
+    # The old key can no longer write to this log.
+    with pytest.raises(StoreConflictError, match="active key"):
+        async with Ledger(SQLiteStore(data.db_path), first, config=QUIET):
+            pass
+
+
+async def test_rotation_interrupted_before_the_record_is_undone(data: DataDir) -> None:
+    old = data.signer()
+    pending = NoteSigner.generate(old.name)
+    data.next_key_path.write_text(pending.private_key_string() + "\n")
+    os.chmod(data.next_key_path, 0o600)
+    async with data.open_ledger(QUIET) as log:  # recovers: the log never named the new key
+        rec = await log.append(Draft("note", {}))
+    assert rec.key_id == old.key_id
+    assert not data.next_key_path.exists()
+
+
+async def test_rotation_interrupted_after_the_record_is_finished(data: DataDir) -> None:
+    old = data.signer()
+    new = NoteSigner.generate(old.name)
+    async with Ledger(SQLiteStore(data.db_path), old, config=QUIET) as log:
+        await log.rotate_key(new)
+    # The process died before swapping the key files.
+    data.next_key_path.write_text(new.private_key_string() + "\n")
+    os.chmod(data.next_key_path, 0o600)
+    async with data.open_ledger(QUIET) as log:
+        rec = await log.append(Draft("note", {}))
+    assert rec.key_id == new.key_id
+    assert (data.path / "keys" / "retired" / f"{old.key_id}.key").exists()
+
+
+def test_key_files_are_private_and_never_overwritten(data: DataDir) -> None:
+    mode = stat.S_IMODE(data.key_path.stat().st_mode)
+    assert mode == 0o600
+    assert stat.S_IMODE(data.salt_path.stat().st_mode) == 0o600
+    before = data.key_path.read_bytes()
+    with pytest.raises(LedgerError, match="refusing to overwrite"):
+        data.generate_key("test.example/log")
+    assert data.key_path.read_bytes() == before
+    os.chmod(data.key_path, 0o644)
+    with pytest.raises(KeyFormatError, match="chmod 600"):
+        data.signer()
+
+
+def test_signer_repr_hides_the_key(data: DataDir) -> None:
+    signer = data.signer()
+    secret = signer.private_key_string().rsplit("+", 1)[1]
+    assert secret not in repr(signer)
+    assert secret not in str(signer)
+
+
+async def test_closed_ledger_refuses_appends(data: DataDir) -> None:
+    log = data.open_ledger(QUIET)
+    await log.start()
+    await log.close()
+    with pytest.raises(LedgerClosedError):
+        await log.append(Draft("note", {}))
+
+
+async def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    async with SQLiteStore(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer"):
+        async with SQLiteStore(db):
+            pass
+
+
+async def test_query_filters_and_pages(data: DataDir) -> None:
+    async with data.open_ledger(QUIET) as log:
+        for i in range(30):
+            await log.append(
+                Draft(
+                    "decision" if i % 3 else "approval",
+                    {"i": i},
+                    actor=f"a{i % 2}",
+                    target=f"vm-{i % 5}",
+                    decision_id=f"d-{i}",
+                    trace_id=f"{i + 1:032x}",
+                )
+            )
+        store = log.store
+        approvals = await store.query(RecordQuery(kind="approval"))
+        assert [r.body["i"] for r in approvals] == list(range(0, 30, 3))
+        both = await store.query(RecordQuery(kind="decision", actor="a1", target="vm-1"))
+        assert [r.body["i"] for r in both] == [1, 11]
+        assert [r.index for r in await store.query(RecordQuery(decision_id="d-7"))] == [8]
+        assert [r.index for r in await store.query(RecordQuery(trace_id=f"{8:032x}"))] == [8]
+        page1 = await store.query(RecordQuery(start=5, end=20, limit=4))
+        page2 = await store.query(RecordQuery(start=5, end=20, limit=4), after=page1[-1].index)
+        assert [r.index for r in page1 + page2] == list(range(5, 13))
+        t = page1[2].time
+        assert all(r.time >= t for r in await store.query(RecordQuery(since=t)))
+        assert all(r.time < t for r in await store.query(RecordQuery(until=t)))
