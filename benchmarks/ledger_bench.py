@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 from ledger import DataDir, Draft, LedgerConfig
-from ledger.export import export_ledger
 from ledger.merkle import verify_inclusion
 
 TARGETS = {
@@ -53,7 +52,9 @@ def _body(i: int) -> dict[str, object]:
         "verdict": "execute",
         "engine": "autoscaler",
         "parameters": {"vcpus": 4, "memory_mib": 8192},
-        "contributions": [{"feature": f"feature_{k:02d}", "value": f"0.{k:04d}"} for k in range(12)],
+        "contributions": [
+            {"feature": f"feature_{k:02d}", "value": f"0.{k:04d}"} for k in range(12)
+        ],
         "justification": "queue depth above target for 5 minutes; adding capacity " * 5,
     }
 
@@ -165,7 +166,8 @@ def main() -> None:
         line = f"  {writers:>3} writers: {statistics.median(runs):>9,.0f} records/s"
         line += f"  (runs: {', '.join(f'{x:,.0f}' for x in runs)})"
         if writers == 256:
-            line += f"  target >= {TARGETS['append_256']:,.0f}: {_status(figures['append_256'], TARGETS['append_256'])}"
+            target = TARGETS["append_256"]
+            line += f"  target >= {target:,.0f}: {_status(figures['append_256'], target)}"
         print(line)
 
     print(f"\n[ledger of {args.records:,} records] building (not measured) …")
@@ -176,7 +178,9 @@ def main() -> None:
     vkey = d.signer().verifier_key
     export = base / "big.jsonl"
 
-    secs, rss = _child_rss([govgate, "ledger", "export", "--data", str(d.path), "--out", str(export)])
+    secs, rss = _child_rss(
+        [govgate, "ledger", "export", "--data", str(d.path), "--out", str(export)]
+    )
     figures["export_rps"] = args.records / secs
     figures["export_rss_mb"] = rss
     print(f"  export: {args.records / secs:,.0f} records/s, peak RSS {rss:.0f} MB")
@@ -196,7 +200,8 @@ def main() -> None:
         figures[f"{target_key}_rss_mb"] = peak
         print(
             f"  verify, {mode}: {statistics.median(runs):,.0f} records/s "
-            f"(target >= {TARGETS[target_key]:,.0f}: {_status(statistics.median(runs), TARGETS[target_key])}), "
+            f"(target >= {TARGETS[target_key]:,.0f}: "
+            f"{_status(statistics.median(runs), TARGETS[target_key])}), "
             f"peak RSS {peak:.0f} MB (target < {TARGETS['rss_mb']:.0f}: "
             f"{_status(peak, TARGETS['rss_mb'], higher_is_better=False)})"
         )
@@ -205,7 +210,8 @@ def main() -> None:
     figures["proof_ms"] = ms
     print(
         f"  inclusion proof in a tree of {size:,}: median {ms:.3f} ms, {hashes} hashes "
-        f"(target < {TARGETS['proof_ms']} ms: {_status(ms, TARGETS['proof_ms'], higher_is_better=False)})"
+        f"(target < {TARGETS['proof_ms']} ms: "
+        f"{_status(ms, TARGETS['proof_ms'], higher_is_better=False)})"
     )
     if args.json:
         print(json.dumps(figures, indent=2))

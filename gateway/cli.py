@@ -15,6 +15,8 @@ everything verifies. No command prints a private key.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,6 +74,24 @@ _READ_ONLY = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_
 def _print_json(value: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(value) + b"\n")
     sys.stdout.flush()
+
+
+def _parse_json(text: str) -> Any:
+    """Parse caller JSON exactly: integers stay integers, however large
+    (orjson would turn ones beyond 64 bits into floats); the ledger then
+    refuses what RFC 8785 cannot represent. NaN, Infinity and numbers too
+    large for a double are not JSON values at all and are refused here."""
+
+    def finite(s: str) -> float:
+        f = float(s)
+        if not math.isfinite(f):
+            raise ValueError(f"number {s} is out of range")
+        return f
+
+    def constant(s: str) -> Any:
+        raise ValueError(f"{s} is not a JSON value")
+
+    return json.loads(text, parse_float=finite, parse_constant=constant)
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -160,8 +180,8 @@ def ledger_append(
 ) -> None:
     """Append one record and print it (JSON) once it is durable."""
     try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
+        parsed = _parse_json(body)
+    except ValueError as e:
         raise typer.BadParameter(f"--body is not JSON: {e}") from e
     if not isinstance(parsed, dict):
         raise typer.BadParameter("--body must be a JSON object")
@@ -207,6 +227,8 @@ def ledger_query(
     page_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per read.")] = 1000,
 ) -> None:
     """Print matching records as JSON lines, oldest first (needs no key)."""
+    if end is not None and end < start:
+        raise typer.BadParameter("must not be below --from-index", param_hint="--to-index")
     q = RecordQuery(
         start=start,
         end=end,
@@ -305,6 +327,8 @@ def ledger_export(
     out: Annotated[Path, typer.Option(help="Export file (JSON lines).")],
 ) -> None:
     """Write every record and checkpoint to FILE, ending with a fresh signed checkpoint."""
+    if not out.parent.is_dir():
+        raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
 
     async def go() -> None:
         bar, update = _progress("exporting")
@@ -360,10 +384,10 @@ def ledger_hmac(
 ) -> None:
     """Print the salted HMAC a sensitive field holding VALUE would have been stored as."""
     try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError as e:
+        parsed = _parse_json(value)
+    except ValueError as e:
         raise typer.BadParameter(f"VALUE is not JSON: {e}") from e
-    typer.echo(hmac_value(DataDir(data).salt(), parsed))
+    typer.echo(hmac_value(DataDir(data).salt(create=False), parsed))
 
 
 @app.command("demo")
@@ -384,6 +408,9 @@ def main() -> None:
         err.print(f"[red]FAILED[/red] {e}")
         raise SystemExit(1) from None
     except LedgerError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise SystemExit(1) from None
+    except OSError as e:  # a file the user named cannot be read or written
         err.print(f"[red]error:[/red] {e}")
         raise SystemExit(1) from None
 

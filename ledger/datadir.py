@@ -131,9 +131,9 @@ class DataDir:
             )
         return _load_signer(self.key_path)
 
-    def salt(self) -> bytes:
-        """The HMAC salt for sensitive fields, created on first use."""
-        if not self.salt_path.exists():
+    def salt(self, *, create: bool = True) -> bytes:
+        """The HMAC salt for sensitive fields, created on first use unless ``create`` is False."""
+        if not self.salt_path.exists() and create:
             with contextlib.suppress(LedgerError):  # created concurrently: read it below
                 _write_secret(self.salt_path, os.urandom(_SALT_BYTES))
         data = _read_secret(self.salt_path, "HMAC salt")

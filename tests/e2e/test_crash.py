@@ -279,6 +279,8 @@ def _crash_loop(tmp_path: Path, seed: int) -> None:
     assert exported.returncode == 0, exported.stderr
     verified = _govgate("ledger", "verify", str(export), "--key", public.stdout.strip(), "-q")
     assert verified.returncode == 0, verified.stderr
+    for run in (public, exported, verified):
+        assert "PRIVATE+KEY" not in run.stdout + run.stderr, "a command printed the private key"
     note = open_checkpoint(verified.stdout, [verifier], origin=ORIGIN)
     assert note.size == size
     assert f"{size} records, {len(checkpoints)} checkpoints" in " ".join(verified.stderr.split())
