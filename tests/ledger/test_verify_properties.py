@@ -34,18 +34,21 @@ own key supplies correctly signed foreign records. What is shown:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import ledger
 from ledger import Draft, InclusionProof, LedgerConfig, NoteSigner, NoteVerifier
+from ledger.canonical import canonical_json
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import ProofError, RecordError, VerificationError
 from ledger.export import export_ledger
@@ -65,12 +68,9 @@ ORIGIN = "test.example/log"
 CHECKPOINT_PREFIX = b'{"checkpoint"'
 
 
-
 def props(max_examples: int) -> settings:
     """Same examples on every run (derandomize), no example database, no deadline."""
-    return settings(
-        max_examples=max_examples, deadline=None, derandomize=True, database=None
-    )
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None)
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -85,8 +85,17 @@ def _bodies() -> list[tuple[dict[str, object], tuple[str, ...]]]:
         ({}, ()),
         ({"scope": "env=prod", "n": 1, "ok": True, "none": None}, ()),
         # ASCII keys, awkward string values: orjson fast path.
-        ({"text": "h\u00e9llo w\u00f6rld \u2713 \U0001d11e \U0001f600", "ctl": "\x00\x1f\x7f\"\\/"}, ()),
-        ({"nested": {"a": [1, [2, [3, {"b": None}]]], "t": True, "f": False, "e": [], "o": {}}}, ()),
+        (
+            {
+                "text": "h\u00e9llo w\u00f6rld \u2713 \U0001d11e \U0001f600",
+                "ctl": '\x00\x1f\x7f"\\/',
+            },
+            (),
+        ),
+        (
+            {"nested": {"a": [1, [2, [3, {"b": None}]]], "t": True, "f": False, "e": [], "o": {}}},
+            (),
+        ),
         # Non-ASCII keys: the rfc8785 slow path.
         ({"\u043a\u043b\u044e\u0447": "\u0437\u043d\u0430\u0447", "\u65e5\u672c": ["\u8a9e"]}, ()),
         ({"\U0001f600": 1, "\ufb33": 2, "\u20ac": 3, "\r": 4, "1": 5}, ()),
@@ -222,7 +231,9 @@ def _verify(
     return None
 
 
-def _fails(built: Built, data: bytes, *, signatures: bool, key: NoteVerifier | None = None):
+def _fails(
+    built: Built, data: bytes, *, signatures: bool, key: NoteVerifier | None = None
+) -> VerificationError:
     err = _verify(built, data, signatures=signatures, key=key)
     assert err is not None, "a tampered export verified"
     return err
@@ -234,6 +245,23 @@ def _index_in_both_modes(built: Built, lines: Sequence[bytes]) -> tuple[int | No
         _fails(built, data, signatures=True).index,
         _fails(built, data, signatures=False).index,
     )
+
+
+def _kind_of(err: VerificationError) -> str:
+    """A short name for what caught a tampering, for ``--hypothesis-show-statistics``."""
+    reason = err.reason
+    for name in (
+        "malformed record",
+        "malformed checkpoint",
+        "signature does not verify",
+        "chains to",
+        "checkpoint root",
+        "checkpoint does not verify",
+        "expected index",
+    ):
+        if name in reason:
+            return name
+    return reason[:40]
 
 
 def _with_byte(line: bytes, offset: int, value: int) -> bytes:
@@ -249,7 +277,7 @@ def _replace_line(built: Built, position: int, new: bytes) -> bytes:
 
 
 # Bytes that keep JSON and base64 plausible, so edits get past the parsers more often.
-_PLAUSIBLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\"\\{}[]:,-. \n"
+_PLAUSIBLE = b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="\\{}[]:,-. \n'
 
 
 def _other_byte(old: int) -> st.SearchStrategy[int]:
@@ -313,22 +341,113 @@ def test_any_changed_record_byte_is_caught_at_that_record(built: Built, data) ->
     export = _replace_line(built, position, tampered)
 
     err = _fails(built, export, signatures=True)
+    event(f"signatures=True: {_kind_of(err)}")
     assert err.index == k, err
 
-    # Without signatures, an edit to this record's own ``prev`` field is reported at
-    # the record before it: the verifier cannot tell it from an edit to that record.
-    expected = k
-    first = tampered.split(b"\n", 1)[0]
-    try:
-        edited = open_record(first).record
-    except RecordError:
-        pass
-    else:
-        original = open_record(line).record
-        if edited.index == k and edited.prev != original.prev:
-            expected = max(k - 1, 0)
     err = _fails(built, export, signatures=False)
-    assert err.index == expected, err
+    event(f"signatures=False: {_kind_of(err)}")
+    assert err.index == _expected_without_signatures(k, line, tampered), err
+
+
+def _expected_without_signatures(k: int, original: bytes, tampered: bytes) -> int:
+    """Where ``signatures=False`` names a single-record edit: record k, unless the edit
+    rewrote record k's own ``prev`` field and left it well-formed. Then k-1 is named,
+    because without signatures that looks the same as an edit to record k-1."""
+    try:
+        edited = open_record(tampered.split(b"\n", 1)[0]).record
+    except RecordError:
+        return k
+    if edited.index == k and edited.prev != open_record(original).record.prev:
+        event("the edit rewrote this record's prev field")
+        return max(k - 1, 0)
+    return k
+
+
+@props(300)
+@given(data=st.data())
+def test_any_changed_byte_inside_payload_or_signature_is_caught_at_that_record(
+    built: Built, data
+) -> None:
+    """As above, but the byte is changed in the *decoded* payload or signature, which
+    is then re-encoded. The envelope stays well-formed base64 and canonical JSON, so the
+    edit has to be caught by the signature, the chain or the Merkle root, not the parser."""
+    k = data.draw(st.integers(0, built.n - 1), label="record")
+    position = built.records[k]
+    line = built.lines[position]
+    env = orjson.loads(line)
+    field = data.draw(st.sampled_from(["payload", "sig"]), label="field")
+    holder = env if field == "payload" else env["signatures"][0]
+    raw = bytearray(base64.b64decode(holder[field]))
+    offset = data.draw(st.integers(0, len(raw) - 1), label="offset")
+    raw[offset] = data.draw(_other_byte(raw[offset]), label="byte")
+    holder[field] = base64.b64encode(bytes(raw)).decode()
+    tampered = orjson.dumps(env, option=orjson.OPT_SORT_KEYS) + b"\n"
+    export = _replace_line(built, position, tampered)
+
+    err = _fails(built, export, signatures=True)
+    event(f"signatures=True: {_kind_of(err)}")
+    assert err.index == k, err
+    err = _fails(built, export, signatures=False)
+    event(f"signatures=False: {_kind_of(err)}")
+    assert err.index == _expected_without_signatures(k, line, tampered), err
+
+
+def _rewrite_payload(line: bytes, **changes: object) -> bytes:
+    """Record ``line`` with payload fields changed, re-encoded canonically, not re-signed."""
+    env = orjson.loads(line)
+    payload = orjson.loads(base64.b64decode(env["payload"]))
+    payload.update(changes)
+    env["payload"] = base64.b64encode(canonical_json(payload)).decode()
+    return canonical_json(env)
+
+
+def test_a_rewritten_prev_field_is_named_one_record_early_without_signatures(
+    built: Built,
+) -> None:
+    """Every record k with its ``prev`` pointed elsewhere (well-formed, not re-signed)."""
+    for k, position in enumerate(built.records):
+        line = built.lines[position]
+        prev = open_record(line).record.prev
+        forged = _rewrite_payload(line, prev=_flip(prev, 0).hex())
+        lines = (*built.lines[:position], forged, *built.lines[position + 1 :])
+        assert _index_in_both_modes(built, lines) == (k, max(k - 1, 0)), k
+
+
+def test_a_rewritten_body_is_named_at_its_record(built: Built) -> None:
+    """Every record k with a body field changed (well-formed, not re-signed): with
+    signatures the signature fails at k; without, record k+1's chain (or the next
+    checkpoint's root) no longer matches record k, and k is named."""
+    for k, position in enumerate(built.records):
+        line = built.lines[position]
+        body = dict(open_record(line).record.body)
+        body["seq"] = -1
+        forged = _rewrite_payload(line, body=body)
+        lines = (*built.lines[:position], forged, *built.lines[position + 1 :])
+        assert _index_in_both_modes(built, lines) == (k, k), k
+
+
+def _respellings(line: bytes) -> list[bytes]:
+    """The same JSON value as envelope ``line``, spelled with other bytes."""
+    env = orjson.loads(line)
+    sig = env["signatures"][0]
+    return [
+        json.dumps(env, separators=(", ", ": ")).encode(),  # white space
+        json.dumps(dict(reversed(env.items())), separators=(",", ":")).encode(),  # key order
+        line.replace(b"application/vnd", b"application\\/vnd"),  # an escaped solidus
+        line.replace(b'"sig":"' + sig["sig"][:1].encode(), b'"sig":"\\u%04x' % ord(sig["sig"][0])),
+        line + b" ",  # trailing white space
+    ]
+
+
+def test_a_respelled_envelope_is_caught_at_that_record(built: Built) -> None:
+    """Same JSON value, other bytes: the leaf hash changes while the signature (over the
+    payload) still holds, so only the strict canonical-form check can name record k.
+    Otherwise the change would surface one record later, at k+1's chain."""
+    for k, position in enumerate(built.records):
+        for respelled in _respellings(built.lines[position]):
+            assert orjson.loads(respelled) == orjson.loads(built.lines[position])
+            lines = (*built.lines[:position], respelled, *built.lines[position + 1 :])
+            assert _index_in_both_modes(built, lines) == (k, k), (k, respelled[:60])
 
 
 @props(200)
@@ -351,6 +470,7 @@ def test_any_changed_checkpoint_byte_fails(built: Built, data) -> None:
         expected = size  # no longer looks like a checkpoint: read as record ``size``
     for signatures in (True, False):
         err = _fails(built, export, signatures=signatures)
+        event(_kind_of(err))
         assert err.index == expected, err
 
 
@@ -401,14 +521,19 @@ def test_two_swapped_records_fail_at_the_first(built: Built, data) -> None:
 
 @props(150)
 @given(data=st.data())
-def test_an_inserted_copy_of_a_record_fails_where_the_sequence_deviates(
-    built: Built, data
-) -> None:
-    k = data.draw(st.integers(0, built.n - 1), label="copied record")
-    at = data.draw(st.integers(1, len(built.lines)), label="insert before line")
-    copy = built.lines[built.records[k]]
-    lines = (*built.lines[:at], copy, *built.lines[at:])
+def test_an_inserted_copy_of_a_record_fails_where_the_sequence_deviates(built: Built, data) -> None:
+    # Often right before a checkpoint line, and often a copy of the record due there.
+    checkpoints = [q for q in range(1, len(built.lines)) if q not in built.records]
+    at = data.draw(
+        st.one_of(st.sampled_from(checkpoints), st.integers(1, len(built.lines))),
+        label="insert before line",
+    )
     p = built.records_before(at)  # the copy sits at record position p
+    k = data.draw(
+        st.one_of(st.just(min(p, built.n - 1)), st.integers(0, built.n - 1)),
+        label="copied record",
+    )
+    lines = (*built.lines[:at], built.lines[built.records[k]], *built.lines[at:])
     if k != p:
         expected = p  # it claims index k where p is due
     elif at < len(built.lines) and built.lines[at].startswith(CHECKPOINT_PREFIX):
@@ -428,13 +553,10 @@ def test_an_inserted_foreign_record_fails(built: Built, data) -> None:
     p = built.records_before(at)
     q = data.draw(st.one_of(st.just(p), st.integers(0, built.n)), label="foreign index")
     lines = (*built.lines[:at], built.foreign[q], *built.lines[at:])
-    if q != p:
-        expected = (p, p)  # wrong index
-    else:
-        # Right index, wrong chain. With signatures, every record before p is proved
-        # genuine, so p is named. Without them, an edited record p-1 would look the
-        # same, so p-1 is named.
-        expected = (p, p - 1)
+    # A wrong index is named where it sits (p). The right index with the wrong chain:
+    # with signatures every record before p is proved genuine, so p is named; without
+    # them an edited record p-1 would look the same, so p-1 is named.
+    expected = (p, p) if q != p else (p, p - 1)
     assert p >= 1
     assert _index_in_both_modes(built, lines) == expected
 
@@ -553,7 +675,9 @@ def test_damaged_stored_proofs_fail(built: Built, data) -> None:
     with pytest.raises(ProofError):
         verify_consistency(m, k, cproof, built.roots[m], built.roots[k])
     with pytest.raises(ProofError):
-        verify_consistency(m, k, built.consistency[(m, k)], _flip(built.roots[m], bit), built.roots[k])
+        verify_consistency(
+            m, k, built.consistency[(m, k)], _flip(built.roots[m], bit), built.roots[k]
+        )
 
     iproof = list(built.inclusion[(i, k)].proof)
     j = data.draw(st.integers(0, len(iproof) - 1), label="inclusion element")
