@@ -30,17 +30,34 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def _plain(value: Any) -> bool:
-    """True when ``value`` is made only of types whose orjson form is the JCS form."""
-    t = type(value)
-    if t is str or t is bool or value is None:
-        return True
-    if t is int:
-        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
-    if t is dict:
-        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
-    if t is list or t is tuple:
-        return all(_plain(v) for v in value)
-    return False
+    """True when ``value`` is made only of types whose orjson form is the JCS form.
+
+    Iterative and loop-based: it runs on every record body, on the hot path.
+    """
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                continue
+            return False
+        if t is dict:
+            for k in v:
+                if type(k) is not str or not k.isascii():
+                    return False
+            for item in v.values():
+                if type(item) is not str:  # strings need no further look
+                    push(item)
+            continue
+        if t is list or t is tuple:
+            extend(v)
+            continue
+        return False
+    return True
 
 
 def canonical_json_slow(value: Any) -> bytes:

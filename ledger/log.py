@@ -104,7 +104,7 @@ class _Built:
 
 @dataclass
 class _Pending:
-    draft: Prepared
+    draft: Draft | Prepared
     future: asyncio.Future[Record]
     new_signer: NoteSigner | None = None
 
@@ -203,8 +203,9 @@ class Ledger:
         """Seal and store one record; return it once it is durable."""
         if draft.kind == "key":
             raise RecordError("key records are written by the ledger itself (rotate_key)")
-        prepared = prepare(draft, self._salt)
-        return await self._submit(_Pending(prepared, asyncio.get_running_loop().create_future()))
+        # Canonicalising happens in the sealing thread, off the event loop; a body
+        # that has no RFC 8785 form fails this append alone.
+        return await self._submit(_Pending(draft, asyncio.get_running_loop().create_future()))
 
     async def append_many(self, drafts: Sequence[Draft]) -> list[Record]:
         return list(await asyncio.gather(*(self.append(d) for d in drafts)))
@@ -221,7 +222,10 @@ class Ledger:
     async def _submit(self, item: _Pending) -> Record:
         if self._closed or self._writer is None or self._writer.done():
             raise LedgerClosedError("the ledger is not accepting appends")
-        await self._queue.put(item)
+        if self._queue.full():
+            await self._queue.put(item)  # back-pressure: wait for room
+        else:
+            self._queue.put_nowait(item)
         return await item.future
 
     async def _collect(self) -> list[_Pending]:
@@ -277,6 +281,7 @@ class Ledger:
         now = utc_now()
         if head.last_time and parse_time(head.last_time) > now:
             now = parse_time(head.last_time)  # the clock stepped back: never back-date
+        when = format_time(now)  # one time for the whole batch: it commits as one
         prev = head.last_leaf
         records: list[Record] = []
         nodes: list[tuple[int, int, bytes]] = []
@@ -285,7 +290,12 @@ class Ledger:
         for item in live:
             try:
                 rec = seal(
-                    item.draft, index=head.size + len(records), prev=prev, time=now, signer=signer
+                    item.draft,
+                    index=head.size + len(records),
+                    prev=prev,
+                    time=when,
+                    signer=signer,
+                    salt=self._salt,
                 )
             except (RecordError, ValueError) as e:
                 results.append(e)
@@ -296,7 +306,7 @@ class Ledger:
             prev = rec.leaf_hash
             if item.new_signer is not None:
                 signer, rotated = item.new_signer, True
-        new_head = Head(head.size + len(records), prev, format_time(now), signer.key_id)
+        new_head = Head(head.size + len(records), prev, when, signer.key_id)
         return _Built(head, Batch(records, nodes, new_head, frontier), results, signer, rotated)
 
     async def _commit(

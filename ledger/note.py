@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -111,7 +112,7 @@ class NoteVerifier:
         material = base64.b64encode(bytes([ALG_ED25519]) + self.public_key).decode()
         return f"{self.name}+{self.key_hash:08x}+{material}"
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         """The 8-hex-digit key hash: how records and envelopes name this key."""
         return f"{self.key_hash:08x}"

@@ -289,7 +289,7 @@ def seal(
     *,
     index: int,
     prev: bytes,
-    time: dt.datetime,
+    time: dt.datetime | str,
     signer: NoteSigner,
     salt: bytes | None = None,
 ) -> Record:
@@ -300,7 +300,7 @@ def seal(
     """
     p = item if isinstance(item, Prepared) else prepare(item, salt)
     d = p.draft
-    when = format_time(time)
+    when = time if isinstance(time, str) else format_time(time)
     key_id = signer.key_id.encode()
     payload_bytes = (
         b'%b%d,"key_id":"%b","kind":%b,"prev":"%b","target":%b,"time":"%b","trace_id":"%b"}'
