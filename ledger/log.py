@@ -259,9 +259,12 @@ class Ledger:
                 rotating = any(i.new_signer for i in live)
                 if predicted is not None and not rotating and not predicted.rotated:
                     base = predicted.batch
-                    built = await asyncio.to_thread(
-                        self._build, live, base.head, base.frontier.copy(), self._signer
-                    )
+                    try:
+                        built = await asyncio.to_thread(
+                            self._build, live, base.head, base.frontier.copy(), self._signer
+                        )
+                    except Exception:  # the transaction will seal them again, and decide
+                        built = None
                 if inflight is not None:
                     await inflight
                 inflight = asyncio.create_task(self._commit(items, live, built))
@@ -342,7 +345,8 @@ class Ledger:
                     item.future.set_result(result)
             every = self._config.checkpoint_every
             if every and batch.head.size - self._last_checkpoint_size >= every:
-                with contextlib.suppress(LedgerError):
+                # A failed checkpoint must not stop appends; the next trigger retries.
+                with contextlib.suppress(Exception):
                     await self.checkpoint()
             return done
         finally:
@@ -352,7 +356,7 @@ class Ledger:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.checkpoint_interval)
-            with contextlib.suppress(LedgerError):
+            with contextlib.suppress(Exception):  # retried at the next tick
                 await self.checkpoint()
 
     # -- checkpoints and proofs ------------------------------------------------
