@@ -327,5 +327,16 @@ class Frontier:
         self._size += 1
         return created
 
+    def append_subtree(self, level: int, h: bytes) -> None:
+        """Add the root of a complete subtree of ``2**level`` leaves (size must be aligned)."""
+        if self._size & ((1 << level) - 1):
+            raise ValueError(f"size {self._size} is not a multiple of 2**{level}")
+        i = self._size >> level
+        while i & 1:
+            h = node_hash(self._hashes.pop(), h)
+            i >>= 1
+        self._hashes.append(h)
+        self._size += 1 << level
+
     def root(self) -> bytes:
         return fold_range(self._hashes)

@@ -27,19 +27,22 @@ Example::
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from ledger._scan import CHUNK_LEVEL, ChunkResult, scan_chunk
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import KeyFormatError, NoteError, RecordError, VerificationError
 from ledger.export import EXPORT_FORMAT
-from ledger.merkle import Frontier
+from ledger.merkle import Frontier, fold_range
 from ledger.note import NoteVerifier
 from ledger.record import ZERO_HASH, open_record
 
@@ -161,8 +164,11 @@ def _record(st: _State, line_no: int, line: bytes, jobs: list[_SigJob]) -> None:
     st.last_time = rec.time
 
 
-def _checkpoint(st: _State, line_no: int, obj: Any) -> None:
-    size = st.frontier.size
+def _checkpoint(
+    st: _State, line_no: int, obj: Any, *, size: int | None = None, root: bytes | None = None
+) -> None:
+    """Check one checkpoint line against the records before it (by default: all so far)."""
+    size = st.frontier.size if size is None else size
     note = obj.get("checkpoint") if isinstance(obj, dict) and obj.keys() == {"checkpoint"} else None
     if not isinstance(note, str) or st.active is None:
         raise VerificationError(
@@ -185,7 +191,7 @@ def _checkpoint(st: _State, line_no: int, obj: Any) -> None:
         )
     if cp.size < st.last_checkpoint_size:
         raise VerificationError("checkpoints go backwards", index=size - 1, line=line_no)
-    if cp.root != st.frontier.root():
+    if cp.root != (st.frontier.root() if root is None else root):
         raise VerificationError(
             f"checkpoint root for size {size} does not match the records",
             index=size - 1,
@@ -196,6 +202,144 @@ def _checkpoint(st: _State, line_no: int, obj: Any) -> None:
     st.result.last_checkpoint = note
 
 
+def _parse_checkpoint_line(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _join(st: _State, res: ChunkResult, level: int) -> None:
+    """Fold one scanned chunk into the sequential state; raise at its first fault."""
+    if res.count and res.first_prev != st.prev:
+        culprit = max(res.start - 1, 0)
+        raise VerificationError(
+            f"record {res.start} does not chain to record {culprit}",
+            index=culprit,
+            line=res.first_line,
+        )
+    if res.count and res.first_time < st.last_time:
+        raise VerificationError(
+            f"time {res.first_time} is before the previous record's {st.last_time}",
+            index=res.start,
+            line=res.first_line,
+        )
+    # Events in index order; at one index: genesis key, key-id change, key switch, checkpoint.
+    events: list[tuple[int, int, Any]] = []
+    events += [(i, 1, kid) for i, kid in res.key_runs]
+    events += [(i, 0 if i == 0 else 2, (line, raw)) for i, line, raw in res.key_records]
+    events += [(res.start + pos - 1, 3, cp) for cp in res.checkpoints for pos in (cp[0],)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    switch_at: int | None = None  # the record that must carry the key a key record named
+    for index, order, payload in events:
+        if order == 1:
+            if st.active is None:
+                raise VerificationError(
+                    "record 0 must be the log's genesis key record", index=0, line=res.first_line
+                )
+            if switch_at is not None and index > switch_at:
+                raise VerificationError(
+                    f"signed by key {st.keys[-2].key_id}, but the active key is {st.active.key_id}",
+                    index=switch_at,
+                )
+            if payload != st.active.key_id:
+                raise VerificationError(
+                    f"signed by key {payload}, but the active key is {st.active.key_id}",
+                    index=index,
+                )
+            switch_at = None
+        elif order in (0, 2):
+            line, raw = payload
+            try:
+                rec = open_record(raw).record
+            except RecordError as e:
+                raise VerificationError(f"malformed record: {e}", index=index, line=line) from e
+            new = _key_from_record(rec.body, index, line)
+            if index > 0:
+                assert st.active is not None
+                if new.name != st.active.name:
+                    raise VerificationError(
+                        f"key record renames the log from {st.active.name!r} to {new.name!r}",
+                        index=index,
+                        line=line,
+                    )
+                switch_at = index + 1
+            st.active = new
+            st.keys.append(new)
+        else:
+            pos, line, raw, hashes = payload
+            if switch_at is not None and switch_at < res.start + pos:
+                raise VerificationError(
+                    f"signed by key {st.keys[-2].key_id}, but the active key is "
+                    f"{st.active.key_id if st.active else '?'}",
+                    index=switch_at,
+                )
+            root = fold_range([*st.frontier.hashes, *hashes])
+            _checkpoint(st, line, _parse_checkpoint_line(raw), size=res.start + pos, root=root)
+    if switch_at is not None and switch_at < res.start + res.count:
+        raise VerificationError("record after a key rotation is not signed by the new key",
+                                index=switch_at)  # fmt: skip
+    if res.error is not None:
+        index, line, reason = res.error
+        raise VerificationError(reason, index=index, line=line)
+    if res.count == 1 << level:
+        st.frontier.append_subtree(level, res.hashes[0])
+    elif res.count:
+        st.frontier = Frontier(res.start + res.count, [*st.frontier.hashes, *res.hashes])
+    if res.count:
+        st.prev, st.last_time = res.last_leaf, res.last_time
+
+
+def _verify_chunked(
+    lines: Iterator[tuple[int, bytes]],
+    st: _State,
+    total: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    level: int = CHUNK_LEVEL,
+) -> None:
+    """Fast mode: chunks scanned in worker processes, joined here in order."""
+    per_chunk = 1 << level
+
+    def chunks() -> Iterator[tuple[int, int, bytes, int]]:
+        start, first, records = 0, 0, 0
+        batch: list[bytes] = []
+        for line_no, raw in lines:
+            if not batch:
+                first = line_no
+            if records == per_chunk and not raw.startswith(b'{"checkpoint"'):
+                yield start, first, b"\n".join(batch), level
+                start, first, batch, records = start + records, line_no, [], 0
+            batch.append(raw)
+            if not raw.startswith(b'{"checkpoint"'):
+                records += 1
+        if batch:
+            yield start, first, b"\n".join(batch), level
+
+    def finish(res: ChunkResult) -> None:
+        _join(st, res, level)
+        if progress:
+            progress(st.frontier.size, total)
+
+    if workers <= 1 or total <= 2 * per_chunk:
+        for args in chunks():
+            finish(scan_chunk(*args))
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has threads
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pending: deque[Future[ChunkResult]] = deque()
+        try:
+            for args in chunks():
+                pending.append(pool.submit(scan_chunk, *args))
+                if len(pending) > 2 * workers:  # bounded memory: a few chunks in flight
+                    finish(pending.popleft().result())
+            while pending:
+                finish(pending.popleft().result())
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
 def verify_stream(
     f: IO[bytes],
     trusted: NoteVerifier,
@@ -203,8 +347,14 @@ def verify_stream(
     signatures: bool = True,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    chunk_level: int = CHUNK_LEVEL,
 ) -> VerifyResult:
-    """Verify an export read from ``f``; raise :class:`VerificationError` at the first fault."""
+    """Verify an export read from ``f``; raise :class:`VerificationError` at the first fault.
+
+    ``threads`` bounds the signature threads (full mode) or scanning processes
+    (fast mode); ``chunk_level`` sets fast mode's chunk of ``2**chunk_level``
+    records (tests make it small).
+    """
     lines = _lines(f)
     try:
         header_line, header_raw = next(lines)
@@ -228,6 +378,9 @@ def verify_stream(
         trusted, signatures, result=VerifyResult(trusted.name, signatures_checked=signatures)
     )
     workers = max(1, threads or os.cpu_count() or 1)
+    if not signatures:
+        _verify_chunked(lines, st, total, workers, progress, chunk_level)
+        return _finish(st, total, trusted)
     pending: list[Future[tuple[int, int] | None]] = []
 
     def drain() -> None:
@@ -272,6 +425,11 @@ def verify_stream(
             if progress:
                 progress(st.frontier.size, total)
         drain()
+    return _finish(st, total, trusted)
+
+
+def _finish(st: _State, total: int, trusted: NoteVerifier) -> VerifyResult:
+    """End-of-export checks shared by both modes."""
     size = st.frontier.size
     if size != total:
         raise VerificationError(
@@ -305,7 +463,15 @@ def verify_export(
     signatures: bool = True,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    chunk_level: int = CHUNK_LEVEL,
 ) -> VerifyResult:
     """Verify the export file at ``path`` (see :func:`verify_stream`)."""
     with path.open("rb", buffering=1 << 20) as f:
-        return verify_stream(f, trusted, signatures=signatures, threads=threads, progress=progress)
+        return verify_stream(
+            f,
+            trusted,
+            signatures=signatures,
+            threads=threads,
+            progress=progress,
+            chunk_level=chunk_level,
+        )
