@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from ledger.merkle import Frontier, leaf_hash
 
-__all__ = ["CHUNK_LEVEL", "CHUNK_RECORDS", "ChunkResult", "scan_chunk"]
+__all__ = ["CHUNK_LEVEL", "CHUNK_RECORDS", "ChunkResult", "scan_chunk", "scan_file_range"]
 
-CHUNK_LEVEL = 14
+CHUNK_LEVEL = 13
 CHUNK_RECORDS = 1 << CHUNK_LEVEL  # chunks start at multiples of this: their ranges are subtrees
 
 _PAYLOAD_PREFIX = b'{"payload":"'
@@ -135,3 +135,21 @@ def scan_chunk(start: int, first_line: int, blob: bytes, level: int = CHUNK_LEVE
         res.count += 1
     res.hashes = list(frontier.hashes)
     return res
+
+
+def scan_file_range(
+    path: str, offset: int, length: int, lines: int, start: int, first_line: int, level: int
+) -> ChunkResult:
+    """:func:`scan_chunk` over ``length`` bytes of the file at ``path`` from ``offset``.
+
+    The range must hold exactly ``lines`` newline-terminated lines, as the
+    caller saw when it cut the file; a file that changes meanwhile is refused.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length or data.count(b"\n") != lines or not data.endswith(b"\n"):
+        res = ChunkResult(start)
+        res.error = (start, first_line, "export changed while it was being verified")
+        return res
+    return scan_chunk(start, first_line, data[:-1], level)

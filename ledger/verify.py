@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import orjson
 
-from ledger._scan import CHUNK_LEVEL, ChunkResult, scan_chunk
+from ledger._scan import CHUNK_LEVEL, ChunkResult, scan_chunk, scan_file_range
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import KeyFormatError, NoteError, RecordError, VerificationError
 from ledger.export import EXPORT_FORMAT
@@ -291,37 +291,74 @@ def _join(st: _State, res: ChunkResult, level: int) -> None:
 
 
 def _verify_chunked(
-    lines: Iterator[tuple[int, bytes]],
+    f: IO[bytes],
+    first_line: int,
     st: _State,
     total: int,
     workers: int,
     progress: Callable[[int, int], None] | None,
     level: int = CHUNK_LEVEL,
 ) -> None:
-    """Fast mode: chunks scanned in worker processes, joined here in order."""
-    per_chunk = 1 << level
+    """Fast mode: chunks scanned in worker processes, joined here in order.
 
-    def chunks() -> Iterator[tuple[int, int, bytes, int]]:
-        start, first, records = 0, 0, 0
+    This process only finds where each chunk of ``2**level`` records starts;
+    workers read their byte range of the file themselves (no copy through
+    pipes). A stream that is not a regular file is scanned here instead.
+    """
+    per_chunk = 1 << level
+    path = getattr(f, "name", None)
+    by_range = (
+        workers > 1
+        and total > 2 * per_chunk
+        and isinstance(path, str)
+        and os.path.isfile(path)
+        and f.seekable()
+    )
+
+    def chunks() -> Iterator[tuple[Any, ...]]:
+        start = records = lines_in_chunk = 0
+        offset = begin = f.tell() if by_range else 0
+        first = line_no = first_line
         batch: list[bytes] = []
-        for line_no, raw in lines:
-            if not batch:
-                first = line_no
-            if records == per_chunk and not raw.startswith(b'{"checkpoint"'):
+        for raw in f:
+            if len(raw) > _MAX_LINE:
+                raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no)
+            if not raw.endswith(b"\n"):
+                raise VerificationError(
+                    "export does not end with a newline (truncated?)", line=line_no
+                )
+            is_checkpoint = raw.startswith(b'{"checkpoint"')
+            if records == per_chunk and not is_checkpoint:
+                if by_range:
+                    yield path, begin, offset - begin, lines_in_chunk, start, first, level
+                else:
+                    yield start, first, b"\n".join(batch), level
+                start, records, lines_in_chunk, begin, first = (
+                    start + records,
+                    0,
+                    0,
+                    offset,
+                    line_no,
+                )
+                batch = []
+            if not by_range:
+                batch.append(raw[:-1])
+            offset += len(raw)
+            lines_in_chunk += 1
+            line_no += 1
+            records += not is_checkpoint
+        if lines_in_chunk:
+            if by_range:
+                yield path, begin, offset - begin, lines_in_chunk, start, first, level
+            else:
                 yield start, first, b"\n".join(batch), level
-                start, first, batch, records = start + records, line_no, [], 0
-            batch.append(raw)
-            if not raw.startswith(b'{"checkpoint"'):
-                records += 1
-        if batch:
-            yield start, first, b"\n".join(batch), level
 
     def finish(res: ChunkResult) -> None:
         _join(st, res, level)
         if progress:
             progress(st.frontier.size, total)
 
-    if workers <= 1 or total <= 2 * per_chunk:
+    if not by_range:
         for args in chunks():
             finish(scan_chunk(*args))
         return
@@ -330,8 +367,8 @@ def _verify_chunked(
         pending: deque[Future[ChunkResult]] = deque()
         try:
             for args in chunks():
-                pending.append(pool.submit(scan_chunk, *args))
-                if len(pending) > 2 * workers:  # bounded memory: a few chunks in flight
+                pending.append(pool.submit(scan_file_range, *args))
+                if len(pending) > 2 * workers:  # a few chunks ahead, memory stays flat
                     finish(pending.popleft().result())
             while pending:
                 finish(pending.popleft().result())
@@ -379,7 +416,7 @@ def verify_stream(
     )
     workers = max(1, threads or os.cpu_count() or 1)
     if not signatures:
-        _verify_chunked(lines, st, total, workers, progress, chunk_level)
+        _verify_chunked(f, header_line + 1, st, total, workers, progress, chunk_level)
         return _finish(st, total, trusted)
     pending: list[Future[tuple[int, int] | None]] = []
 
