@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -38,6 +38,8 @@ from ledger.record import Record, open_record
 from ledger.store import Batch, BuildFn, Head, LedgerStore, RecordQuery, StoredCheckpoint
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -78,6 +80,12 @@ INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
 
 _QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
+
+
+def _starts_at(batch: Batch, head: Head) -> bool:
+    """Whether ``batch`` was sealed right after ``head`` (same size, same last leaf)."""
+    first = batch.records[0] if batch.records else None
+    return first is not None and first.index == head.size and first.prev == head.last_leaf
 
 
 class SQLiteStore(LedgerStore):
@@ -146,29 +154,51 @@ class SQLiteStore(LedgerStore):
         async with self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
-    async def _read_head(self) -> Head:
-        row = await self._one("SELECT size, last_leaf, last_time, key_id FROM log_head")
+    async def _on_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on aiosqlite's connection thread, in one hop.
+
+        A transaction issued statement by statement costs one thread round trip
+        per statement (seven for an append), which dominated small appends.
+        aiosqlite runs each of its own calls this way (``Connection._execute``)
+        but offers no public name for it; this is the one place that uses it.
+        """
+        db = self._conn
+
+        def call() -> T:
+            return fn(db._conn, *args)  # private: see the docstring
+
+        return cast(T, await db._execute(call))  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _read_head(conn: sqlite3.Connection) -> Head:
+        row = conn.execute("SELECT size, last_leaf, last_time, key_id FROM log_head").fetchone()
         if row is None:
             raise StoreCorruptError("log_head row is missing")
         return Head(int(row[0]), bytes(row[1]), str(row[2]), str(row[3]))
 
-    async def _fetch_nodes(self, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
+    @staticmethod
+    def _fetch_nodes(conn: sqlite3.Connection, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
         keys = {node_key(level, index): (level, index) for level, index in ids}
         out: dict[NodeId, bytes] = {}
         key_list = list(keys)
         for i in range(0, len(key_list), _IN_CHUNK):
             chunk = key_list[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for k, h in await self._all(f"SELECT id, hash FROM nodes WHERE id IN ({marks})", chunk):  # noqa: S608
+            sql = f"SELECT id, hash FROM nodes WHERE id IN ({marks})"  # noqa: S608
+            for k, h in conn.execute(sql, chunk):
                 out[keys[k]] = bytes(h)
         return out
 
-    async def _frontier_at(self, head: Head) -> Frontier:
-        """The frontier for ``head``, from the cache when it is still that head's."""
+    def _frontier_at(self, conn: sqlite3.Connection, head: Head) -> Frontier:
+        """The frontier for ``head``, from the cache when it is still that head's.
+
+        Runs on the connection thread while ``self._lock`` is held, so the cache
+        is never touched from two threads at once.
+        """
         if self._cache is not None and self._cache[0] == head:
             return self._cache[1].copy()
         ids = Frontier.ids(head.size)
-        got = await self._fetch_nodes(ids)
+        got = self._fetch_nodes(conn, ids)
         if len(got) != len(ids):
             raise StoreCorruptError(
                 f"Merkle nodes for the frontier of size {head.size} are missing"
@@ -177,76 +207,73 @@ class SQLiteStore(LedgerStore):
         self._cache = (head, frontier.copy())
         return frontier
 
-    async def sequence(self, build: BuildFn) -> Batch:
-        db = self._conn
+    def _append(self, conn: sqlite3.Connection, build: BuildFn, prebuilt: Batch | None) -> Batch:
+        """One append transaction, start to durable commit, on the connection thread."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head = self._read_head(conn)
+            frontier = self._frontier_at(conn, head)
+            batch = prebuilt if prebuilt is not None and _starts_at(prebuilt, head) else None
+            if batch is None:
+                batch = build(head, frontier)
+            if batch.records and batch.records[0].index != head.size:
+                raise StoreConflictError("batch does not start at the head")
+            conn.executemany(
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.index, r.time, r.kind, r.actor, r.target, r.decision_id, r.trace_id,
+                     r.envelope)
+                    for r in batch.records
+                ],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO nodes VALUES (?, ?)",
+                [(node_key(level, index), h) for level, index, h in batch.nodes],
+            )
+            h = batch.head
+            conn.execute(
+                "UPDATE log_head SET size = ?, last_leaf = ?, last_time = ?, key_id = ? "
+                "WHERE id = 1 AND size = ?",
+                (h.size, h.last_leaf, h.last_time, h.key_id, head.size),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            self._cache = None
+            # A failed COMMIT or a closed connection has already rolled back.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self._cache = (batch.head, batch.frontier.copy())
+        return batch
+
+    async def sequence(self, build: BuildFn, *, prebuilt: Batch | None = None) -> Batch:
         async with self._lock:
             try:
-                await db.execute("BEGIN IMMEDIATE")
+                return await self._on_db_thread(self._append, build, prebuilt)
+            except sqlite3.IntegrityError as e:
+                raise StoreConflictError(f"ledger head moved during append: {e}") from e
             except sqlite3.Error as e:
-                raise StoreError(f"cannot start a ledger transaction: {e}") from e
-            try:
-                head = await self._read_head()
-                frontier = await self._frontier_at(head)
-                batch = await asyncio.to_thread(build, head, frontier)
-                if batch.records and batch.records[0].index != head.size:
-                    raise StoreConflictError("batch does not start at the head")
-                await db.executemany(
-                    "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.index,
-                            r.time,
-                            r.kind,
-                            r.actor,
-                            r.target,
-                            r.decision_id,
-                            r.trace_id,
-                            r.envelope,
-                        )
-                        for r in batch.records
-                    ],
-                )
-                await db.executemany(
-                    "INSERT INTO nodes VALUES (?, ?)",
-                    [(node_key(level, index), h) for level, index, h in batch.nodes],
-                )
-                h = batch.head
-                await db.execute(
-                    "UPDATE log_head SET size = ?, last_leaf = ?, last_time = ?, key_id = ? "
-                    "WHERE id = 1 AND size = ?",
-                    (h.size, h.last_leaf, h.last_time, h.key_id, head.size),
-                )
-                await db.execute("COMMIT")
-            except BaseException as e:
-                self._cache = None
-                # A failed COMMIT or a closed connection has already rolled back.
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                if isinstance(e, sqlite3.IntegrityError):
-                    raise StoreConflictError(f"ledger head moved during append: {e}") from e
-                if isinstance(e, sqlite3.Error):
-                    raise StoreError(f"ledger append failed: {e}") from e
-                raise
-            self._cache = (batch.head, batch.frontier.copy())
-            return batch
+                raise StoreError(f"ledger append failed: {e}") from e
+
+    def _snapshot(self, conn: sqlite3.Connection) -> tuple[Head, Frontier]:
+        conn.execute("BEGIN")
+        try:
+            head = self._read_head(conn)
+            return head, self._frontier_at(conn, head)
+        finally:
+            conn.execute("COMMIT")
 
     async def snapshot(self) -> tuple[Head, Frontier]:
         async with self._lock:
             try:
-                await self._conn.execute("BEGIN")
-                try:
-                    head = await self._read_head()
-                    frontier = await self._frontier_at(head)
-                finally:
-                    await self._conn.execute("COMMIT")
+                return await self._on_db_thread(self._snapshot)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read the ledger head: {e}") from e
-            return head, frontier
 
     async def nodes(self, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
         async with self._lock:
             try:
-                return await self._fetch_nodes(ids)
+                return await self._on_db_thread(self._fetch_nodes, ids)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read Merkle nodes: {e}") from e
 
@@ -304,7 +331,7 @@ class SQLiteStore(LedgerStore):
                         "SELECT size, root, note, signed_at FROM checkpoints WHERE size = ?",
                         (cp.size,),
                     )
-                    head = await self._read_head()
+                    head = await self._on_db_thread(self._read_head)
                     if same is not None:
                         if bytes(same[1]) != cp.root:
                             raise CheckpointError(

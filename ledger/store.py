@@ -106,12 +106,15 @@ class LedgerStore(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def sequence(self, build: BuildFn) -> Batch:
+    async def sequence(self, build: BuildFn, *, prebuilt: Batch | None = None) -> Batch:
         """Append atomically after the current head; return only once durable.
 
         ``build`` runs inside the transaction, off the event loop, with the head
         and a private copy of the frontier at that head. Whatever it raises
-        aborts the transaction and propagates.
+        aborts the transaction and propagates. ``prebuilt`` is a batch sealed
+        in advance: it is written as it is when it starts at the head the
+        transaction finds (its ``records[0].prev`` and index match), and
+        ``build`` is called only otherwise.
         """
 
     @abc.abstractmethod

@@ -49,11 +49,11 @@ class CountingStore(SQLiteStore):
         self.transactions = 0
         self.fail_with: Exception | None = None
 
-    async def sequence(self, build):  # type: ignore[no-untyped-def]
+    async def sequence(self, build, *, prebuilt=None):  # type: ignore[no-untyped-def]
         if self.fail_with is not None:
             raise self.fail_with
         self.transactions += 1
-        return await super().sequence(build)
+        return await super().sequence(build, prebuilt=prebuilt)
 
 
 async def test_genesis_record_names_the_key(data: DataDir) -> None:
