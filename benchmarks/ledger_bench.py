@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -157,11 +158,12 @@ def main() -> None:
     print("\n[appends] durable signed ~1 KB records")
     for writers in (1, 16, 256):
         runs = []
-        for r in range(args.repeat):
-            d = DataDir(base / f"append-{writers}-{r}")
+        for _ in range(args.repeat):
+            d = DataDir(tempfile.mkdtemp(dir=base, prefix=f"append-{writers}-"))
             d.generate_key("bench.example/log")
             count = args.appends if writers > 1 else min(args.appends, 3000)
             runs.append(asyncio.run(_appends(d, writers, count)))
+            shutil.rmtree(d.path)
         figures[f"append_{writers}"] = statistics.median(runs)
         line = f"  {writers:>3} writers: {statistics.median(runs):>9,.0f} records/s"
         line += f"  (runs: {', '.join(f'{x:,.0f}' for x in runs)})"

@@ -105,6 +105,19 @@ def _key_from_record(body: Any, index: int, line: int) -> NoteVerifier:
         raise VerificationError(f"key record names a bad key: {e}", index=index, line=line) from e
 
 
+def _adopt_key(st: _State, body: Any, index: int, line: int) -> None:
+    """Make the key named by key record ``index`` (the genesis record when 0) active."""
+    new = _key_from_record(body, index, line)
+    if index > 0 and st.active is not None and new.name != st.active.name:
+        raise VerificationError(
+            f"key record renames the log from {st.active.name!r} to {new.name!r}",
+            index=index,
+            line=line,
+        )
+    st.active = new
+    st.keys.append(new)
+
+
 def _record(st: _State, line_no: int, line: bytes, jobs: list[_SigJob]) -> None:
     index = st.frontier.size
     try:
@@ -138,8 +151,7 @@ def _record(st: _State, line_no: int, line: bytes, jobs: list[_SigJob]) -> None:
             raise VerificationError(
                 "record 0 must be the log's genesis key record", index=0, line=line_no
             )
-        st.active = _key_from_record(rec.body, 0, line_no)
-        st.keys.append(st.active)
+        _adopt_key(st, rec.body, 0, line_no)
     assert st.active is not None
     if rec.key_id != st.active.key_id:
         raise VerificationError(
@@ -150,15 +162,7 @@ def _record(st: _State, line_no: int, line: bytes, jobs: list[_SigJob]) -> None:
     if st.signatures:
         jobs.append((index, line_no, st.active, opened.signed_bytes, opened.signature))
     if index > 0 and rec.kind == "key":
-        new = _key_from_record(rec.body, index, line_no)
-        if new.name != st.active.name:
-            raise VerificationError(
-                f"key record renames the log from {st.active.name!r} to {new.name!r}",
-                index=index,
-                line=line_no,
-            )
-        st.active = new
-        st.keys.append(new)
+        _adopt_key(st, rec.body, index, line_no)
     st.frontier.append(rec.leaf_hash)
     st.prev = rec.leaf_hash
     st.last_time = rec.time
@@ -254,18 +258,9 @@ def _join(st: _State, res: ChunkResult, level: int) -> None:
                 rec = open_record(raw).record
             except RecordError as e:
                 raise VerificationError(f"malformed record: {e}", index=index, line=line) from e
-            new = _key_from_record(rec.body, index, line)
+            _adopt_key(st, rec.body, index, line)
             if index > 0:
-                assert st.active is not None
-                if new.name != st.active.name:
-                    raise VerificationError(
-                        f"key record renames the log from {st.active.name!r} to {new.name!r}",
-                        index=index,
-                        line=line,
-                    )
                 switch_at = index + 1
-            st.active = new
-            st.keys.append(new)
         else:
             pos, line, raw, hashes = payload
             if switch_at is not None and switch_at < res.start + pos:
