@@ -4,9 +4,11 @@
 returns only when the record is durable. Appends that arrive while a
 transaction is in flight wait in a bounded queue and go into the next
 transaction together: one fsync for all of them, so throughput grows with
-concurrency. Records are sealed inside the store's transaction
-(:meth:`LedgerStore.sequence`), so the index and the chain always come from
-the store.
+concurrency. The store's transaction decides where a batch goes
+(:meth:`LedgerStore.sequence`): a batch is sealed on the head that transaction
+finds, or, pipelined, signed ahead on the head the previous batch will leave
+and written only if that is the head the transaction finds. The index and the
+chain always come from the store.
 
 Checkpoints are signed every ``checkpoint_every`` records, every
 ``checkpoint_interval`` seconds while records arrive, and on demand. Before
@@ -46,9 +48,10 @@ from ledger.errors import (
 from ledger.merkle import (
     Frontier,
     consistency_ranges,
-    decompose,
+    fold_nodes,
     fold_range,
     inclusion_ranges,
+    plan_nodes,
     verify_consistency,
 )
 from ledger.note import NoteSigner
@@ -404,12 +407,9 @@ class Ledger:
             return kept
 
     async def _hashes(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        plan = [decompose(b, e) for b, e in ranges]
-        got = await self._store.nodes({n for nodes in plan for n in nodes})
-        try:
-            return [fold_range([got[n] for n in nodes]) for nodes in plan]
-        except KeyError as e:
-            raise ProofError(f"the store lacks Merkle node {e.args[0]}") from e
+        """Hashes of leaf ranges, from one read of the stored nodes."""
+        plan, wanted = plan_nodes(ranges)
+        return fold_nodes(plan, await self._store.nodes(wanted))
 
     async def _prove_consistency(self, old: int, new: int) -> list[bytes]:
         return await self._hashes(consistency_ranges(old, new))
@@ -429,8 +429,9 @@ class Ledger:
         if not 0 <= index < tree_size:
             raise NotFoundError(f"index {index} is not in a tree of size {tree_size}")
         (leaf,) = await self._store.envelopes(index, index + 1)
-        proof = await self._hashes(inclusion_ranges(index, tree_size))
-        leaf_hash = (await self._hashes([(index, index + 1)]))[0]
+        *proof, leaf_hash = await self._hashes(
+            [*inclusion_ranges(index, tree_size), (index, index + 1)]
+        )
         return InclusionProof(index, tree_size, leaf, leaf_hash, tuple(proof))
 
     async def consistency_proof(self, old_size: int, size: int | None = None) -> ConsistencyProof:

@@ -35,11 +35,13 @@ __all__ = [
     "NodeId",
     "consistency_ranges",
     "decompose",
+    "fold_nodes",
     "fold_range",
     "inclusion_ranges",
     "leaf_hash",
     "node_hash",
     "node_key",
+    "plan_nodes",
     "prove_consistency",
     "prove_inclusion",
     "root_of",
@@ -159,17 +161,26 @@ def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
     return out
 
 
+def plan_nodes(ranges: Iterable[tuple[int, int]]) -> tuple[list[list[NodeId]], set[NodeId]]:
+    """The nodes each range folds from, and all of them: what one store read must fetch."""
+    plan = [decompose(b, e) for b, e in ranges]
+    return plan, {node for nodes in plan for node in nodes}
+
+
+def fold_nodes(plan: list[list[NodeId]], got: Mapping[NodeId, bytes]) -> list[bytes]:
+    """The hash of each planned range from the fetched nodes."""
+    missing = {n for nodes in plan for n in nodes} - got.keys()
+    if missing:
+        raise ProofError(f"store lacks {len(missing)} Merkle node(s), e.g. {min(missing)}")
+    return [fold_range([got[n] for n in nodes]) for nodes in plan]
+
+
 def resolve(
     ranges: Iterable[tuple[int, int]], fetch: Callable[[set[NodeId]], Mapping[NodeId, bytes]]
 ) -> list[bytes]:
     """Turn proof ranges into hashes, reading all the nodes they need in one fetch."""
-    plan = [decompose(b, e) for b, e in ranges]
-    wanted = {node for nodes in plan for node in nodes}
-    got = fetch(wanted) if wanted else {}
-    missing = wanted - got.keys()
-    if missing:
-        raise ProofError(f"store lacks {len(missing)} node(s), e.g. {min(missing)}")
-    return [fold_range([got[n] for n in nodes]) for nodes in plan]
+    plan, wanted = plan_nodes(ranges)
+    return fold_nodes(plan, fetch(wanted) if wanted else {})
 
 
 def _memory_fetch(leaf_hashes: Sequence[bytes]) -> Callable[[set[NodeId]], dict[NodeId, bytes]]:
