@@ -153,8 +153,8 @@ def keys_rotate(
         d = DataDir(data)
         async with d.open_ledger(_READ_ONLY) as log:
             new = await d.rotate(log, reason)
-            rec_index = (await log.checkpoint()).size - 1
-            return new.verifier_key, rec_index
+            head, _ = await log.store.snapshot()  # the key record is the last one
+            return new.verifier_key, head.size - 1
 
     vkey, index = _run(go())
     err.print(f"rotated; key record at index {index}; the old key is in keys/retired/")
