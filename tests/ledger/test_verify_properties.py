@@ -338,15 +338,7 @@ def test_any_changed_record_byte_is_caught_at_that_record(built: Built, data) ->
     offset = data.draw(st.integers(0, len(line)), label="offset")  # len(line): the newline
     old = (line + b"\n")[offset]
     tampered = _with_byte(line, offset, data.draw(_other_byte(old), label="byte"))
-    export = _replace_line(built, position, tampered)
-
-    err = _fails(built, export, signatures=True)
-    event(f"signatures=True: {_kind_of(err)}")
-    assert err.index == k, err
-
-    err = _fails(built, export, signatures=False)
-    event(f"signatures=False: {_kind_of(err)}")
-    assert err.index == _expected_without_signatures(k, line, tampered), err
+    _assert_caught_at(built, k, line, tampered)
 
 
 def _expected_without_signatures(k: int, original: bytes, tampered: bytes) -> int:
@@ -361,6 +353,18 @@ def _expected_without_signatures(k: int, original: bytes, tampered: bytes) -> in
         event("the edit rewrote this record's prev field")
         return max(k - 1, 0)
     return k
+
+
+def _assert_caught_at(built: Built, k: int, line: bytes, tampered: bytes) -> None:
+    """Record ``k`` replaced by ``tampered`` fails at k with signatures, and where
+    :func:`_expected_without_signatures` says without them."""
+    export = _replace_line(built, built.records[k], tampered)
+    err = _fails(built, export, signatures=True)
+    event(f"signatures=True: {_kind_of(err)}")
+    assert err.index == k, err
+    err = _fails(built, export, signatures=False)
+    event(f"signatures=False: {_kind_of(err)}")
+    assert err.index == _expected_without_signatures(k, line, tampered), err
 
 
 @props(300)
@@ -382,14 +386,7 @@ def test_any_changed_byte_inside_payload_or_signature_is_caught_at_that_record(
     raw[offset] = data.draw(_other_byte(raw[offset]), label="byte")
     holder[field] = base64.b64encode(bytes(raw)).decode()
     tampered = orjson.dumps(env, option=orjson.OPT_SORT_KEYS) + b"\n"
-    export = _replace_line(built, position, tampered)
-
-    err = _fails(built, export, signatures=True)
-    event(f"signatures=True: {_kind_of(err)}")
-    assert err.index == k, err
-    err = _fails(built, export, signatures=False)
-    event(f"signatures=False: {_kind_of(err)}")
-    assert err.index == _expected_without_signatures(k, line, tampered), err
+    _assert_caught_at(built, k, line, tampered)
 
 
 def _rewrite_payload(line: bytes, **changes: object) -> bytes:
