@@ -35,7 +35,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 stamp=.venv/.govgate-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     log "virtual environment .venv is up to date"
     exit 0
@@ -46,6 +46,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 log "installing govgate and its development tools into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# constraints.txt pins every package to the versions the suite last passed with.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 echo "$want" > "$stamp"
 log "done: $(.venv/bin/govgate --help >/dev/null && echo 'govgate is installed in .venv/bin')"
