@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -172,9 +174,11 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
 
     con.print("\n[bold]6. The signed checkpoint (C2SP tlog-checkpoint, signed note)[/bold]")
     con.print(Panel(note.rstrip("\n"), expand=False))
+    # Name the command as this shell can run it: .venv/bin is usually not on PATH.
+    exe = "govgate" if shutil.which("govgate") else os.path.relpath(sys.argv[0])
     table = Table(title="Try next", show_header=False, box=None)
-    table.add_row(f"govgate ledger query --data {data} --kind halt")
-    table.add_row(f"govgate ledger proof --data {data} --index 7")
-    table.add_row(f"govgate ledger verify {export} --key '{vkey}'")
+    table.add_row(f"{exe} ledger query --data {data} --kind halt")
+    table.add_row(f"{exe} ledger proof --data {data} --index 7")
+    table.add_row(f"{exe} ledger verify {export} --key '{vkey}'")
     con.print(table)
     return 0
