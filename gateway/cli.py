@@ -18,7 +18,7 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -67,8 +67,9 @@ DataOpt = Annotated[
     ),
 ]
 
-# Read-only commands must not write checkpoints on their way out.
-_READ_ONLY = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
+# For commands that open the ledger for one job: no background checkpoints, and
+# nothing signed on the way out beyond what the command itself asks for.
+_ONE_JOB = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
 
 
 def _print_json(value: Any) -> None:
@@ -94,12 +95,8 @@ def _parse_json(text: str) -> Any:
     return json.loads(text, parse_float=finite, parse_constant=constant)
 
 
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(_wrap(coro))
-
-
-async def _wrap(coro: Awaitable[T]) -> T:
-    return await coro
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def _progress(label: str) -> tuple[Progress, Callable[[int, int], None]]:
@@ -151,7 +148,7 @@ def keys_rotate(
 
     async def go() -> tuple[str, int]:
         d = DataDir(data)
-        async with d.open_ledger(_READ_ONLY) as log:
+        async with d.open_ledger(_ONE_JOB) as log:
             new = await d.rotate(log, reason)
             head, _ = await log.store.snapshot()  # the key record is the last one
             return new.verifier_key, head.size - 1
@@ -269,7 +266,7 @@ def ledger_checkpoint(
     """Print the signed checkpoint note for the current size (signing one if needed)."""
 
     async def go() -> str:
-        async with DataDir(data).open_ledger(_READ_ONLY) as log:
+        async with DataDir(data).open_ledger(_ONE_JOB) as log:
             return (await log.checkpoint(size)).note
 
     sys.stdout.write(_run(go()))
@@ -286,7 +283,7 @@ def ledger_proof(
     """Print an RFC 9162 inclusion proof as JSON."""
 
     async def go() -> dict[str, Any]:
-        async with DataDir(data).open_ledger(_READ_ONLY) as log:
+        async with DataDir(data).open_ledger(_ONE_JOB) as log:
             p = await log.inclusion_proof(index, size)
         return {
             "index": p.index,
@@ -310,7 +307,7 @@ def ledger_consistency(
     """Print an RFC 9162 consistency proof as JSON."""
 
     async def go() -> dict[str, Any]:
-        async with DataDir(data).open_ledger(_READ_ONLY) as log:
+        async with DataDir(data).open_ledger(_ONE_JOB) as log:
             p = await log.consistency_proof(old, size)
         return {
             "old_size": p.old_size,
@@ -333,7 +330,7 @@ def ledger_export(
     async def go() -> None:
         bar, update = _progress("exporting")
         with bar:
-            async with DataDir(data).open_ledger(_READ_ONLY) as log:
+            async with DataDir(data).open_ledger(_ONE_JOB) as log:
                 summary = await export_ledger(log, out, progress=update)
         err.print(f"exported {summary.size} records and {summary.checkpoints} checkpoints to {out}")
 
