@@ -339,7 +339,9 @@ def ledger_export(
 
 @ledger_app.command("verify")
 def ledger_verify(
-    file: Annotated[Path, typer.Argument(help="Export written by `govgate ledger export`.")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Export written by `govgate ledger export`.")
+    ],
     key: Annotated[str, typer.Option(help="Trusted verifier key (name+hash+key).")],
     signatures: Annotated[
         bool, typer.Option(help="Check every record signature (off: chain, roots, checkpoints).")
