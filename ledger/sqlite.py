@@ -91,9 +91,19 @@ def _starts_at(batch: Batch, head: Head) -> bool:
 class SQLiteStore(LedgerStore):
     """A :class:`LedgerStore` in one SQLite file."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 10_000,
+        wal_autocheckpoint_pages: int = 10_000,
+    ) -> None:
         self._path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
+        # SQLite copies the WAL back into the database every N pages, inside the
+        # commit that crosses the mark. Its default (1000 pages, 4 MB) made that
+        # happen every few batches; 10000 (40 MB) measured ~6% more appends/s.
+        self._wal_autocheckpoint_pages = wal_autocheckpoint_pages
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on our connection
         self._cache: tuple[Head, Frontier] | None = None
@@ -121,6 +131,9 @@ class SQLiteStore(LedgerStore):
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StoreError(f"{self._path}: cannot switch to WAL journal mode")
             await db.execute("PRAGMA synchronous = FULL")
+            await db.execute(f"PRAGMA wal_autocheckpoint = {int(self._wal_autocheckpoint_pages)}")
+            # After a checkpoint, shrink a WAL that grew past 64 MB back to that size.
+            await db.execute("PRAGMA journal_size_limit = 67108864")
             await db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             row = await self._one("SELECT value FROM meta WHERE key = 'schema_version'")
             if row is None:
