@@ -151,6 +151,7 @@ def main() -> None:
     args = ap.parse_args()
 
     base = args.dir or Path(tempfile.mkdtemp(prefix="govgate-bench-"))
+    base.mkdir(parents=True, exist_ok=True)
     govgate = str(Path(sys.executable).with_name("govgate"))
     figures: dict[str, float] = {}
     print(f"govgate ledger benchmark — {os.cpu_count()} CPUs, work dir {base}")
