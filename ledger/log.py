@@ -178,7 +178,11 @@ class Ledger:
         if head.size == 0:
             loop = asyncio.get_running_loop()
             genesis = prepare(Draft("key", self._key_body(self._signer, "genesis")))
-            await self._submit(_Pending(genesis, loop.create_future()))
+            try:
+                await self._submit(_Pending(genesis, loop.create_future()))
+            except BaseException:
+                await self.close()  # nothing half-started is left running
+                raise
 
     async def close(self) -> None:
         """Finish queued appends, sign a final checkpoint, close the store."""
@@ -190,14 +194,24 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         if self._writer:
+            if self._writer.done():
+                self._fail_queued()  # the writer died: nobody will take these
             await self._queue.join()
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A writer that died has already failed its callers (LedgerClosedError).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
             if self._config.checkpoint_on_close:
                 with contextlib.suppress(LedgerError):
                     await self.checkpoint()
         await self._store.close()
+
+    def _fail_queued(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(LedgerClosedError("the ledger writer stopped"))
+            self._queue.task_done()
 
     # -- appends -------------------------------------------------------------
 
@@ -277,6 +291,9 @@ class Ledger:
                     await inflight
                 inflight = asyncio.create_task(self._commit(items, live, built))
                 predicted = built
+        except Exception:
+            self._fail_queued()  # a bug here must not leave callers waiting forever
+            raise
         finally:
             if inflight is not None:
                 await inflight

@@ -357,3 +357,28 @@ async def test_query_filters_and_pages(data: DataDir) -> None:
         t = page1[2].time
         assert all(r.time >= t for r in await store.query(RecordQuery(since=t)))
         assert all(r.time < t for r in await store.query(RecordQuery(until=t)))
+
+
+async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> None:
+    log = data.open_ledger(QUIET)
+    await log.start()
+    queued = asyncio.get_running_loop().create_future()
+
+    async def broken_collect() -> list:  # type: ignore[type-arg]
+        raise RuntimeError("writer bug")
+
+    log._collect = broken_collect  # type: ignore[method-assign]
+    log._writer.cancel()  # type: ignore[union-attr]
+    log._writer = asyncio.create_task(log._write_loop())
+    await asyncio.sleep(0.01)
+    assert log._writer.done()
+    with pytest.raises(LedgerClosedError):
+        await log.append(Draft("note", {}))
+    # Something already queued when the writer died is failed, not left hanging.
+    from ledger.log import _Pending
+    from ledger.record import prepare
+
+    log._queue.put_nowait(_Pending(prepare(Draft("note", {})), queued))
+    await asyncio.wait_for(log.close(), 5)
+    with pytest.raises(LedgerClosedError):
+        await queued
