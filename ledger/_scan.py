@@ -1,8 +1,9 @@
 """Chunk scanner for fast verification (chain, Merkle roots, checkpoints; no signatures).
 
 :func:`scan_chunk` checks a run of export lines that starts at a record index
-aligned to :data:`CHUNK_RECORDS`, in another process, and returns what the
-sequential part of the verifier needs to join chunks: the chain's two ends,
+aligned to ``2**level`` records (level :data:`CHUNK_LEVEL` by default), in
+another process, and returns what the sequential part of the verifier needs
+to join chunks: the chain's two ends,
 the chunk's compact Merkle range (after every record and at every checkpoint
 line), where the signing key id changes, and the ``key`` records (which the
 main process opens strictly, since rotations are rare and matter).
@@ -25,10 +26,9 @@ from dataclasses import dataclass, field
 
 from ledger.merkle import Frontier, leaf_hash
 
-__all__ = ["CHUNK_LEVEL", "CHUNK_RECORDS", "ChunkResult", "scan_chunk", "scan_file_range"]
+__all__ = ["CHUNK_LEVEL", "ChunkResult", "scan_chunk", "scan_file_range"]
 
-CHUNK_LEVEL = 13
-CHUNK_RECORDS = 1 << CHUNK_LEVEL  # chunks start at multiples of this: their ranges are subtrees
+CHUNK_LEVEL = 13  # chunks of 8192 records start at multiples of 8192: their ranges are subtrees
 
 _PAYLOAD_PREFIX = b'{"payload":"'
 _ENVELOPE_TAIL = re.compile(

@@ -55,7 +55,7 @@ from ledger.merkle import (
     verify_consistency,
 )
 from ledger.note import NoteSigner
-from ledger.record import Draft, Prepared, Record, format_time, parse_time, prepare, seal, utc_now
+from ledger.record import Draft, Record, format_time, parse_time, seal, utc_now
 from ledger.store import Batch, Head, LedgerStore, StoredCheckpoint
 
 __all__ = ["ConsistencyProof", "InclusionProof", "Ledger", "LedgerConfig"]
@@ -109,7 +109,7 @@ class _Built:
 
 @dataclass
 class _Pending:
-    draft: Draft | Prepared
+    draft: Draft
     future: asyncio.Future[Record]
     new_signer: NoteSigner | None = None
 
@@ -177,7 +177,7 @@ class Ledger:
             self._ticker = asyncio.create_task(self._tick_loop(), name="ledger-checkpoints")
         if head.size == 0:
             loop = asyncio.get_running_loop()
-            genesis = prepare(Draft("key", self._key_body(self._signer, "genesis")))
+            genesis = Draft("key", self._key_body(self._signer, "genesis"))
             try:
                 await self._submit(_Pending(genesis, loop.create_future()))
             except BaseException:
@@ -234,7 +234,7 @@ class Ledger:
         every record after it is signed by the new key."""
         if new_signer.name != self._signer.name:
             raise ValueError("a rotated key must keep the log's name (its origin)")
-        draft = prepare(Draft("key", self._key_body(new_signer, reason)))
+        draft = Draft("key", self._key_body(new_signer, reason))
         loop = asyncio.get_running_loop()
         return await self._submit(_Pending(draft, loop.create_future(), new_signer))
 
@@ -347,9 +347,10 @@ class Ledger:
             done = built
 
             def in_transaction(head: Head, frontier: Frontier) -> Batch:
+                # Called only when there is no pre-sealed batch or it does not
+                # start at the head the transaction found: seal on that head.
                 nonlocal done
-                if done is None or done.base != head:
-                    done = self._build(live, head, frontier, self._signer)
+                done = self._build(live, head, frontier, self._signer)
                 return done.batch
 
             try:

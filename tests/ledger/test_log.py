@@ -376,9 +376,8 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
         await log.append(Draft("note", {}))
     # Something already queued when the writer died is failed, not left hanging.
     from ledger.log import _Pending
-    from ledger.record import prepare
 
-    log._queue.put_nowait(_Pending(prepare(Draft("note", {})), queued))
+    log._queue.put_nowait(_Pending(Draft("note", {}), queued))
     await asyncio.wait_for(log.close(), 5)
     with pytest.raises(LedgerClosedError):
         await queued
