@@ -1,0 +1,95 @@
+"""Model files: content-addressed XGBoost boosters tied to one feature schema.
+
+A model file is the booster in XGBoost's UBJSON format (``.ubj``). Its id is
+the lowercase hex SHA-256 of the file's bytes, so a model id in a ledger
+record names exactly one model, and a file that does not hash to its id is
+refused. The booster carries its feature names and the attribute
+``govgate_schema`` (the :data:`~explain.features.SCHEMA_VERSION` it was trained on);
+a model from another schema is refused rather than fed misaligned features.
+
+Loading is all or nothing: the bytes are hashed, parsed, checked against the
+schema and made to score one probe row before a :class:`Model` exists.
+
+Example::
+
+    model = load_model(raw, expected_id=model_id)
+    assert model.id == model_id and model.schema == SCHEMA_VERSION
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import NewType
+
+import numpy as np
+import xgboost as xgb
+
+from explain.errors import ModelCorruptError, SchemaMismatchError
+from explain.features import FEATURE_NAMES, SCHEMA_VERSION
+
+__all__ = ["SCHEMA_ATTR", "Model", "ModelId", "load_model", "model_bytes", "model_id_of"]
+
+ModelId = NewType("ModelId", str)  # lowercase hex SHA-256 of the model file
+SCHEMA_ATTR = "govgate_schema"
+MAX_MODEL_BYTES = 64 << 20  # a default model is ~100 KB; anything near this is not ours
+
+
+def model_id_of(raw: bytes) -> ModelId:
+    return ModelId(hashlib.sha256(raw).hexdigest())
+
+
+def model_bytes(booster: xgb.Booster) -> bytes:
+    """Serialise a trained booster as a govgate model file (stamps the schema)."""
+    booster.feature_names = list(FEATURE_NAMES)
+    booster.set_attr(**{SCHEMA_ATTR: SCHEMA_VERSION})
+    return bytes(booster.save_raw(raw_format="ubj"))
+
+
+@dataclass(frozen=True)
+class Model:
+    """A verified model, ready to score. Thread-safe for prediction."""
+
+    id: ModelId
+    booster: xgb.Booster = field(repr=False)
+    schema: str
+    size: int  # bytes
+    trees: int
+
+
+def load_model(raw: bytes, expected_id: str | None = None, *, nthread: int = 1) -> Model:
+    """Verify and load model bytes; raise rather than return a half-usable model."""
+    if len(raw) > MAX_MODEL_BYTES:
+        raise ModelCorruptError(f"model file is {len(raw)} bytes, over {MAX_MODEL_BYTES}")
+    mid = model_id_of(raw)
+    if expected_id is not None and mid != expected_id:
+        raise ModelCorruptError(
+            f"model file hashes to {mid[:12]}..., not its id {expected_id[:12]}...: "
+            "it was changed or is not the file it claims to be"
+        )
+    try:
+        booster = xgb.Booster(params={"nthread": nthread}, model_file=bytearray(raw))
+    except xgb.core.XGBoostError as err:
+        raise ModelCorruptError(f"model {mid[:12]} is not a readable XGBoost model") from err
+    schema = booster.attr(SCHEMA_ATTR)
+    if schema != SCHEMA_VERSION:
+        raise SchemaMismatchError(
+            f"model {mid[:12]} was trained on feature schema {schema or '(none)'}, "
+            f"this govgate uses {SCHEMA_VERSION}: retrain it with 'govgate model train'"
+        )
+    if tuple(booster.feature_names or ()) != FEATURE_NAMES or (
+        booster.num_features() != len(FEATURE_NAMES)
+    ):
+        raise SchemaMismatchError(
+            f"model {mid[:12]} claims schema {schema} but its features "
+            f"{booster.feature_names} are not {list(FEATURE_NAMES)}"
+        )
+    probe = np.full((1, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    try:
+        out = booster.predict(xgb.DMatrix(probe, feature_names=list(FEATURE_NAMES)))
+    except xgb.core.XGBoostError as err:
+        raise ModelCorruptError(f"model {mid[:12]} cannot score") from err
+    if out.shape != (1,) or not np.isfinite(out).all():
+        raise ModelCorruptError(f"model {mid[:12]} gives non-finite or mis-shaped output")
+    trees = booster.num_boosted_rounds()
+    return Model(id=mid, booster=booster, schema=schema, size=len(raw), trees=trees)
