@@ -41,7 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,8 +171,13 @@ def true_logit(x: npt.NDArray[np.float32]) -> float:
     return z
 
 
-def generate(n: int, *, seed: int = 1) -> list[Example]:
-    """``n`` labelled examples; the same ``seed`` always gives the same list."""
+def generate(
+    n: int, *, seed: int = 1, progress: Callable[[int, int], None] | None = None
+) -> list[Example]:
+    """``n`` labelled examples; the same ``seed`` always gives the same list.
+
+    ``progress(done, n)`` is called every 1000 examples and at the end.
+    """
     if n < 1:
         raise ValueError("n must be >= 1")
     rng = random.Random(seed)  # noqa: S311 - a reproducible simulation, not a secret
@@ -184,6 +189,10 @@ def generate(n: int, *, seed: int = 1) -> list[Example]:
         z = true_logit(featurize(action, state, Context(now=when)))
         label = int(rng.random() < 1.0 / (1.0 + math.exp(-z)))
         out.append(Example(action, state, when, label))
+        if progress is not None and (i + 1) % 1000 == 0:
+            progress(i + 1, n)
+    if progress is not None:
+        progress(n, n)
     return out
 
 

@@ -61,6 +61,8 @@ def _check_path(path: Path) -> None:
 def _save(plt: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = plt.gcf()
+    # svg.fonttype "none" keeps labels as text: searchable, selectable, accessible.
+    plt.rcParams["svg.fonttype"] = "none"
     fig.savefig(path, format=path.suffix.lower()[1:], bbox_inches="tight", dpi=120)
     plt.close(fig)
 

@@ -3,7 +3,7 @@
 Contributions are exact TreeSHAP values in log-odds: ``base_value`` plus the
 sum of ``contributions`` is the model's margin, and ``risk`` is its sigmoid.
 :meth:`Explanation.top` orders them by size and words each one
-("+0.21 log-odds: target is production (or unlabelled)").
+("+0.93 log-odds (raises risk): target is production (or unlabelled)").
 
 Example::
 
@@ -41,8 +41,8 @@ class Contribution:
         return FEATURES[FEATURE_INDEX[self.feature]].phrase(self.value)
 
     def text(self) -> str:
-        direction = "risk" if self.contribution >= 0 else "safety"
-        return f"{self.contribution:+.2f} log-odds ({direction}): {self.phrase()}"
+        direction = "raises" if self.contribution >= 0 else "lowers"
+        return f"{self.contribution:+.2f} log-odds ({direction} risk): {self.phrase()}"
 
 
 @dataclass(frozen=True)

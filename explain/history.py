@@ -44,7 +44,7 @@ from adapters.errors import InvalidActionError
 from explain.bootstrap import Example
 from explain.errors import TrainingDataError
 
-__all__ = ["LedgerStats", "label_ledger", "parse_time", "read_history"]
+__all__ = ["LedgerStats", "label_ledger", "parse_time", "read_history", "read_proposal"]
 
 MAX_LINE = 1 << 20
 
@@ -67,15 +67,39 @@ def _label(value: Any, where: str) -> int:
     raise TrainingDataError(f"{where}: label must be 0, 1, true or false, not {value!r}")
 
 
-def _example(obj: Any, where: str, label: int | None = None) -> Example:
+def read_proposal(obj: Any, where: str) -> tuple[Action, RuntimeState, dt.datetime | None]:
+    """An action file's content: ``{"action": ..., "state": ..., "time": ...}``.
+
+    ``state`` defaults to all-unknown and ``time`` to None (the caller's now).
+    Raises :class:`~adapters.errors.InvalidActionError` naming the field.
+    """
     if not isinstance(obj, Mapping):
-        raise TrainingDataError(f"{where}: expected a JSON object")
+        raise InvalidActionError(f"{where}: expected a JSON object with action and state")
+    unknown = sorted(set(obj) - {"action", "state", "time", "label"})
+    if unknown:
+        raise InvalidActionError(
+            f"{where}: unknown field {unknown[0]!r} (allowed: action, state, time)"
+        )
+    if "action" not in obj:
+        raise InvalidActionError(f"{where}: no action")
+    action = Action.from_json(obj["action"])
+    state = RuntimeState.from_json(obj.get("state", {}))
+    when = None
+    if obj.get("time") is not None:
+        try:
+            when = parse_time(obj["time"], "time")
+        except TrainingDataError as err:
+            raise InvalidActionError(str(err)) from None
+    return action, state, when
+
+
+def _example(obj: Any, where: str, label: int | None = None) -> Example:
     try:
-        action = Action.from_json(obj.get("action"))
-        state = RuntimeState.from_json(obj.get("state", {}))
+        action, state, when = read_proposal(obj, where)
     except InvalidActionError as err:
         raise TrainingDataError(f"{where}: {err}") from err
-    when = parse_time(obj.get("time"), where)
+    if when is None:
+        raise TrainingDataError(f"{where}: no time")
     return Example(action, state, when, _label(obj.get("label"), where) if label is None else label)
 
 

@@ -4,6 +4,7 @@ Sub-commands::
 
     govgate keys generate|public|rotate     the log's signing key
     govgate ledger append|query|checkpoint|proof|consistency|export|verify|hmac
+    govgate model train|list|activate|verify|card|explain   the risk model
     govgate demo                            the embedded-defaults walkthrough
 
 Machine-readable results go to standard output (JSON, or JSON lines for
@@ -25,9 +26,13 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from adapters.errors import AdapterError
+from explain.errors import ExplainError
 from gateway.demo import run_demo
+from gateway.model_cli import model_app
 from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, VerificationError
 from ledger._b64 import b64encode
 from ledger.datadir import DEFAULT_ORIGIN, default_data_dir
@@ -53,6 +58,7 @@ ledger_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(model_app, name="model")
 
 err = Console(stderr=True)
 
@@ -406,8 +412,8 @@ def main() -> None:
     except VerificationError as e:
         err.print(f"[red]FAILED[/red] {e}")
         raise SystemExit(1) from None
-    except LedgerError as e:
-        err.print(f"[red]error:[/red] {e}")
+    except (LedgerError, ExplainError, AdapterError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         raise SystemExit(1) from None
     except OSError as e:  # a file the user named cannot be read or written
         err.print(f"[red]error:[/red] {e}")
