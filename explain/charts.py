@@ -101,6 +101,8 @@ def importance(
 ) -> Path:
     """Draw global feature importance over a set of scored decisions to ``path``."""
     _check_path(path)
+    if kind not in ("beeswarm", "bar"):
+        raise ValueError(f"unknown chart kind {kind!r} (beeswarm or bar)")
     if len(scores) == 0:
         raise ValueError("no decisions to chart")
     shap = _shap()
@@ -114,10 +116,8 @@ def importance(
     plt.figure()
     if kind == "beeswarm":
         shap.plots.beeswarm(exp, max_display=max_display, show=False)
-    elif kind == "bar":
-        shap.plots.bar(exp, max_display=max_display, show=False)
     else:
-        raise ValueError(f"unknown chart kind {kind!r}")
+        shap.plots.bar(exp, max_display=max_display, show=False)
     n = len(scores)
     plt.title(f"what drives risk over {n} decision{'s' * (n != 1)} (log-odds)", fontsize=9)
     _save(plt, path)

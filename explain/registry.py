@@ -125,7 +125,7 @@ class Registry:
     def entries(self) -> list[Entry]:
         try:
             active: ModelId | None = self.active_id()
-        except ModelNotFoundError:
+        except (ModelNotFoundError, ModelCorruptError):  # listing still works; load() refuses
             active = None
         seen: set[str] = set()
         out = []
