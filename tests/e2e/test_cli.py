@@ -21,139 +21,23 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
-import os
 import re
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from typer.testing import CliRunner
+from cli_harness import ORIGIN, QUIET, Govgate
 
-from gateway import cli
-from ledger import DataDir, Draft, LedgerConfig, NoteSigner, NoteVerifier, open_checkpoint
+from ledger import DataDir, Draft, NoteSigner, NoteVerifier, open_checkpoint
 from ledger.errors import NoteError, ProofError
 from ledger.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from ledger.record import Record, open_record
 
-GOVGATE = Path(sys.executable).with_name("govgate")
-ORIGIN = "example.com/log"
 VKEY_RE = re.compile(r"example\.com/log\+([0-9a-f]{8})\+[A-Za-z0-9+/]{44}")
 HMAC_RE = re.compile(r"hmac-sha256:[0-9a-f]{64}")
-# Library appends for set-up: no checkpoints unless a test signs one.
-QUIET = LedgerConfig(checkpoint_every=0, checkpoint_interval=0, checkpoint_on_close=False)
-# Wide enough that rich does not wrap messages; tests still compare with whitespace folded.
-ENV = {"COLUMNS": "200", "GOVGATE_DATA_DIR": None}
-
-
-@dataclass(frozen=True)
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    @property
-    def msg(self) -> str:
-        """Standard error with runs of white space (rich's line wrapping) folded."""
-        return " ".join(self.err.split())
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [orjson.loads(line) for line in self.out.splitlines()]
-
-    def __str__(self) -> str:
-        cmd = " ".join(self.args)
-        return f"govgate {cmd} -> {self.code}\n--stdout--\n{self.out}--stderr--\n{self.err}"
-
-
-class Govgate:
-    """Runs ``govgate`` commands and keeps every output for the secrets check."""
-
-    def __init__(self) -> None:
-        self.runs: list[Run] = []
-
-    def __call__(self, *args: str | Path, env: dict[str, str | None] | None = None) -> Run:
-        """In process, through the console entry point ``gateway.cli.main``."""
-        argv = [str(a) for a in args]
-        saved = sys.argv
-        with CliRunner().isolation(env={**ENV, **(env or {})}) as (out, err, _):
-            sys.argv = ["govgate", *argv]
-            try:
-                cli.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            finally:
-                sys.argv = saved
-                sys.stdout.flush()
-                sys.stderr.flush()
-            run = Run(tuple(argv), code, out.getvalue().decode(), err.getvalue().decode())
-        self.runs.append(run)
-        return run
-
-    def sub(self, *args: str | Path, timeout: float = 60) -> Run:
-        """The installed ``govgate`` script in a subprocess."""
-        argv = [str(a) for a in args]
-        env = {k: v for k, v in os.environ.items() if k != "GOVGATE_DATA_DIR"}
-        env["COLUMNS"] = "200"
-        proc = subprocess.run(
-            [str(GOVGATE), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-        run = Run(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
-        self.runs.append(run)
-        return run
-
-
-def _secrets(root: Path) -> set[str]:
-    """Every private key (and its seed) and HMAC salt under ``root``, in the
-    spellings a leak could take."""
-    found: set[str] = set()
-    for path in root.rglob("*"):
-        if not path.is_file():
-            continue
-        if path.name == "hmac.salt":
-            salt = path.read_bytes()
-            found |= {salt.hex(), base64.b64encode(salt).decode()}
-        elif path.parent.name in ("keys", "retired") and ".key" in path.name:
-            text = path.read_text().strip()
-            material = text.removeprefix("PRIVATE+KEY+").split("+", 2)[2]  # base64 has '+'
-            seed = base64.b64decode(material)[1:]
-            found |= {text, material, seed.hex(), base64.b64encode(seed).decode().rstrip("=")}
-    return found
-
-
-@pytest.fixture
-def gg(tmp_path: Path) -> Iterator[Govgate]:
-    runner = Govgate()
-    yield runner
-    secrets = _secrets(tmp_path)
-    for run in runner.runs:
-        for text in (run.out, run.err):
-            assert "PRIVATE+KEY" not in text, f"a private key was printed by: {run}"
-            leaked = [s for s in secrets if s in text]
-            assert not leaked, f"a secret was printed by: {run}"
-
-
-@pytest.fixture
-def log(tmp_path: Path, gg: Govgate) -> tuple[Path, str]:
-    """A data directory with a key (through the CLI, in process) and its verifier key."""
-    data = tmp_path / "data"
-    r = gg("keys", "generate", "--data", data, "--name", ORIGIN)
-    assert r.code == 0, r
-    return data, r.out.strip()
 
 
 def _append(data: Path, drafts: Sequence[Draft], *, pause: float = 0.0) -> list[Record]:

@@ -23,7 +23,8 @@ def test_waterfall_png_and_svg(tmp_path, scores):
     exp = scores.explanation(0)
     png = waterfall(exp, tmp_path / "one.png")
     data = png.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 10_000
     svg = waterfall(exp, tmp_path / "sub" / "one.svg")
     root = ET.fromstring(svg.read_bytes())
     assert root.tag.endswith("svg")

@@ -94,9 +94,7 @@ def test_bundled_model_learns_the_bootstrap_rules(bundled_model: Model):
     assert ours > oracle - 0.02, (ours, oracle)
 
 
-@pytest.mark.parametrize(
-    "feature", [f.name for f in FEATURES if f.monotone], ids=lambda name: name
-)
+@pytest.mark.parametrize("feature", [f.name for f in FEATURES if f.monotone], ids=lambda name: name)
 def test_bundled_model_respects_monotone_constraints(bundled_model: Model, feature: str):
     """Raising a +1 feature never lowers risk; raising a -1 feature never raises it."""
     i = FEATURE_INDEX[feature]
@@ -115,7 +113,9 @@ def test_bundled_model_respects_monotone_constraints(bundled_model: Model, featu
     assert steps.min() >= 0
 
 
-def test_training_is_deterministic_and_card_is_complete(bootstrap_data: Data, small_trained: Trained):
+def test_training_is_deterministic_and_card_is_complete(
+    bootstrap_data: Data, small_trained: Trained
+):
     x, y = bootstrap_data
     again = train(x, y, TrainParams(max_depth=3, n_estimators=40), DataSource("bootstrap", "t"))
     assert again.raw == small_trained.raw
@@ -124,15 +124,19 @@ def test_training_is_deterministic_and_card_is_complete(bootstrap_data: Data, sm
     assert card["model_id"] == small_trained.model_id
     assert card["schema_version"] == SCHEMA_VERSION
     assert card["data"]["sha256"] == data_digest(x, y)
-    assert card["data"]["rows"] == len(y) and card["data"]["positives"] == int(y.sum())
+    assert card["data"]["rows"] == len(y)
+    assert card["data"]["positives"] == int(y.sum())
     assert card["data"]["train_rows"] + card["data"]["holdout_rows"] == len(y)
     assert card["constraints"] == {f.name: f.monotone for f in FEATURES if f.monotone}
     m = card["metrics"]
-    assert 0.5 < m["roc_auc"] <= 1 and 0 < m["pr_auc"] <= 1 and 0 < m["brier"] < 0.25
+    assert 0.5 < m["roc_auc"] <= 1
+    assert 0 < m["pr_auc"] <= 1
+    assert 0 < m["brier"] < 0.25
     assert sum(b["rows"] for b in m["calibration"]) == m["holdout_rows"]
     assert [f["name"] for f in card["features"]] == list(FEATURE_NAMES)
     assert set(card["reference"]["features"]) == set(FEATURE_NAMES)
-    assert card["intended_use"] and any("synthetic" in limit for limit in card["limits"])
+    assert card["intended_use"]
+    assert any("synthetic" in limit for limit in card["limits"])
 
 
 def test_card_metrics_are_the_held_out_metrics(bootstrap_data: Data, small_trained: Trained):
@@ -175,9 +179,11 @@ def test_bundled_default_is_registered_verified_and_current(bundled_model: Model
     assert model_id_of((BUNDLED_DIR / f"{default}.ubj").read_bytes()) == default
     card = reg.card()
     assert card["model_id"] == default
-    assert card["parameters"]["max_depth"] == 3 and card["parameters"]["n_estimators"] == 150
+    assert card["parameters"]["max_depth"] == 3
+    assert card["parameters"]["n_estimators"] == 150
     [entry] = reg.entries()
-    assert entry.bundled and entry.active
+    assert entry.bundled
+    assert entry.active
 
 
 def test_registry_add_activate_and_resolve(tmp_path, small_trained: Trained):
