@@ -233,6 +233,13 @@ def _parse_param(kind: str, raw: str, where: str) -> bool | int | float | str:
     return raw
 
 
+def _float(value: int | float, where: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond any double
+        raise InvalidActionError("number out of range", field=where) from None
+
+
 def _param_text(value: Any, where: str) -> str:
     # JSON files may give numbers and booleans directly; they are stored as the
     # strings the gRPC API would carry, so both paths featurize identically.
@@ -350,17 +357,23 @@ class Action:
             isinstance(confidence, bool) or not isinstance(confidence, int | float)
         ):
             raise InvalidActionError("must be a number in [0, 1]", field=f"{where}.confidence")
-        return cls(
-            verb=verb,
-            target=Target(
+        try:
+            tgt = Target(
                 _text(target.get("runtime"), f"{where}.target.runtime", required=True),
                 _text(target.get("resource"), f"{where}.target.resource", required=True),
-            ),
+            )
+        except InvalidActionError as err:
+            if err.field.startswith(where):
+                raise
+            raise InvalidActionError(err.reason, field=f"{where}.{err.field}") from None
+        return cls(
+            verb=verb,
+            target=tgt,
             parameters={
                 str(k): _param_text(v, f"{where}.parameters.{k}") for k, v in params.items()
             },
             justification=_text(obj.get("justification"), f"{where}.justification"),
-            confidence=None if confidence is None else float(confidence),
+            confidence=None if confidence is None else _float(confidence, f"{where}.confidence"),
             engine=_text(obj.get("engine"), f"{where}.engine"),
             requester=_text(obj.get("requester"), f"{where}.requester"),
         )
@@ -450,14 +463,12 @@ class RuntimeState:
         if persistent is not None and not isinstance(persistent, bool):
             raise InvalidActionError("must be true or false", field=f"{where}.persistent")
         uptime = obj.get("uptime_s")
+        if isinstance(uptime, int) and not isinstance(uptime, bool):
+            uptime = _float(uptime, f"{where}.uptime_s")
         return cls(
             power=power,
             labels={str(k): _text(v, f"{where}.labels.{k}") for k, v in labels.items()},
-            uptime_s=(
-                float(uptime)
-                if isinstance(uptime, int) and not isinstance(uptime, bool)
-                else uptime
-            ),
+            uptime_s=uptime,
             persistent=persistent,
             **{name: obj.get(name) for name in _STATE_INTS},
         )

@@ -114,7 +114,13 @@ class Profile:
         except (KeyError, TypeError, ValueError) as err:
             raise ExplainError(f"model card has no usable drift reference: {err}") from err
         for name, p in feats.items():
-            if len(p.fractions) != len(p.edges) + 2 or list(p.edges) != sorted(p.edges):
+            if (
+                len(p.fractions) != len(p.edges) + 2
+                or list(p.edges) != sorted(p.edges)
+                or not all(math.isfinite(e) for e in p.edges)
+                or not all(0.0 <= f <= 1.0 for f in p.fractions)
+                or abs(math.fsum(p.fractions) - 1.0) > 1e-6
+            ):
                 raise ExplainError(f"model card's drift reference for {name} is malformed")
         return cls(feats, rows)
 

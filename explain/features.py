@@ -133,6 +133,12 @@ def _flag(yes: str, no: str, unknown: str = "") -> Callable[[float], str]:
     return say
 
 
+def _clock(v: float) -> str:
+    # Round to the minute: the value went through float32, so 14:05 may be 14.0833325.
+    minutes = round(v * 60) % (24 * 60)
+    return f"at {minutes // 60:02d}:{minutes % 60:02d}"
+
+
 def _environment(v: float) -> str:
     return {0: "target is development/test", 1: "target is staging"}.get(
         round(v), "target is production (or unlabelled)"
@@ -198,7 +204,7 @@ FEATURES: tuple[Feature, ...] = (
             "empty: 0", 0, lambda v: "no justification given" if v == 0 else
             f"justification of {round(2.0**v - 1)} words"),
     Feature("hour_of_day", "hour of the decision in the configured timezone, 0..24",
-            "never unknown", 0, lambda v: f"at {int(v):02d}:{int(v % 1 * 60):02d}"),
+            "never unknown", 0, lambda v: _clock(v)),
     Feature("off_hours", "1 outside 08:00-18:00 Monday-Friday in the configured timezone",
             "never unknown", 0, _flag("outside working hours", "within working hours")),
     Feature("recent_actions", "log2(1 + actions on this target in the last hour)",
