@@ -353,6 +353,13 @@ class Action:
         _check_keys(target, ("runtime", "resource"), f"{where}.target")
         params = _object(obj.get("parameters", {}), f"{where}.parameters")
         confidence = obj.get("confidence")
+        if isinstance(confidence, str):  # ledger bodies carry non-integers as decimal strings
+            try:
+                confidence = float(confidence)
+            except ValueError:
+                raise InvalidActionError(
+                    f"{confidence!r} is not a number", field=f"{where}.confidence"
+                ) from None
         if confidence is not None and (
             isinstance(confidence, bool) or not isinstance(confidence, int | float)
         ):

@@ -165,7 +165,8 @@ def test_empty_state_is_all_unknown():
         (action_json(confidence=1.5), "action.confidence", "[0, 1]"),
         (action_json(confidence=-0.01), "action.confidence", "[0, 1]"),
         (action_json(confidence=True), "action.confidence", "[0, 1]"),
-        (action_json(confidence="0.9"), "action.confidence", "[0, 1]"),
+        (action_json(confidence="high"), "action.confidence", "not a number"),
+        (action_json(confidence="1.5"), "action.confidence", "[0, 1]"),
         (
             action_json("resize", parameters={"vcpus": "four"}),
             "action.parameters.vcpus",
@@ -322,3 +323,9 @@ def test_exec_is_kata_only_and_snapshot_libvirt_only():
     assert VERBS[Verb.EXEC].runtimes == ("kata",)
     assert VERBS[Verb.SNAPSHOT].runtimes == ("libvirt",)
     assert VERBS[Verb.DELETE].runtimes == ("libvirt", "kata")
+
+
+def test_confidence_as_decimal_string_as_ledger_bodies_carry_it():
+    a = Action.from_json(action_json(confidence="0.25"))
+    assert a.confidence == 0.25
+    assert Action.from_json(a.to_json()).confidence == 0.25
