@@ -39,4 +39,4 @@ def test_feature_table_matches_the_code():
     rows = _rows("| `")
     for f in FEATURES:
         cells = rows[f.name]
-        assert cells[-1].replace("−", "-") == f"{f.monotone:+d}".replace("+0", "0"), f.name
+        assert cells[-1].replace("\u2212", "-") == f"{f.monotone:+d}".replace("+0", "0"), f.name
