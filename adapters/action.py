@@ -398,6 +398,17 @@ class Action:
             out["confidence"] = self.confidence
         return out
 
+    def to_record(self) -> dict[str, Any]:
+        """:meth:`to_json` without floats, for ledger bodies (confidence as a decimal string).
+
+        Ledger payloads are RFC 8785 JSON, where floats are exact but easy to get
+        wrong in other languages; :meth:`from_json` reads this form back.
+        """
+        out = self.to_json()
+        if self.confidence is not None:
+            out["confidence"] = repr(self.confidence)
+        return out
+
 
 _STATE_INTS = (
     "vcpus", "max_vcpus", "memory_mib", "max_memory_mib", "snapshots", "disks",
@@ -486,4 +497,11 @@ class RuntimeState:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        return out
+
+    def to_record(self) -> dict[str, Any]:
+        """:meth:`to_json` without floats, for ledger bodies (uptime in whole seconds)."""
+        out = self.to_json()
+        if self.uptime_s is not None:
+            out["uptime_s"] = round(self.uptime_s)
         return out

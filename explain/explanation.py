@@ -65,6 +65,20 @@ class Explanation:
         ranked = sorted(self.contributions.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
         return [Contribution(n, self.values[n], c) for n, c in ranked[: max(k, 0)]]
 
+    def to_record(self) -> dict[str, Any]:
+        """The explanation for a ledger record body: every number a decimal string.
+
+        Floats are written in Python's shortest round-trip form, so an auditor
+        gets back exactly the float64 values, and the payload stays float-free.
+        """
+        return {
+            "risk": repr(self.risk),
+            "base_value": repr(self.base_value),
+            "contributions": {n: repr(c) for n, c in self.contributions.items()},
+            "model_id": self.model_id,
+            "schema_version": self.schema_version,
+        }
+
     def to_json(self, *, top: int = 5) -> dict[str, Any]:
         """The documented JSON form (``govgate model explain --json``)."""
         return {

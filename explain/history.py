@@ -14,7 +14,8 @@ other malformed line stops the load with its line number.
 **The ledger** (the post-market monitoring loop): :func:`label_ledger` joins
 ``decision`` records with later ``incident`` records by decision id. Records
 arrive in the form ``govgate ledger query`` prints. A decision's body holds
-the ``action`` and ``state`` it was scored on. An incident's body may say
+the ``action`` and ``state`` it was scored on, and ``scored_at`` (RFC 3339),
+the time its features were computed (default: the record's time). An incident's body may say
 ``"harmful": false`` to clear a decision (a false alarm); otherwise it marks
 the decision harmful. A decision is labelled
 
@@ -180,7 +181,7 @@ def label_ledger(
             out.append(
                 _example(
                     {"action": body.get("action"), "state": body.get("state", {}),
-                     "time": rec["time"]},
+                     "time": body.get("scored_at", rec["time"])},
                     where,
                     label,
                 )

@@ -1,13 +1,16 @@
 """The embedded-defaults walkthrough behind ``govgate demo``.
 
-It shows what the ledger promises, on a real SQLite file and real keys:
-create the log key, append a stream of sample governance records from
-concurrent writers, sign a checkpoint, prove one record's inclusion, export,
-verify the export offline with only the public key, then change one byte of
-a copy and watch verification name the record.
+It shows what the risk model and the ledger promise, on real models, a real
+SQLite file and real keys: create the log key; score a stream of sample
+proposals with the active (or bundled) XGBoost model through the
+micro-batcher and explain three of them; record the decisions, approvals,
+denials, outcomes, a halt and a few incidents from concurrent writers; sign a
+checkpoint, prove one record's inclusion, export, verify the export offline
+with only the public key; then change one byte of a copy and watch
+verification name the record.
 
-(Later issues turn this into the full gateway demo: proposals through gRPC,
-risk scores, approvals and libvirt's test driver.)
+(A later issue turns this into the full gateway demo: proposals through
+gRPC, the policy engine, approvals and libvirt's test driver.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,13 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from explain.batcher import MicroBatcher
+from explain.bootstrap import Example, generate
+from explain.explanation import Explanation
+from explain.features import Context, featurize
+from explain.model import Model
+from explain.registry import Registry
+from explain.scorer import Scorer
 from ledger import DataDir, Draft, LedgerConfig, VerificationError
 from ledger.export import export_ledger
 from ledger.merkle import verify_inclusion
@@ -34,38 +45,79 @@ from ledger.verify import verify_export
 
 __all__ = ["run_demo"]
 
-_VERBS = ["start", "shutdown", "reboot", "suspend", "resume", "write", "snapshot", "migrate"]
-_ENGINES = ["autoscaler", "aiops-agent", "llm-agent", "scheduler"]
 _OVERSEERS = ["alice@ops", "bob@ops", "carol@sec"]
+# Demo thresholds: execute below the first, ask a human up to the second, deny above.
+# The gateway's policy engine (per verb and scope) replaces them.
+_EXECUTE_BELOW, _DENY_FROM = 0.3, 0.8
 
 
-def _sample(rng: random.Random, n: int) -> list[Draft]:
-    """A plausible stream: decisions, some approvals and denials, outcomes, a halt."""
+@dataclass(frozen=True)
+class _Scored:
+    example: Example
+    explanation: Explanation
+
+
+async def _score(examples: list[Example], model: Model) -> tuple[list[_Scored], MicroBatcher]:
+    """Score every proposal concurrently, as the gateway's requests will arrive."""
+    async with MicroBatcher(Scorer(model)) as batcher:
+        explanations = await asyncio.gather(
+            *(batcher.score(featurize(e.action, e.state, Context(now=e.time))) for e in examples)
+        )
+    return [_Scored(e, x) for e, x in zip(examples, explanations, strict=True)], batcher
+
+
+def _show_scoring(scored: list[_Scored], batcher: MicroBatcher, model: Model, con: Console,
+                  elapsed: float) -> None:  # fmt: skip
+    con.print(
+        f"  model {model.id[:16]} ({model.trees} trees, schema {model.schema}): "
+        f"{len(scored)} proposals scored and explained in {elapsed:.2f}s, "
+        f"{batcher.batches} XGBoost calls ({batcher.rows / max(batcher.batches, 1):.0f} a call)"
+    )
+    ranked = sorted(scored, key=lambda s: s.explanation.risk)
+    for s in (ranked[0], ranked[len(ranked) // 2], ranked[-1]):
+        a, exp = s.example.action, s.explanation
+        env = s.example.state.label("environment", "env") or "unlabelled"
+        con.print(
+            f"  [bold]{a.verb} {a.target}[/bold] ({env}, engine {a.engine}): "
+            f"risk [bold]{exp.risk:.3f}[/bold] -> {_verdict(exp.risk)}"
+        )
+        for c in exp.top(3):
+            con.print(f"      {c.text()}")
+
+
+def _verdict(risk: float) -> str:
+    return "execute" if risk < _EXECUTE_BELOW else ("approval" if risk < _DENY_FROM else "deny")
+
+
+def _sample(rng: random.Random, scored: list[_Scored]) -> list[Draft]:
+    """The ledger stream the scores lead to: decisions, approvals, denials, outcomes,
+    a halt, and incidents on a few executed decisions that went wrong."""
     drafts: list[Draft] = []
-    for i in range(n):
-        vm = f"libvirt/vm-{rng.randrange(1, 40):02d}"
+    for i, s in enumerate(scored):
+        a, exp = s.example.action, s.explanation
         did = f"d-{i:06d}"
-        trace = f"{rng.getrandbits(128):032x}"
-        verb = rng.choice(_VERBS)
-        risk = rng.random()
-        verdict = "execute" if risk < 0.4 else ("approval" if risk < 0.8 else "deny")
+        verdict = _verdict(exp.risk)
         body: dict[str, Any] = {
-            "verb": verb,
-            "risk": f"{risk:.4f}",  # decimal string: payloads stay float-free (exact JCS)
+            "action": a.to_record(),
+            "state": s.example.state.to_record(),
+            "scored_at": s.example.time.isoformat().replace("+00:00", "Z"),
             "verdict": verdict,
-            "engine": rng.choice(_ENGINES),
-            "parameters": {"vcpus": rng.choice([2, 4, 8])} if verb == "write" else {},
+            **exp.to_record(),
         }
-        draft = functools.partial(Draft, trace_id=trace, target=vm, decision_id=did)
-        drafts.append(draft("decision", body, actor=str(body["engine"])))
+        draft = functools.partial(
+            Draft, trace_id=f"{rng.getrandbits(128):032x}", target=str(a.target), decision_id=did
+        )
+        drafts.append(draft("decision", body, actor=a.engine))
         if verdict == "approval":
             who = rng.choice(_OVERSEERS)
             drafts.append(draft("approval", {"reviewer": who}, actor=who))
         if verdict == "deny":
-            drafts.append(draft("denial", {"reason": "risk above threshold"}))
+            drafts.append(draft("denial", {"reason": f"risk {exp.risk:.3f} >= {_DENY_FROM}"}))
         else:
             drafts.append(draft("outcome", {"status": "ok"}))
-        if i == n // 2:
+            if s.example.label and rng.random() < 0.3:
+                drafts.append(draft("incident", {"harmful": True, "severity": "minor"}))
+        if i == len(scored) // 2:
             drafts.append(
                 Draft("halt", {"scope": "env=prod", "reason": "drill"}, actor="carol@sec")
             )
@@ -119,7 +171,7 @@ async def _prove(d: DataDir, index: int, con: Console) -> None:
 def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
     """Run the walkthrough in ``data``; return the process exit status."""
     d = DataDir(data)
-    con.rule("[bold]govgate ledger demo")
+    con.rule("[bold]govgate demo: risk scores and the ledger")
     con.print(f"data directory: {data.resolve()}")
 
     con.print("\n[bold]1. The log's signing key[/bold]")
@@ -132,14 +184,20 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
     vkey = signer.verifier_key
     con.print(f"  verifier key (give this to auditors): [cyan]{vkey}[/cyan]")
 
-    con.print(f"\n[bold]2. Appending sample governance records ({writers} writers)[/bold]")
-    drafts = _sample(random.Random(20261125), records)  # noqa: S311 - sample data
+    con.print(f"\n[bold]2. Scoring {records} proposals with the risk model[/bold]")
+    model = Registry(data / "models").load()  # the active model, else the bundled default
+    started = time.perf_counter()
+    scored, batcher = asyncio.run(_score(generate(records, seed=20261125), model))
+    _show_scoring(scored, batcher, model, con, time.perf_counter() - started)
+
+    con.print(f"\n[bold]3. Recording the decisions in the ledger ({writers} writers)[/bold]")
+    drafts = _sample(random.Random(20261125), scored)  # noqa: S311 - sample data
     last = asyncio.run(_append_stream(d, drafts, writers, con))
 
-    con.print("\n[bold]3. Inclusion proof (RFC 9162)[/bold]")
+    con.print("\n[bold]4. Inclusion proof (RFC 9162)[/bold]")
     asyncio.run(_prove(d, last.index // 2, con))
 
-    con.print("\n[bold]4. Export and independent verification[/bold]")
+    con.print("\n[bold]5. Export and independent verification[/bold]")
     export = data / "export.jsonl"
 
     async def do_export() -> str:
@@ -153,7 +211,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
         "[green]every signature, the hash chain and every Merkle root verify[/green]"
     )
 
-    con.print("\n[bold]5. Tampering is caught[/bold]")
+    con.print("\n[bold]6. Tampering is caught[/bold]")
     tampered = data / "export-tampered.jsonl"
     shutil.copyfile(export, tampered)
     raw = bytearray(tampered.read_bytes())
@@ -172,7 +230,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
         con.print("  [red]tampering went unnoticed — this is a bug[/red]")
         return 1
 
-    con.print("\n[bold]6. The signed checkpoint (C2SP tlog-checkpoint, signed note)[/bold]")
+    con.print("\n[bold]7. The signed checkpoint (C2SP tlog-checkpoint, signed note)[/bold]")
     con.print(Panel(note.rstrip("\n"), expand=False))
     # Name the command as this shell can run it: .venv/bin is usually not on PATH.
     exe = "govgate" if shutil.which("govgate") else os.path.relpath(sys.argv[0])
@@ -180,5 +238,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
     table.add_row(f"{exe} ledger query --data {data} --kind halt")
     table.add_row(f"{exe} ledger proof --data {data} --index 7")
     table.add_row(f"{exe} ledger verify {export} --key '{vkey}'")
+    table.add_row(f"{exe} model explain --action examples/actions/delete-production-high-risk.json")
+    table.add_row(f"{exe} model train --data {data} --from-ledger --horizon-days 0")
     con.print(table)
     return 0

@@ -329,3 +329,15 @@ def test_confidence_as_decimal_string_as_ledger_bodies_carry_it():
     a = Action.from_json(action_json(confidence="0.25"))
     assert a.confidence == 0.25
     assert Action.from_json(a.to_json()).confidence == 0.25
+
+
+def test_record_forms_are_float_free_and_read_back():
+    a = Action.from_json(action_json(confidence=0.1 + 0.2))
+    rec = a.to_record()
+    assert rec["confidence"] == "0.30000000000000004"
+    assert Action.from_json(rec) == a
+    state = RuntimeState.from_json({"power": "running", "uptime_s": 12.6, "vcpus": 2})
+    srec = state.to_record()
+    assert srec["uptime_s"] == 13
+    assert isinstance(srec["uptime_s"], int)
+    assert RuntimeState.from_json(srec).vcpus == 2

@@ -634,3 +634,32 @@ def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
     assert v.code == 0, v
     t = gg.sub("ledger", "verify", data / "export-tampered.jsonl", "--key", vkey, "-q")
     assert t.code == 1, t
+    assert "Scoring 200 proposals with the risk model" in text
+    assert "-> deny" in text or "-> approval" in text
+
+
+def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -> None:
+    """An auditor re-scores a recorded decision from its body alone and gets the same bits."""
+    from adapters.action import Action, RuntimeState
+    from explain.features import Context, featurize
+    from explain.history import parse_time
+    from explain.registry import Registry
+    from explain.scorer import Scorer
+
+    data = tmp_path / "demo"
+    assert gg.sub("demo", "--data", data, "--records", "60", timeout=120).code == 0
+    decisions = gg("ledger", "query", "--data", data, "--kind", "decision").json_lines()
+    assert len(decisions) == 60
+    verdicts = {d["body"]["verdict"] for d in decisions}
+    assert verdicts <= {"execute", "approval", "deny"}
+    assert len(verdicts) >= 2
+    for d in decisions[:10]:
+        body = d["body"]
+        model = Registry(data / "models").load(body["model_id"])
+        x = featurize(
+            Action.from_json(body["action"]),
+            RuntimeState.from_json(body["state"]),
+            Context(now=parse_time(body["scored_at"], "scored_at")),
+        )
+        again = Scorer(model).score(x[None, :]).explanation(0).to_record()
+        assert again == {k: body[k] for k in again}, d["index"]

@@ -268,3 +268,13 @@ def test_registry_refuses_bad_active_marker_and_cards(tmp_path, small_trained: T
         reg.card(mid)
     with pytest.raises(ValueError, match="card"):
         reg.add(small_trained.raw, {"model_id": "0" * 64})
+
+
+def test_explanation_record_is_float_free_and_exact(bundled_model: Model):
+    exp = Scorer(bundled_model).score(_rows(5)).explanation(2)
+    rec = exp.to_record()
+    assert all(isinstance(v, str) for v in rec["contributions"].values())
+    assert float(rec["risk"]) == exp.risk
+    assert float(rec["base_value"]) == exp.base_value
+    assert {k: float(v) for k, v in rec["contributions"].items()} == dict(exp.contributions)
+    assert rec["model_id"] == bundled_model.id
