@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.errors import InvalidActionError
 
@@ -197,6 +197,19 @@ def _object(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _choice(kind: type[_E], value: Any, what: str, where: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(member.value for member in kind)
+        raise InvalidActionError(
+            f"unknown {what} {value!r} (known: {known})", field=where
+        ) from None
+
+
 def _check_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(obj) - set(allowed))
     if unknown:
@@ -341,14 +354,8 @@ class Action:
              "requester"),
             where,
         )  # fmt: skip
-        verb_text = _text(obj.get("verb"), f"{where}.verb", required=True)
-        try:
-            verb = Verb(verb_text)
-        except ValueError:
-            known = ", ".join(v.value for v in Verb)
-            raise InvalidActionError(
-                f"unknown verb {verb_text!r} (known: {known})", field=f"{where}.verb"
-            ) from None
+        verb = _choice(Verb, _text(obj.get("verb"), f"{where}.verb", required=True),
+                       "verb", f"{where}.verb")  # fmt: skip
         target = _object(obj.get("target"), f"{where}.target")
         _check_keys(target, ("runtime", "resource"), f"{where}.target")
         params = _object(obj.get("parameters", {}), f"{where}.parameters")
@@ -468,14 +475,7 @@ class RuntimeState:
     def from_json(cls, obj: Any, where: str = "state") -> RuntimeState:
         obj = _object(obj, where)
         _check_keys(obj, (*_STATE_INTS, "power", "uptime_s", "labels", "persistent"), where)
-        power_text = obj.get("power", "unknown")
-        try:
-            power = PowerState(power_text)
-        except ValueError:
-            known = ", ".join(p.value for p in PowerState)
-            raise InvalidActionError(
-                f"unknown power state {power_text!r} (known: {known})", field=f"{where}.power"
-            ) from None
+        power = _choice(PowerState, obj.get("power", "unknown"), "power state", f"{where}.power")
         labels = _object(obj.get("labels", {}), f"{where}.labels")
         persistent = obj.get("persistent")
         if persistent is not None and not isinstance(persistent, bool):

@@ -1,18 +1,10 @@
-"""End-to-end tests of the ``govgate`` command line, as an operator or auditor runs it.
+"""End-to-end tests of the ``govgate`` keys, ledger and demo commands, as an operator
+or auditor runs them.
 
-Two ways of running a command, with the same result type:
-
-* ``gg(...)`` runs it in this process through ``gateway.cli.main``, the console
-  entry point itself (so domain errors become exit 1 exactly as installed),
-  with standard streams captured by typer's ``CliRunner`` isolation. Fast:
-  used for the many small cases.
-* ``gg.sub(...)`` runs the installed ``govgate`` script in a subprocess. Used
-  for the key-file mode checks, ``verify``'s exit codes, rotation and the demo.
-
-Every output of every command is kept, and when a test ends the fixture fails
-it if any private key or HMAC salt found under its ``tmp_path`` appears in
-any of them. Records that a test needs but does not exercise are appended
-with the library directly (quicker than one process per record).
+``gg`` (see ``cli_harness.py``) runs a command in process or, with ``gg.sub``, as
+the installed script, and fails a test whose output shows a private key or salt.
+Records that a test needs but does not exercise are appended with the library
+directly (quicker than one process per record).
 """
 
 from __future__ import annotations
