@@ -13,8 +13,11 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
 
 # System packages. python3-venv provides ensurepip for Debian's own python3;
 # build-essential and python3-dev let pip build any wheel it cannot download;
-# sqlite3 is the CLI for looking inside a ledger by hand.
-APT_PACKAGES=(python3 python3-venv python3-dev build-essential sqlite3 ca-certificates)
+# sqlite3 is the CLI for looking inside a ledger by hand; libvirt-dev and
+# pkg-config let pip build libvirt-python (which brings libvirt's client library,
+# including the built-in test:/// driver the demo and tests use).
+APT_PACKAGES=(python3 python3-venv python3-dev build-essential sqlite3 ca-certificates
+    libvirt-dev pkg-config)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

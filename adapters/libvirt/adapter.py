@@ -1,0 +1,727 @@
+"""The libvirt adapter: domains on any libvirt URI, through libvirt-python.
+
+One connection per adapter, opened lazily and reused. Every libvirt call
+runs on the adapter's worker threads, never on the event loop. If the daemon
+goes away, the next call finds the connection dead, reopens it once and
+retries. That retry is safe because each verb re-reads the domain's state
+before it acts. Remote connections get libvirt keepalive probes, and domain
+lifecycle events are delivered through :meth:`events`. Both need libvirt's
+event loop, which runs on one daemon thread per process.
+
+Verbs, with the libvirt call and the permission each needs, are in
+``docs/adapters.md``. In short:
+
+* every verb re-reads the domain before acting, and a target already in the
+  desired state is reported as ``already``;
+* ``shutdown`` asks the guest (ACPI) and waits up to ``timeout_s``, then, if
+  ``force`` is true, powers it off;
+* ``resize`` changes the live domain when it runs and the persistent
+  definition when it has one, unless ``live``/``config`` say otherwise; it
+  refuses more vCPUs or memory than the domain's maximum;
+* ``delete`` refuses a running domain (``destroy`` or ``shutdown`` is a
+  governed action of its own) and, unless ``snapshots=delete``, a domain with
+  snapshots; it always removes a managed-save image (it restores nothing once
+  the definition is gone) and keeps NVRAM files;
+* ``migrate`` reports ``UnsupportedError`` where the driver cannot migrate
+  (the test driver never can).
+
+Example::
+
+    async with LibvirtAdapter(LibvirtConfig(uri="qemu:///system")) as lv:
+        plan = await lv.plan(action)
+        outcome = await lv.execute(plan)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+import libvirt
+
+from adapters.action import Action, PowerState, RuntimeState, Target, Verb
+from adapters.errors import (
+    AdapterTimeoutError,
+    ConflictError,
+    InvalidActionError,
+    NotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
+from adapters.libvirt._errors import CONNECTION_LOST, translate
+from adapters.libvirt._xml import (
+    LABELS_NS,
+    LABELS_PREFIX,
+    count_disks,
+    domain_xml,
+    labels_xml,
+    parse_labels,
+    snapshot_xml,
+)
+from adapters.runtime import (
+    Deadlines,
+    LifecycleEvent,
+    Outcome,
+    OutcomeStatus,
+    Plan,
+    Reconciliation,
+    RuntimeAdapter,
+)
+
+__all__ = ["LibvirtAdapter", "LibvirtConfig"]
+
+T = TypeVar("T")
+# libvirt-python ships no type information: its objects are Any to mypy.
+Dom: TypeAlias = Any
+Conn: TypeAlias = Any
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_POWER = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.UNKNOWN,
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.RUNNING,  # shutting down: still running
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.PMSUSPENDED,
+}
+_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+# Why a domain started, stopped or was suspended (the event's detail code), in words.
+_DETAILS = {
+    "started": ("booted", "migrated", "restored", "from-snapshot", "wakeup"),
+    "stopped": ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
+                "from-snapshot"),
+    "suspended": ("paused", "migrated", "io-error", "watchdog", "restored", "from-snapshot",
+                  "api-error", "postcopy", "postcopy-failed"),
+}  # fmt: skip
+_LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.PMSUSPENDED)
+_AFFECT_LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+_AFFECT_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    uri: str = "test:///default"
+    keepalive_interval: int = 5  # seconds between probes on remote connections; 0: off
+    keepalive_count: int = 3  # unanswered probes before the connection counts as dead
+    shutdown_timeout: float = 60.0  # default wait for an ACPI shutdown
+    poll_interval: float = 0.1  # how often a waiting shutdown re-reads the state
+    domain_type: str = ""  # for create: "kvm", "qemu", ...; "" picks from the driver
+    workers: int = 4  # threads for libvirt calls
+
+    def __post_init__(self) -> None:
+        if not self.uri or "\n" in self.uri:
+            raise ValueError("uri must be a libvirt connection URI")
+        if self.keepalive_interval < 0 or self.keepalive_count < 0 or self.workers < 1:
+            raise ValueError("keepalive settings must be >= 0 and workers >= 1")
+        if self.shutdown_timeout <= 0 or self.poll_interval <= 0:
+            raise ValueError("shutdown_timeout and poll_interval must be > 0")
+
+
+class _EventThread:
+    """libvirt's default event loop on one daemon thread, started once per process.
+
+    Keepalive probes and domain events need it; it must be registered before
+    the first connection is opened.
+    """
+
+    _lock = threading.Lock()
+    _started = False
+
+    @classmethod
+    def ensure(cls) -> None:
+        with cls._lock:
+            if cls._started:
+                return
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=cls._run, name="govgate-libvirt-events", daemon=True).start()
+            cls._started = True
+
+    @staticmethod
+    def _run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr unless a handler is set; we raise them instead."""
+
+
+class LibvirtAdapter(RuntimeAdapter):
+    runtime = "libvirt"
+
+    def __init__(self, config: LibvirtConfig | None = None, deadlines: Deadlines | None = None):
+        super().__init__(deadlines)
+        self.config = config or LibvirtConfig()
+        self._executor = ThreadPoolExecutor(self.config.workers, "govgate-libvirt")
+        self._conn: Conn | None = None
+        self._conn_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[LifecycleEvent] | None = None
+        self._started_at: dict[str, float] = {}  # domain name -> monotonic start, from events
+        self.reconnects = 0
+
+    # -- connection --------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await self._call("connect", lambda conn: None)
+
+    async def _close(self) -> None:
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_conn, conn)
+        self._executor.shutdown(wait=False)
+
+    @staticmethod
+    def _close_conn(conn: Conn) -> None:
+        with contextlib.suppress(libvirt.libvirtError):  # a dead one has nothing to release
+            conn.close()
+
+    def _connection(self) -> Conn:
+        with self._conn_lock:
+            if self._conn is not None:
+                return self._conn
+            _EventThread.ensure()
+            libvirt.registerErrorHandler(_quiet, None)
+            try:
+                conn = libvirt.open(self.config.uri)
+            except libvirt.libvirtError as err:
+                raise UnavailableError(
+                    f"cannot connect to libvirt at {self.config.uri}: {err.get_error_message()}"
+                ) from err
+            if self.config.keepalive_interval and not conn.getURI().startswith("test:"):
+                with contextlib.suppress(libvirt.libvirtError):  # local drivers have none
+                    conn.setKeepAlive(self.config.keepalive_interval, self.config.keepalive_count)
+            # A driver without events still works: describe reads the live state.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+                )
+            self._conn = conn
+            return conn
+
+    def _drop(self, conn: Conn) -> None:
+        with self._conn_lock:
+            if self._conn is conn:
+                self._conn = None
+                self.reconnects += 1
+        self._close_conn(conn)
+
+    def _blocking(self, what: str, fn: Callable[[Conn], T]) -> T:
+        conn = self._connection()
+        try:
+            return fn(conn)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() not in CONNECTION_LOST or _alive(conn):
+                raise translate(err, what) from err
+            first = err
+        # The daemon went away (restart, crash): reopen once and try again. Each verb
+        # re-reads the state before acting, so a retry never acts twice.
+        self._drop(conn)
+        try:
+            return fn(self._connection())
+        except libvirt.libvirtError as err:
+            raise translate(err, what) from first
+
+    async def _call(self, what: str, fn: Callable[[Conn], T]) -> T:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._queue = asyncio.Queue(maxsize=10_000)
+        return await loop.run_in_executor(self._executor, self._blocking, what, fn)
+
+    # -- events ------------------------------------------------------------------------
+
+    def _on_lifecycle(self, conn: Conn, dom: Dom, event: int, detail: int, _opaque: object) -> None:
+        name = dom.name()
+        kind = _EVENTS.get(event, f"event-{event}")
+        if kind == "started":
+            self._started_at[name] = time.monotonic()
+        elif kind in ("stopped", "undefined", "crashed"):
+            self._started_at.pop(name, None)
+        names = _DETAILS.get(kind, ())
+        why = names[detail] if 0 <= detail < len(names) else str(detail)
+        ev = LifecycleEvent(Target("libvirt", name), kind, why, dt.datetime.now(dt.UTC))
+        loop, queue = self._loop, self._queue
+        if loop is not None and queue is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_put_latest, queue, ev)
+
+    async def _events(self) -> AsyncIterator[LifecycleEvent]:
+        await self._call("connect", lambda conn: None)
+        assert self._queue is not None
+        while True:
+            yield await self._queue.get()
+
+    # -- describe ----------------------------------------------------------------------
+
+    def _lookup(self, conn: Conn, target: Target) -> Dom:
+        try:
+            if _UUID.fullmatch(target.resource):
+                return conn.lookupByUUIDString(target.resource)
+            return conn.lookupByName(target.resource)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFoundError(f"no domain {target.resource!r} at {conn.getURI()}") from err
+            raise
+
+    def _read_state(self, conn: Conn, target: Target) -> RuntimeState:
+        dom = self._lookup(conn, target)
+        return self._state_of(dom)
+
+    def _state_of(self, dom: Dom) -> RuntimeState:
+        state, _reason = dom.state()
+        _, max_kib, kib, nr_vcpus, _cpu = dom.info()
+        active = bool(dom.isActive())
+        persistent = bool(dom.isPersistent())
+        config_flags = _AFFECT_CONFIG if persistent or not active else _AFFECT_LIVE
+        try:
+            max_vcpus = dom.vcpusFlags(config_flags | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        except libvirt.libvirtError:
+            max_vcpus = None
+        try:
+            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, LABELS_NS, 0)
+            labels = parse_labels(raw)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                raise
+            labels = {}
+        started = self._started_at.get(dom.name())
+        return RuntimeState(
+            power=_POWER.get(state, PowerState.UNKNOWN),
+            vcpus=nr_vcpus,
+            max_vcpus=max_vcpus,
+            memory_mib=kib // 1024,
+            max_memory_mib=max_kib // 1024,
+            uptime_s=time.monotonic() - started if active and started is not None else None,
+            snapshots=dom.snapshotNum(0),
+            disks=count_disks(dom.XMLDesc(0)),
+            labels=labels,
+            persistent=persistent,
+        )
+
+    async def _describe(self, target: Target) -> RuntimeState:
+        return await self._call(f"describe {target}", lambda c: self._read_state(c, target))
+
+    async def set_labels(self, target: Target, labels: Mapping[str, str]) -> None:
+        """Write the govgate labels into the domain's metadata (live and persistent)."""
+
+        def write(conn: Conn) -> None:
+            dom = self._lookup(conn, target)
+            flags = _AFFECT_CONFIG if dom.isPersistent() else 0
+            flags |= _AFFECT_LIVE if dom.isActive() else 0
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, labels_xml(labels), LABELS_PREFIX, LABELS_NS,
+                flags or _AFFECT_CONFIG,
+            )  # fmt: skip
+
+        await self._call(f"label {target}", write)
+
+    # -- plan --------------------------------------------------------------------------
+
+    async def _plan(
+        self, action: Action, before: RuntimeState
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        verb, power = action.verb, before.power
+        undo: dict[str, Any] = {"power": power.value}
+        if verb is Verb.CREATE:
+            if power is not PowerState.ABSENT:
+                raise ConflictError(f"domain {action.target.resource!r} is already defined")
+            return {"defined": True}, {}
+        if power is PowerState.ABSENT:
+            raise NotFoundError(f"no domain {action.target.resource!r}")
+        match verb:
+            case Verb.START | Verb.RESUME:
+                if verb is Verb.RESUME and power not in (PowerState.PAUSED, PowerState.RUNNING):
+                    raise ConflictError(f"cannot resume a domain that is {power}")
+                return {"power": "running"}, undo
+            case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
+                if verb is Verb.SAVE and not before.persistent:
+                    raise ConflictError("a transient domain has no managed save")
+                return {"power": "shutoff"}, undo
+            case Verb.REBOOT | Verb.RESET:
+                if power is not PowerState.RUNNING:
+                    raise ConflictError(f"cannot {verb} a domain that is {power}")
+                return {}, {}
+            case Verb.SUSPEND:
+                if power not in (PowerState.RUNNING, PowerState.PAUSED):
+                    raise ConflictError(f"cannot suspend a domain that is {power}")
+                return {"power": "paused"}, undo
+            case Verb.RESIZE:
+                return self._plan_resize(action, before)
+            case Verb.SNAPSHOT:
+                name = str(action.param("name") or f"govgate-{uuid.uuid4().hex[:12]}")
+                if await self._has_snapshot(action.target, name):
+                    raise ConflictError(f"snapshot {name!r} already exists")
+                return {"snapshot": name}, {"snapshot": name}
+            case Verb.REVERT | Verb.SNAPSHOT_DELETE:
+                name = str(action.param("snapshot"))
+                if not await self._has_snapshot(action.target, name):
+                    raise NotFoundError(
+                        f"domain {action.target.resource!r} has no snapshot {name!r}"
+                    )
+                return {"snapshot": name}, {}
+            case Verb.MIGRATE:
+                uri = await self._call("uri", lambda c: c.getURI())
+                if uri.startswith("test:"):
+                    raise UnsupportedError("the libvirt test driver cannot migrate domains")
+                return {"destination": str(action.param("destination"))}, {}
+            case Verb.DELETE:
+                if power in _LIVE:
+                    raise ConflictError(
+                        f"domain is {power}: stop it first (shutdown or destroy are governed "
+                        "actions of their own)"
+                    )
+                policy = str(action.param("snapshots") or "refuse")
+                if policy not in ("refuse", "delete"):
+                    raise InvalidActionError(
+                        "must be 'refuse' or 'delete'", field="action.parameters.snapshots"
+                    )
+                if (before.snapshots or 0) > 0 and policy == "refuse":
+                    raise ConflictError(
+                        f"domain has {before.snapshots} snapshot(s); pass snapshots=delete "
+                        "to delete their metadata with it"
+                    )
+                return {"defined": False}, {}
+        raise UnsupportedError(f"verb {verb} is not supported by the libvirt adapter")
+
+    def _plan_resize(
+        self, action: Action, before: RuntimeState
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        vcpus, memory = action.int_param("vcpus"), action.int_param("memory_mib")
+        if vcpus is not None and before.max_vcpus is not None and vcpus > before.max_vcpus:
+            raise InvalidActionError(
+                f"{vcpus} vCPUs is more than the domain's maximum of {before.max_vcpus}",
+                field="action.parameters.vcpus",
+            )
+        if (
+            memory is not None
+            and before.max_memory_mib is not None
+            and (memory > before.max_memory_mib)
+        ):
+            raise InvalidActionError(
+                f"{memory} MiB is more than the domain's maximum of {before.max_memory_mib} MiB",
+                field="action.parameters.memory_mib",
+            )
+        active = before.power in _LIVE
+        live = action.param("live")
+        config = action.param("config")
+        live = active if live is None else bool(live)
+        config = bool(before.persistent) if config is None else bool(config)
+        if live and not active:
+            raise ConflictError("live=true, but the domain is not running")
+        if config and not before.persistent:
+            raise ConflictError("config=true, but the domain is transient (no persistent config)")
+        if not (live or config):
+            raise InvalidActionError(
+                "nothing to change: live and config are both false", field="action.parameters"
+            )
+        desired = {"vcpus": vcpus, "memory_mib": memory, "live": live, "config": config}
+        undo = {"vcpus": before.vcpus if vcpus is not None else None,
+                "memory_mib": before.memory_mib if memory is not None else None,
+                "live": live, "config": config}  # fmt: skip
+        return desired, undo
+
+    async def _has_snapshot(self, target: Target, name: str) -> bool:
+        def check(conn: Conn) -> bool:
+            return name in self._lookup(conn, target).snapshotListNames(0)
+
+        return await self._call(f"snapshots of {target}", check)
+
+    # -- execute -----------------------------------------------------------------------
+
+    async def _execute(self, plan: Plan) -> Outcome:
+        action = plan.action
+        what = f"{action.verb} {action.target}"
+        if action.verb is Verb.SHUTDOWN:
+            return await self._shutdown(plan)
+        applied, detail = await self._call(what, lambda c: self._apply(c, plan))
+        after = await self._describe_or_absent(action.target)
+        status = OutcomeStatus.APPLIED if applied else OutcomeStatus.ALREADY
+        return Outcome(plan, status, after, detail)
+
+    def _apply(self, conn: Conn, plan: Plan) -> tuple[bool, str]:
+        """Do the verb unless the domain is already as desired. (applied?, detail)."""
+        action, target = plan.action, plan.action.target
+        verb = action.verb
+        if verb is Verb.CREATE:
+            return self._create(conn, action)
+        try:
+            dom = self._lookup(conn, target)
+        except NotFoundError:
+            if verb is Verb.DELETE:
+                return False, "domain was already undefined"
+            raise
+        power = _POWER.get(dom.state()[0], PowerState.UNKNOWN)
+        match verb:
+            case Verb.START:
+                if power in _LIVE:
+                    return False, f"domain was already {power}"
+                dom.create()
+                return True, "started"
+            case Verb.DESTROY:
+                if not dom.isActive():
+                    return False, "domain was already off"
+                dom.destroy()
+                return True, "powered off"
+            case Verb.SAVE:
+                if not dom.isActive():
+                    if dom.hasManagedSaveImage(0):
+                        return False, "domain was already saved"
+                    raise ConflictError("domain is off and has no managed save to keep")
+                dom.managedSave(0)
+                return True, "memory saved to disk; start restores it"
+            case Verb.REBOOT:
+                dom.reboot(0)
+                return True, "reboot requested"
+            case Verb.RESET:
+                dom.reset(0)
+                return True, "reset"
+            case Verb.SUSPEND:
+                if power is PowerState.PAUSED:
+                    return False, "domain was already paused"
+                dom.suspend()
+                return True, "paused"
+            case Verb.RESUME:
+                if power is PowerState.RUNNING:
+                    return False, "domain was already running"
+                dom.resume()
+                return True, "resumed"
+            case Verb.RESIZE:
+                return self._resize(dom, plan.desired)
+            case Verb.SNAPSHOT:
+                name = plan.desired["snapshot"]
+                if name in dom.snapshotListNames(0):
+                    return False, f"snapshot {name} already exists"
+                dom.snapshotCreateXML(snapshot_xml(name, str(action.param("description") or "")))
+                return True, f"snapshot {name} taken"
+            case Verb.REVERT:
+                dom.revertToSnapshot(dom.snapshotLookupByName(plan.desired["snapshot"], 0), 0)
+                return True, f"reverted to snapshot {plan.desired['snapshot']}"
+            case Verb.SNAPSHOT_DELETE:
+                name = plan.desired["snapshot"]
+                if name not in dom.snapshotListNames(0):
+                    return False, f"snapshot {name} was already gone"
+                dom.snapshotLookupByName(name, 0).delete(0)
+                return True, f"snapshot {name} deleted"
+            case Verb.MIGRATE:
+                flags = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                if action.param("live") is not False and dom.isActive():
+                    flags |= libvirt.VIR_MIGRATE_LIVE
+                dom.migrateToURI3(plan.desired["destination"], {}, flags)
+                return True, f"migrated to {plan.desired['destination']}"
+            case Verb.DELETE:
+                if dom.isActive():
+                    raise ConflictError("domain is running: stop it first")
+                flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                if "<nvram" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE):
+                    flags |= libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM  # UEFI variables stay
+                if action.param("snapshots") == "delete":
+                    flags |= libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                dom.undefineFlags(flags)
+                return True, "undefined"
+        raise UnsupportedError(f"verb {verb} is not supported by the libvirt adapter")
+
+    def _resize(self, dom: Dom, desired: Mapping[str, Any]) -> tuple[bool, str]:
+        # Live and persistent changes are made one at a time: some drivers refuse
+        # both flags in one call, and a live change can fail where a config one works.
+        changed = []
+        vcpus, memory = desired["vcpus"], desired["memory_mib"]
+        for where, flag in (("live", _AFFECT_LIVE), ("config", _AFFECT_CONFIG)):
+            if not desired[where]:
+                continue
+            if vcpus is not None and dom.vcpusFlags(flag) != vcpus:
+                dom.setVcpusFlags(vcpus, flag)
+                changed.append(f"{vcpus} vCPUs ({where})")
+            if memory is not None and self._memory_mib(dom, flag == _AFFECT_LIVE) != memory:
+                dom.setMemoryFlags(memory * 1024, flag)
+                changed.append(f"{memory} MiB ({where})")
+        if not changed:
+            return False, "domain already had that size"
+        return True, "resized to " + ", ".join(changed)
+
+    @staticmethod
+    def _memory_mib(dom: Dom, live: bool) -> int:
+        if live:
+            return int(dom.info()[2]) // 1024
+        root = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        m = re.search(r"<currentMemory unit='KiB'>(\d+)</currentMemory>", root)
+        return int(m.group(1)) // 1024 if m else -1
+
+    def _create(self, conn: Conn, action: Action) -> tuple[bool, str]:
+        name = action.target.resource
+        try:
+            self._lookup(conn, action.target)
+            return False, f"domain {name} was already defined"
+        except NotFoundError:
+            pass
+        kind = self.config.domain_type or ("test" if conn.getType() == "TEST" else "qemu")
+        xml = domain_xml(
+            name,
+            domain_type=kind,
+            vcpus=action.int_param("vcpus") or 1,
+            memory_mib=action.int_param("memory_mib") or 512,
+            image=str(action.param("image")) if action.param("image") else None,
+        )
+        conn.defineXML(xml)
+        return True, f"defined {kind} domain {name}"
+
+    async def _shutdown(self, plan: Plan) -> Outcome:
+        """ACPI shutdown, waiting for the guest; forced off after the timeout if asked."""
+        action, target = plan.action, plan.action.target
+        timeout = float(action.param("timeout_s") or self.config.shutdown_timeout)
+
+        def request(conn: Conn) -> bool:
+            dom = self._lookup(conn, target)
+            if not dom.isActive():
+                return False
+            dom.shutdownFlags(0)  # the hypervisor's default: ACPI power button on QEMU
+            return True
+
+        if not await self._call(f"shutdown {target}", request):
+            after = await self._describe(target)
+            return Outcome(plan, OutcomeStatus.ALREADY, after, "domain was already off")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            after = await self._describe_or_absent(target)
+            if after.power not in _LIVE:
+                return Outcome(plan, OutcomeStatus.APPLIED, after, "guest powered off (ACPI)")
+            await asyncio.sleep(self.config.poll_interval)
+        if action.param("force") is True:
+            await self._call(f"destroy {target}", lambda c: self._lookup(c, target).destroy())
+            after = await self._describe(target)
+            return Outcome(
+                plan, OutcomeStatus.APPLIED, after,
+                f"guest did not power off within {timeout:g} s; forced off",
+            )  # fmt: skip
+        raise AdapterTimeoutError(
+            f"guest did not power off within {timeout:g} s (pass force=true to force it); "
+            "the request stands and the guest may still power off"
+        )
+
+    async def _describe_or_absent(self, target: Target) -> RuntimeState:
+        try:
+            return await self._describe(target)
+        except NotFoundError:
+            return RuntimeState(power=PowerState.ABSENT)
+
+    # -- revert ------------------------------------------------------------------------
+
+    async def _revert(self, outcome: Outcome) -> Outcome:
+        plan = outcome.plan
+        verb, target, undo = plan.action.verb, plan.target, plan.undo
+        prior = PowerState(undo.get("power", "unknown"))
+
+        def restore(conn: Conn) -> str:
+            if verb is Verb.CREATE:
+                dom = self._lookup(conn, target)
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+                return "undefined the created domain"
+            dom = self._lookup(conn, target)
+            match verb:
+                case Verb.START:
+                    if dom.isActive():
+                        dom.destroy()
+                    return "powered off again"
+                case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
+                    if prior in _LIVE and not dom.isActive():
+                        dom.create()
+                    if prior is PowerState.PAUSED:
+                        dom.suspend()
+                    return f"back to {prior}"
+                case Verb.SUSPEND:
+                    if prior is PowerState.RUNNING:
+                        dom.resume()
+                    return f"back to {prior}"
+                case Verb.RESUME:
+                    if prior is PowerState.PAUSED:
+                        dom.suspend()
+                    return f"back to {prior}"
+                case Verb.RESIZE:
+                    back = {**undo, "live": undo["live"], "config": undo["config"]}
+                    return self._resize(dom, back)[1]
+                case Verb.SNAPSHOT:
+                    name = undo["snapshot"]
+                    if name in dom.snapshotListNames(0):
+                        dom.snapshotLookupByName(name, 0).delete(0)
+                    return f"snapshot {name} deleted"
+            raise UnsupportedError(f"{verb} cannot be reverted by the libvirt adapter")
+
+        if verb is Verb.MIGRATE:
+            raise UnsupportedError("migrate back with a new migrate action to the source host")
+        detail = await self._call(f"revert {verb} {target}", restore)
+        after = await self._describe_or_absent(target)
+        return Outcome(plan, OutcomeStatus.REVERTED, after, detail)
+
+    # -- reconcile ---------------------------------------------------------------------
+
+    async def _reconcile(self, plan: Plan) -> Reconciliation:
+        verb, desired = plan.action.verb, plan.desired
+        state = await self._describe_or_absent(plan.target)
+        took: bool | None
+        detail = ""
+        match verb:
+            case Verb.CREATE:
+                took = state.power is not PowerState.ABSENT
+            case Verb.DELETE:
+                took = state.power is PowerState.ABSENT
+            case Verb.START | Verb.RESUME:
+                took = state.power is PowerState.RUNNING
+            case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
+                took = state.power is PowerState.SHUTOFF
+            case Verb.SUSPEND:
+                took = state.power is PowerState.PAUSED
+            case Verb.RESIZE:
+                now = (state.vcpus if desired["vcpus"] else None,
+                       state.memory_mib if desired["memory_mib"] else None)  # fmt: skip
+                want = (desired["vcpus"], desired["memory_mib"])
+                was = (plan.undo["vcpus"], plan.undo["memory_mib"])
+                took = True if now == want else False if now == was else None
+            case Verb.SNAPSHOT | Verb.SNAPSHOT_DELETE:
+                exists = state.power is not PowerState.ABSENT and await self._has_snapshot(
+                    plan.target, desired["snapshot"]
+                )
+                took = exists if verb is Verb.SNAPSHOT else not exists
+            case Verb.MIGRATE:
+                took = True if state.power is PowerState.ABSENT else None
+            case _:
+                took = None
+                detail = f"{verb} leaves no trace in the domain's state"
+        if took is None and not detail:
+            detail = "the state matches neither the plan's before nor its desired state"
+        return Reconciliation(plan, took, state, detail or ("took effect" if took else "did not"))
+
+
+def _alive(conn: Conn) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _put_latest(queue: asyncio.Queue[LifecycleEvent], ev: LifecycleEvent) -> None:
+    if queue.full():  # nobody is reading: keep the newest
+        queue.get_nowait()
+    queue.put_nowait(ev)

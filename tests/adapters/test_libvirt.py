@@ -1,0 +1,384 @@
+"""The libvirt adapter on libvirt's built-in test driver: every verb, its errors, idempotency.
+
+Each test gets its own test-driver node file, so each connection starts from
+the same three domains (the ``test:///default`` driver's state is shared by
+every connection in a process). One test also runs on ``test:///default``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from adapters.action import Action, PowerState, Reversibility, RuntimeState, Target
+from adapters.errors import (
+    AdapterTimeoutError,
+    ConflictError,
+    InvalidActionError,
+    NotFoundError,
+    UnavailableError,
+    UnsupportedError,
+)
+from adapters.libvirt import LibvirtAdapter, LibvirtConfig
+from adapters.runtime import Deadlines, OutcomeStatus
+
+NODE = """<node>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>web-1</name>
+    <memory unit='MiB'>8192</memory><currentMemory unit='MiB'>4096</currentMemory>
+    <vcpu current='2'>8</vcpu>
+    <os><type arch='x86_64'>hvm</type></os>
+    <metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>
+      <label key='environment'>staging</label><label key='criticality'>low</label>
+    </govgate:labels></metadata>
+    <devices>
+      <disk type='file' device='disk'><source file='/guest/web.img'/>
+        <target dev='vda' bus='virtio'/></disk>
+      <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>
+    </devices>
+  </domain>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>off-1</name>
+    <memory unit='MiB'>1024</memory><vcpu>1</vcpu>
+    <os><type arch='x86_64'>hvm</type></os>
+    <test:runstate>5</test:runstate>
+  </domain>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>paused-1</name>
+    <memory unit='MiB'>2048</memory><vcpu>2</vcpu>
+    <os><type arch='x86_64'>hvm</type></os>
+    <test:runstate>3</test:runstate>
+  </domain>
+</node>
+"""
+
+
+@pytest.fixture
+async def lv(tmp_path: Path) -> AsyncIterator[LibvirtAdapter]:
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    adapter = LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", poll_interval=0.01))
+    async with adapter:
+        yield adapter
+
+
+def act(verb: str, resource: str = "web-1", **parameters: Any) -> Action:
+    return Action.from_json(
+        {"verb": verb, "target": {"runtime": "libvirt", "resource": resource},
+         "parameters": parameters}
+    )  # fmt: skip
+
+
+T = Target("libvirt", "web-1")
+
+
+async def run(lv: LibvirtAdapter, action: Action) -> tuple[Any, Any]:
+    plan = await lv.plan(action)
+    return plan, await lv.execute(plan)
+
+
+# -- describe ----------------------------------------------------------------------------
+
+
+async def test_describe_reads_the_domain(lv: LibvirtAdapter):
+    s = await lv.describe(T)
+    assert s.power is PowerState.RUNNING
+    assert (s.vcpus, s.max_vcpus, s.memory_mib, s.max_memory_mib) == (2, 8, 4096, 8192)
+    assert s.disks == 1  # the cdrom does not count
+    assert s.snapshots == 0
+    assert dict(s.labels) == {"environment": "staging", "criticality": "low"}
+    assert s.persistent is True
+    off = await lv.describe(Target("libvirt", "off-1"))
+    assert off.power is PowerState.SHUTOFF
+    assert dict(off.labels) == {}
+    paused = await lv.describe(Target("libvirt", "paused-1"))
+    assert paused.power is PowerState.PAUSED
+
+
+async def test_describe_by_uuid_and_unknown_domain(lv: LibvirtAdapter):
+    uuid = await lv._call("uuid", lambda c: c.lookupByName("web-1").UUIDString())
+    assert (await lv.describe(Target("libvirt", uuid))).vcpus == 2
+    with pytest.raises(NotFoundError, match="no domain 'nope'"):
+        await lv.describe(Target("libvirt", "nope"))
+    with pytest.raises(InvalidActionError, match="libvirt adapter"):
+        await lv.describe(Target("kata", "web-1"))
+
+
+async def test_labels_round_trip_through_metadata(lv: LibvirtAdapter):
+    await lv.set_labels(T, {"environment": "production", "dependents": "4", "note": "a<b&c"})
+    labels = (await lv.describe(T)).labels
+    assert dict(labels) == {"environment": "production", "dependents": "4", "note": "a<b&c"}
+
+
+# -- the verb matrix ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "params", "after_power"),
+    [
+        ("start", "off-1", {}, PowerState.RUNNING),
+        ("shutdown", "web-1", {}, PowerState.SHUTOFF),
+        ("destroy", "web-1", {}, PowerState.SHUTOFF),
+        ("suspend", "web-1", {}, PowerState.PAUSED),
+        ("resume", "paused-1", {}, PowerState.RUNNING),
+        ("save", "web-1", {}, PowerState.SHUTOFF),
+    ],
+)
+async def test_power_verbs_apply_then_are_idempotent_then_revert(
+    lv: LibvirtAdapter, verb: str, resource: str, params: dict[str, Any], after_power: PowerState
+):
+    target = Target("libvirt", resource)
+    before = await lv.describe(target)
+    plan, outcome = await run(lv, act(verb, resource, **params))
+    assert outcome.status is OutcomeStatus.APPLIED, outcome
+    assert outcome.after.power is after_power
+    assert (await lv.describe(target)).power is after_power
+
+    # The same plan again: nothing more happens.
+    again = await lv.execute(plan)
+    assert again.status is OutcomeStatus.ALREADY
+    # A fresh plan for the same action: the state check finds it done.
+    _, fresh = await run(lv, act(verb, resource, **params))
+    assert fresh.status is OutcomeStatus.ALREADY, fresh
+
+    reverted = await lv.revert(outcome)
+    assert reverted.status is OutcomeStatus.REVERTED
+    assert (await lv.describe(target)).power is before.power
+
+    rec = await lv.reconcile(plan)
+    assert rec.took_effect is False  # the revert undid it, and reconcile reads that
+    assert rec.state.power is before.power
+
+
+async def test_save_keeps_memory_for_the_next_start(lv: LibvirtAdapter):
+    await run(lv, act("save"))
+    has_image = await lv._call("img", lambda c: c.lookupByName("web-1").hasManagedSaveImage(0))
+    assert has_image == 1
+    _, again = await run(lv, act("save"))
+    assert again.status is OutcomeStatus.ALREADY
+    await run(lv, act("start"))
+    has_image = await lv._call("img", lambda c: c.lookupByName("web-1").hasManagedSaveImage(0))
+    assert has_image == 0
+
+
+async def test_resize_live_and_config_and_back(lv: LibvirtAdapter):
+    plan, out = await run(lv, act("resize", vcpus=6, memory_mib=6144))
+    assert out.status is OutcomeStatus.APPLIED
+    assert (out.after.vcpus, out.after.memory_mib) == (6, 6144)
+    config = await lv._call(
+        "cfg", lambda c: c.lookupByName("web-1").vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    )
+    assert config == 6
+    assert (await lv.execute(plan)).status is OutcomeStatus.ALREADY
+    assert (await lv.reconcile(plan)).took_effect is True
+    back = await lv.revert(out)
+    assert (back.after.vcpus, back.after.memory_mib) == (2, 4096)
+    assert (await lv.reconcile(plan)).took_effect is False
+
+    _, same = await run(lv, act("resize", vcpus=2))
+    assert same.status is OutcomeStatus.ALREADY
+
+    _, cfg_only = await run(lv, act("resize", vcpus=3, live=False))
+    assert cfg_only.after.vcpus == 2  # live unchanged
+    config = await lv._call(
+        "cfg", lambda c: c.lookupByName("web-1").vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    )
+    assert config == 3
+
+
+@pytest.mark.parametrize(
+    ("action", "error", "needle"),
+    [
+        (act("resize", vcpus=16), InvalidActionError, "maximum of 8"),
+        (act("resize", memory_mib=9000), InvalidActionError, "maximum of 8192 MiB"),
+        (act("resize", "off-1", vcpus=1, live=True), ConflictError, "not running"),
+        (act("resize", vcpus=2, live=False, config=False), InvalidActionError, "nothing"),
+        (act("suspend", "off-1"), ConflictError, "shutoff"),
+        (act("resume", "off-1"), ConflictError, "shutoff"),
+        (act("reboot", "off-1"), ConflictError, "shutoff"),
+        (act("delete"), ConflictError, "stop it first"),
+        (act("delete", "off-1", snapshots="keep"), InvalidActionError, "refuse"),
+        (act("revert", snapshot="nope"), NotFoundError, "no snapshot 'nope'"),
+        (act("snapshot-delete", snapshot="nope"), NotFoundError, "no snapshot"),
+        (act("migrate", destination="qemu+ssh://b/system"), UnsupportedError, "cannot migrate"),
+        (act("start", "ghost"), NotFoundError, "no domain 'ghost'"),
+        (act("create", "web-1"), ConflictError, "already defined"),
+    ],
+    ids=lambda v: v.verb.value if isinstance(v, Action) else None,
+)
+async def test_impossible_requests_are_refused_at_plan(
+    lv: LibvirtAdapter, action: Action, error: type[Exception], needle: str
+):
+    before = await lv.describe(T)
+    with pytest.raises(error, match=needle):
+        await lv.plan(action)
+    assert await lv.describe(T) == before
+
+
+async def test_snapshot_create_revert_delete(lv: LibvirtAdapter):
+    plan, snap = await run(lv, act("snapshot", name="before-upgrade"))
+    assert snap.status is OutcomeStatus.APPLIED
+    assert snap.after.snapshots == 1
+    assert (await lv.reconcile(plan)).took_effect is True
+    with pytest.raises(ConflictError, match="already exists"):
+        await lv.plan(act("snapshot", name="before-upgrade"))
+
+    await run(lv, act("resize", vcpus=5))
+    rplan, reverted = await run(lv, act("revert", snapshot="before-upgrade"))
+    assert reverted.status is OutcomeStatus.APPLIED
+    assert reverted.after.vcpus == 2
+    assert rplan.reversibility is Reversibility.IRREVERSIBLE
+    with pytest.raises(UnsupportedError, match="cannot be undone"):
+        await lv.revert(reverted)
+    assert (await lv.reconcile(rplan)).took_effect is None  # leaves no trace
+
+    dplan, deleted = await run(lv, act("snapshot-delete", snapshot="before-upgrade"))
+    assert deleted.after.snapshots == 0
+    assert (await lv.execute(dplan)).status is OutcomeStatus.ALREADY
+
+    # A generated name, and revert of the snapshot verb deletes it again.
+    _, auto = await run(lv, act("snapshot"))
+    assert auto.after.snapshots == 1
+    assert (await lv.revert(auto)).after.snapshots == 0
+
+
+async def test_reboot_and_reset_have_nothing_to_undo(lv: LibvirtAdapter):
+    for verb in ("reboot", "reset"):
+        plan, out = await run(lv, act(verb))
+        assert out.status is OutcomeStatus.APPLIED
+        assert plan.reversibility is Reversibility.NOTHING_TO_UNDO
+        # Executing the same plan twice must not reboot twice.
+        assert (await lv.execute(plan)).status is OutcomeStatus.ALREADY
+        with pytest.raises(UnsupportedError, match="nothing to undo"):
+            await lv.revert(out)
+
+
+async def test_create_and_delete(lv: LibvirtAdapter):
+    plan, created = await run(lv, act("create", "new-1", vcpus=2, memory_mib=1024))
+    assert created.status is OutcomeStatus.APPLIED
+    assert created.after.power is PowerState.SHUTOFF
+    assert (created.after.vcpus, created.after.memory_mib) == (2, 1024)
+    assert (await lv.reconcile(plan)).took_effect is True
+    reverted = await lv.revert(created)
+    assert reverted.after.power is PowerState.ABSENT
+
+    await run(lv, act("create", "new-2"))
+    await run(lv, act("snapshot", "new-2"))
+    with pytest.raises(ConflictError, match="snapshots=delete"):
+        await lv.plan(act("delete", "new-2"))
+    dplan, deleted = await run(lv, act("delete", "new-2", snapshots="delete"))
+    assert deleted.after.power is PowerState.ABSENT
+    assert dplan.reversibility is Reversibility.IRREVERSIBLE
+    assert (await lv.execute(dplan)).status is OutcomeStatus.ALREADY
+    # A new plan for an already-deleted domain: not found at plan time.
+    with pytest.raises(NotFoundError):
+        await lv.plan(act("delete", "new-2"))
+    assert (await lv.reconcile(dplan)).took_effect is True
+
+
+async def test_destroy_of_a_transient_domain_is_irreversible(lv: LibvirtAdapter):
+    xml = (
+        "<domain type='test'><name>temp-1</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os></domain>"
+    )
+    await lv._call("create transient", lambda c: c.createXML(xml, 0))
+    state = await lv.describe(Target("libvirt", "temp-1"))
+    assert state.persistent is False
+    plan, out = await run(lv, act("destroy", "temp-1"))
+    assert plan.reversibility is Reversibility.IRREVERSIBLE
+    assert out.after.power is PowerState.ABSENT
+    with pytest.raises(UnsupportedError):
+        await lv.revert(out)
+
+
+# -- shutdown timing, deadlines, events, reconnect ---------------------------------------
+
+
+async def test_shutdown_that_never_finishes_times_out_or_is_forced(lv: LibvirtAdapter, monkeypatch):
+    def ignore_acpi(conn: Any) -> bool:
+        return True  # the guest ignores the power button
+
+    real_call = lv._call
+
+    async def call(what: str, fn: Any) -> Any:
+        if what.startswith("shutdown"):
+            return await real_call(what, ignore_acpi)
+        return await real_call(what, fn)
+
+    monkeypatch.setattr(lv, "_call", call)
+    with pytest.raises(AdapterTimeoutError, match="force=true"):
+        await run(lv, act("shutdown", timeout_s=0.05))
+    assert (await lv.describe(T)).power is PowerState.RUNNING
+    _, forced = await run(lv, act("shutdown", timeout_s=0.05, force=True))
+    assert forced.status is OutcomeStatus.APPLIED
+    assert "forced off" in forced.detail
+    assert forced.after.power is PowerState.SHUTOFF
+
+
+async def test_deadline_bounds_a_stuck_call(tmp_path: Path, monkeypatch):
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    lv = LibvirtAdapter(LibvirtConfig(uri=f"test://{node}"), Deadlines(describe=0.1))
+    async with lv:
+        original = lv._read_state
+
+        def slow(conn: Any, target: Target) -> RuntimeState:
+            import time
+
+            time.sleep(0.5)
+            return original(conn, target)
+
+        monkeypatch.setattr(lv, "_read_state", slow)
+        with pytest.raises(AdapterTimeoutError, match=r"within 0\.1 s"):
+            await lv.describe(T)
+        assert (await lv.describe(T, timeout=2)).vcpus == 2
+
+
+async def test_lifecycle_events_arrive(lv: LibvirtAdapter):
+    events = lv.events()
+    await run(lv, act("destroy"))
+    await run(lv, act("start"))
+    got = [await asyncio.wait_for(anext(events), 2) for _ in range(2)]
+    assert [(e.target.resource, e.event, e.detail) for e in got] == [
+        ("web-1", "stopped", "destroyed"),
+        ("web-1", "started", "booted"),
+    ]
+    assert (await lv.describe(T)).uptime_s is not None  # known once a start was seen
+
+
+async def test_reconnects_after_the_connection_drops(lv: LibvirtAdapter):
+    assert (await lv.describe(T)).vcpus == 2
+    assert lv._conn is not None
+    lv._conn.close()  # as if the daemon went away under us
+    assert (await lv.describe(T)).vcpus == 2
+    assert lv.reconnects == 1
+
+
+async def test_unreachable_daemon_is_unavailable(tmp_path: Path):
+    sock = tmp_path / "no-such.sock"
+    lv = LibvirtAdapter(LibvirtConfig(uri=f"qemu+unix:///system?socket={sock}"))
+    with pytest.raises(UnavailableError, match="cannot connect"):
+        await lv.describe(T)
+    await lv.close()
+
+
+async def test_default_test_driver_works_too():
+    async with LibvirtAdapter(LibvirtConfig(uri="test:///default")) as lv:
+        state = await lv.describe(Target("libvirt", "test"))
+        assert state.power is PowerState.RUNNING
+        plan = await lv.plan(act("snapshot", "test"))
+        out = await lv.execute(plan)
+        assert out.after.snapshots == 1
+        await lv.revert(out)
+
+
+def test_config_limits():
+    with pytest.raises(ValueError, match="uri"):
+        LibvirtConfig(uri="")
+    with pytest.raises(ValueError, match="keepalive"):
+        LibvirtConfig(keepalive_interval=-1)
