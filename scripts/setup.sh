@@ -16,8 +16,12 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
 # sqlite3 is the CLI for looking inside a ledger by hand; libvirt-dev and
 # pkg-config let pip build libvirt-python (which brings libvirt's client library,
 # including the built-in test:/// driver the demo and tests use).
+# The rest is for the adapter tests against real runtimes: a libvirt daemon with
+# QEMU (TCG), qemu-img for qcow2 disks, and busybox-static for the test guest's
+# initramfs (its kernel is fetched with apt-get download by the tests).
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential sqlite3 ca-certificates
-    libvirt-dev pkg-config)
+    libvirt-dev pkg-config
+    libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +34,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     else
         log "not a Debian system; make sure these are installed: ${missing[*]}"
     fi
+fi
+
+# The libvirt/QEMU tests download the Debian cloud kernel for their guest.
+if command -v apt-cache >/dev/null 2>&1 && \
+        ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    log "refreshing the Debian package lists (the test guest's kernel comes from them)"
+    $SUDO apt-get update -qq
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

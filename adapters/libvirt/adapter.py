@@ -111,6 +111,8 @@ _DETAILS = {
     "started": ("booted", "migrated", "restored", "from-snapshot", "wakeup"),
     "stopped": ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
                 "from-snapshot"),
+    "defined": ("added", "updated", "renamed", "from-snapshot"),
+    "undefined": ("removed", "renamed"),
     "suspended": ("paused", "migrated", "io-error", "watchdog", "restored", "from-snapshot",
                   "api-error", "postcopy", "postcopy-failed"),
 }  # fmt: skip
