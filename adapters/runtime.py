@@ -266,7 +266,8 @@ class RuntimeAdapter(abc.ABC):
     async def _reconcile(self, plan: Plan) -> Reconciliation: ...
 
     @abc.abstractmethod
-    def _events(self) -> AsyncIterator[LifecycleEvent]: ...
+    def _events(self) -> AsyncIterator[LifecycleEvent]:
+        """Start listening now (events after this call are kept) and return the stream."""
 
     async def _describe_for_plan(self, action: Action) -> RuntimeState:
         try:

@@ -17,11 +17,14 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
 # pkg-config let pip build libvirt-python (which brings libvirt's client library,
 # including the built-in test:/// driver the demo and tests use).
 # The rest is for the adapter tests against real runtimes: a libvirt daemon with
-# QEMU (TCG), qemu-img for qcow2 disks, and busybox-static for the test guest's
-# initramfs (its kernel is fetched with apt-get download by the tests).
+# QEMU (TCG), qemu-img for qcow2 disks, busybox-static for the test guest's
+# initramfs (its kernel is fetched with apt-get download by the tests) and the
+# test sandboxes' image, containerd with runc, and the .proto files of
+# containerd's API that scripts/gen-containerd-stubs.sh compiles.
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential sqlite3 ca-certificates
     libvirt-dev pkg-config
-    libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static)
+    libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static
+    containerd runc golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
