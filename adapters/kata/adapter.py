@@ -412,25 +412,24 @@ class KataAdapter(RuntimeAdapter):
             snapshot_key=cid,
             labels={"govgate.managed": "true"},
         )
-        snaps = sgrpc.SnapshotsStub(self._ch())
+        # The container first: it names the snapshot key, which makes the snapshot a
+        # garbage-collection root the moment it exists. Prepared first, the snapshot
+        # could be collected before the container record pointed at it.
+        containers = cgrpc.ContainersStub(self._ch())
         await self._rpc(
-            f"rootfs for kata/{cid}",
-            snaps.Prepare,
-            spb.PrepareSnapshotRequest(snapshotter=self.config.snapshotter, key=cid, parent=chain),
+            f"create kata/{cid}", containers.Create, cpb.CreateContainerRequest(container=container)
         )
         try:
             await self._rpc(
-                f"create kata/{cid}",
-                cgrpc.ContainersStub(self._ch()).Create,
-                cpb.CreateContainerRequest(container=container),
+                f"rootfs for kata/{cid}",
+                sgrpc.SnapshotsStub(self._ch()).Prepare,
+                spb.PrepareSnapshotRequest(
+                    snapshotter=self.config.snapshotter, key=cid, parent=chain
+                ),
             )
         except AdapterError:
             with contextlib.suppress(AdapterError):
-                await self._rpc(
-                    "cleanup",
-                    snaps.Remove,
-                    spb.RemoveSnapshotRequest(snapshotter=self.config.snapshotter, key=cid),
-                )
+                await self._rpc("cleanup", containers.Delete, cpb.DeleteContainerRequest(id=cid))
             raise
         return True, f"sandbox {cid} created from {image} (runtime {self.config.runtime})"
 

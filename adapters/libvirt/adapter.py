@@ -116,6 +116,15 @@ _DETAILS = {
     "suspended": ("paused", "migrated", "io-error", "watchdog", "restored", "from-snapshot",
                   "api-error", "postcopy", "postcopy-failed"),
 }  # fmt: skip
+# Events after which a cached describe of the domain is stale.
+_INVALIDATING_EVENTS = (
+    libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
+    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+    libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+    libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE,
+    libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+)
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.PMSUSPENDED)
 _AFFECT_LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 _AFFECT_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
@@ -130,12 +139,18 @@ class LibvirtConfig:
     poll_interval: float = 0.1  # how often a waiting shutdown re-reads the state
     domain_type: str = ""  # for create: "kvm", "qemu", ...; "" picks from the driver
     workers: int = 4  # threads for libvirt calls
+    # Seconds a described state is reused while the connection has events for every
+    # change describe reports (lifecycle, balloon, devices, metadata, tunables); each
+    # such event, and each action of this adapter, drops the target's entry. 0: off.
+    cache_ttl: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.uri or "\n" in self.uri:
             raise ValueError("uri must be a libvirt connection URI")
         if self.keepalive_interval < 0 or self.keepalive_count < 0 or self.workers < 1:
             raise ValueError("keepalive settings must be >= 0 and workers >= 1")
+        if self.cache_ttl < 0:
+            raise ValueError("cache_ttl must be >= 0")
         if self.shutdown_timeout <= 0 or self.poll_interval <= 0:
             raise ValueError("shutdown_timeout and poll_interval must be > 0")
 
@@ -182,6 +197,10 @@ class LibvirtAdapter(RuntimeAdapter):
         self._queue: asyncio.Queue[LifecycleEvent] | None = None
         self._started_at: dict[str, float] = {}  # domain name -> monotonic start, from events
         self.reconnects = 0
+        # Describe results, by resource, while events announce every change to them.
+        self._cache: dict[str, tuple[float, RuntimeState]] = {}
+        self._cache_ok = False
+        self.cache_hits = 0
 
     # -- connection --------------------------------------------------------------------
 
@@ -215,13 +234,33 @@ class LibvirtAdapter(RuntimeAdapter):
             if self.config.keepalive_interval and not conn.getURI().startswith("test:"):
                 with contextlib.suppress(libvirt.libvirtError):  # local drivers have none
                     conn.setKeepAlive(self.config.keepalive_interval, self.config.keepalive_count)
-            # A driver without events still works: describe reads the live state.
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-                )
+            self._cache.clear()  # a new connection: nothing cached can be trusted
+            self._cache_ok = self._subscribe(conn)
             self._conn = conn
             return conn
+
+    def _subscribe(self, conn: Conn) -> bool:
+        """Register for events; True if every change that describe reports is announced."""
+        try:
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+        except libvirt.libvirtError:
+            return False  # a driver without events still works: describe reads every time
+        complete = True
+        for event_id in _INVALIDATING_EVENTS:
+            try:
+                conn.domainEventRegisterAny(None, event_id, self._on_change, None)
+            except libvirt.libvirtError:
+                complete = False  # not announced here: rely on the TTL alone for it
+        return complete
+
+    def _on_change(self, _conn: Conn, dom: Dom, *_rest: object) -> None:
+        self._invalidate(dom)
+
+    def _invalidate(self, dom: Dom) -> None:
+        self._cache.pop(dom.name(), None)
+        self._cache.pop(dom.UUIDString(), None)
 
     def _drop(self, conn: Conn) -> None:
         with self._conn_lock:
@@ -256,6 +295,7 @@ class LibvirtAdapter(RuntimeAdapter):
     # -- events ------------------------------------------------------------------------
 
     def _on_lifecycle(self, conn: Conn, dom: Dom, event: int, detail: int, _opaque: object) -> None:
+        self._invalidate(dom)
         name = dom.name()
         kind = _EVENTS.get(event, f"event-{event}")
         if kind == "started":
@@ -322,8 +362,24 @@ class LibvirtAdapter(RuntimeAdapter):
             persistent=persistent,
         )
 
-    async def _describe(self, target: Target) -> RuntimeState:
-        return await self._call(f"describe {target}", lambda c: self._read_state(c, target))
+    async def _describe(self, target: Target, *, fresh: bool = False) -> RuntimeState:
+        key = target.resource
+        hit = None if fresh else self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.config.cache_ttl:
+            self.cache_hits += 1
+            return hit[1]
+        read_at = time.monotonic()
+        state = await self._call(f"describe {target}", lambda c: self._read_state(c, target))
+        if self._cache_ok and self.config.cache_ttl > 0:
+            self._cache[key] = (read_at, state)
+        return state
+
+    def _forget(self, target: Target) -> None:
+        """Drop what is cached about a target this adapter is about to change."""
+        if _UUID.fullmatch(target.resource):
+            self._cache.clear()  # it may be cached under its name too
+        else:
+            self._cache.pop(target.resource, None)
 
     async def set_labels(self, target: Target, labels: Mapping[str, str]) -> None:
         """Write the govgate labels into the domain's metadata (live and persistent)."""
@@ -337,6 +393,7 @@ class LibvirtAdapter(RuntimeAdapter):
                 flags or _AFFECT_CONFIG,
             )  # fmt: skip
 
+        self._forget(target)
         await self._call(f"label {target}", write)
 
     # -- plan --------------------------------------------------------------------------
@@ -453,6 +510,7 @@ class LibvirtAdapter(RuntimeAdapter):
     # -- execute -----------------------------------------------------------------------
 
     async def _execute(self, plan: Plan) -> Outcome:
+        self._forget(plan.target)
         action = plan.action
         what = f"{action.verb} {action.target}"
         if action.verb is Verb.SHUTDOWN:
@@ -601,7 +659,7 @@ class LibvirtAdapter(RuntimeAdapter):
             return True
 
         if not await self._call(f"shutdown {target}", request):
-            after = await self._describe(target)
+            after = await self._describe_or_absent(target)
             return Outcome(plan, OutcomeStatus.ALREADY, after, "domain was already off")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -611,7 +669,7 @@ class LibvirtAdapter(RuntimeAdapter):
             await asyncio.sleep(self.config.poll_interval)
         if action.param("force") is True:
             await self._call(f"destroy {target}", lambda c: self._lookup(c, target).destroy())
-            after = await self._describe(target)
+            after = await self._describe_or_absent(target)
             return Outcome(
                 plan, OutcomeStatus.APPLIED, after,
                 f"guest did not power off within {timeout:g} s; forced off",
@@ -622,14 +680,17 @@ class LibvirtAdapter(RuntimeAdapter):
         )
 
     async def _describe_or_absent(self, target: Target) -> RuntimeState:
+        """A fresh read (never the cache): for states after an action and for polling."""
+        self._forget(target)
         try:
-            return await self._describe(target)
+            return await self._describe(target, fresh=True)
         except NotFoundError:
             return RuntimeState(power=PowerState.ABSENT)
 
     # -- revert ------------------------------------------------------------------------
 
     async def _revert(self, outcome: Outcome) -> Outcome:
+        self._forget(outcome.plan.target)
         plan = outcome.plan
         verb, target, undo = plan.action.verb, plan.target, plan.undo
         prior = PowerState(undo.get("power", "unknown"))

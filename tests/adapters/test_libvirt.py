@@ -351,12 +351,57 @@ async def test_lifecycle_events_arrive(lv: LibvirtAdapter):
     assert (await lv.describe(T)).uptime_s is not None  # known once a start was seen
 
 
-async def test_reconnects_after_the_connection_drops(lv: LibvirtAdapter):
-    assert (await lv.describe(T)).vcpus == 2
-    assert lv._conn is not None
-    lv._conn.close()  # as if the daemon went away under us
-    assert (await lv.describe(T)).vcpus == 2
-    assert lv.reconnects == 1
+async def test_reconnects_after_the_connection_drops(tmp_path: Path):
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=0)) as lv:
+        assert (await lv.describe(T)).vcpus == 2
+        assert lv._conn is not None
+        lv._conn.close()  # as if the daemon went away under us
+        assert (await lv.describe(T)).vcpus == 2
+        assert lv.reconnects == 1
+
+
+async def test_describe_cache_is_dropped_by_events_actions_and_time(tmp_path: Path):
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=30)) as lv:
+        first = await lv.describe(T)
+        assert await lv.describe(T) == first
+        assert lv.cache_hits == 1
+
+        # Changed behind the adapter's back: only the lifecycle event can tell it.
+        await lv._call("raw", lambda c: c.lookupByName("web-1").suspend())
+        for _ in range(50):
+            if (await lv.describe(T)).power is PowerState.PAUSED:
+                break
+            await asyncio.sleep(0.02)
+        assert (await lv.describe(T)).power is PowerState.PAUSED
+
+        # A label change announces itself through the metadata event.
+        await lv._call(
+            "raw",
+            lambda c: c.lookupByName("web-1").setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<labels><label key='x'>1</label></labels>",
+                "govgate", "https://govgate.dev/xmlns/labels/1", libvirt.VIR_DOMAIN_AFFECT_LIVE,
+            ),
+        )  # fmt: skip
+        for _ in range(50):
+            if dict((await lv.describe(T)).labels) == {"x": "1"}:
+                break
+            await asyncio.sleep(0.02)
+        assert dict((await lv.describe(T)).labels) == {"x": "1"}
+
+        # The adapter's own actions never leave a stale entry.
+        _, out = await run(lv, act("resume"))
+        assert out.after.power is PowerState.RUNNING
+        assert (await lv.describe(T)).power is PowerState.RUNNING
+
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=0.05)) as lv:
+        await lv.describe(T)
+        await asyncio.sleep(0.1)
+        await lv.describe(T)
+        assert lv.cache_hits == 0
 
 
 async def test_unreachable_daemon_is_unavailable(tmp_path: Path):
