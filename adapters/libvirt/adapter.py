@@ -112,6 +112,7 @@ _DETAILS = {
     "stopped": ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
                 "from-snapshot"),
     "defined": ("added", "updated", "renamed", "from-snapshot"),
+    "shutdown": ("finished", "guest", "host"),
     "undefined": ("removed", "renamed"),
     "suspended": ("paused", "migrated", "io-error", "watchdog", "restored", "from-snapshot",
                   "api-error", "postcopy", "postcopy-failed"),
@@ -194,7 +195,7 @@ class LibvirtAdapter(RuntimeAdapter):
         self._conn: Conn | None = None
         self._conn_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[LifecycleEvent] | None = None
+        self._subscribers: set[asyncio.Queue[LifecycleEvent]] = set()
         self._started_at: dict[str, float] = {}  # domain name -> monotonic start, from events
         self.reconnects = 0
         # Describe results, by resource, while events announce every change to them.
@@ -287,9 +288,7 @@ class LibvirtAdapter(RuntimeAdapter):
 
     async def _call(self, what: str, fn: Callable[[Conn], T]) -> T:
         loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-            self._queue = asyncio.Queue(maxsize=10_000)
+        self._loop = self._loop or loop
         return await loop.run_in_executor(self._executor, self._blocking, what, fn)
 
     # -- events ------------------------------------------------------------------------
@@ -305,15 +304,30 @@ class LibvirtAdapter(RuntimeAdapter):
         names = _DETAILS.get(kind, ())
         why = names[detail] if 0 <= detail < len(names) else str(detail)
         ev = LifecycleEvent(Target("libvirt", name), kind, why, dt.datetime.now(dt.UTC))
-        loop, queue = self._loop, self._queue
-        if loop is not None and queue is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(_put_latest, queue, ev)
+        loop = self._loop
+        if loop is not None and self._subscribers and not loop.is_closed():
+            loop.call_soon_threadsafe(self._publish, ev)
 
-    async def _events(self) -> AsyncIterator[LifecycleEvent]:
-        await self._call("connect", lambda conn: None)
-        assert self._queue is not None
-        while True:
-            yield await self._queue.get()
+    def _publish(self, ev: LifecycleEvent) -> None:
+        for queue in self._subscribers:
+            if queue.full():  # this reader is not keeping up: keep the newest
+                queue.get_nowait()
+            queue.put_nowait(ev)
+
+    def _events(self) -> AsyncIterator[LifecycleEvent]:
+        queue: asyncio.Queue[LifecycleEvent] = asyncio.Queue(maxsize=10_000)
+        self._loop = self._loop or asyncio.get_running_loop()
+        self._subscribers.add(queue)  # from now on: events before this call are not replayed
+
+        async def read() -> AsyncIterator[LifecycleEvent]:
+            try:
+                await self._call("connect", lambda conn: None)
+                while True:
+                    yield await queue.get()
+            finally:
+                self._subscribers.discard(queue)
+
+        return read()
 
     # -- describe ----------------------------------------------------------------------
 
@@ -782,9 +796,3 @@ def _alive(conn: Conn) -> bool:
         return bool(conn.isAlive())
     except libvirt.libvirtError:
         return False
-
-
-def _put_latest(queue: asyncio.Queue[LifecycleEvent], ev: LifecycleEvent) -> None:
-    if queue.full():  # nobody is reading: keep the newest
-        queue.get_nowait()
-    queue.put_nowait(ev)

@@ -60,8 +60,42 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
+class Daemons:
+    """The daemons this module started (none if a libvirtd was already running)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, daemon: str) -> None:
+        with (self.logs / f"{daemon}.log").open("ab") as out:
+            self.procs[daemon] = subprocess.Popen([daemon], stdout=out, stderr=out)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while not _answers():
+            assert time.monotonic() < deadline, f"libvirtd did not start; see {self.logs}"
+            assert all(p.poll() is None for p in self.procs.values()), (
+                f"a daemon exited; see {self.logs}"
+            )
+            time.sleep(0.2)
+
+    def restart_libvirtd(self) -> None:
+        assert "libvirtd" in self.procs, (
+            "a libvirtd that these tests did not start is running; stop it to test restarts"
+        )
+        _stop(self.procs["libvirtd"])
+        self.start("libvirtd")
+        self.wait_ready()
+
+    def stop_all(self) -> None:
+        for name in ("libvirtd", "virtlogd"):
+            if name in self.procs:
+                _stop(self.procs[name])
+
+
 @pytest.fixture(scope="module")
-def libvirtd() -> Iterator[None]:
+def libvirtd() -> Iterator[Daemons]:
     missing = [b for b in ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img")
                if shutil.which(b) is None]  # fmt: skip
     assert not missing, f"not installed: {missing} (scripts/setup.sh installs them)"
@@ -70,27 +104,21 @@ def libvirtd() -> Iterator[None]:
         os.chown(kvm, -1, grp.getgrnam("kvm").gr_gid)
         os.chmod(kvm, 0o660)
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    started: list[subprocess.Popen[bytes]] = []
     logs = Path("/tmp/govgate-libvirtd")  # the daemons' own logs, for failures
     logs.mkdir(exist_ok=True)
+    daemons = Daemons(logs)
     try:
         if not _answers():
-            for daemon in ("virtlogd", "libvirtd"):
-                with (logs / f"{daemon}.log").open("wb") as out:
-                    started.append(subprocess.Popen([daemon], stdout=out, stderr=out))
-            deadline = time.monotonic() + 30
-            while not _answers():
-                assert time.monotonic() < deadline, f"libvirtd did not start; see {logs}"
-                assert all(p.poll() is None for p in started), f"a daemon exited; see {logs}"
-                time.sleep(0.2)
-        yield
+            daemons.start("virtlogd")
+            daemons.start("libvirtd")
+            daemons.wait_ready()
+        yield daemons
     finally:
-        for proc in reversed(started):
-            _stop(proc)
+        daemons.stop_all()
 
 
 @pytest.fixture(scope="module")
-def guest(libvirtd: None) -> Iterator[Guest]:
+def guest(libvirtd: Daemons) -> Iterator[Guest]:
     WORK.mkdir(parents=True, exist_ok=True)
     WORK.chmod(0o755)
     yield build_guest(WORK)
@@ -218,3 +246,23 @@ async def test_real_guest_through_its_life(lv: tuple[LibvirtAdapter, Path]):
     assert ("stopped", "shutdown") in seen
     assert ("stopped", "destroyed") in seen
     assert ("undefined", "removed") in seen
+
+
+async def test_reconnects_after_libvirtd_restarts(
+    lv: tuple[LibvirtAdapter, Path], libvirtd: Daemons
+):
+    adapter, _ = lv
+    assert (await adapter.describe(T)).power is PowerState.SHUTOFF
+    libvirtd.restart_libvirtd()
+    # The old connection is dead; the next call notices, reconnects once and succeeds.
+    _, started = await _do(adapter, "start")
+    assert started.status is OutcomeStatus.APPLIED
+    assert adapter.reconnects == 1
+    events = adapter.events()
+    _, destroyed = await _do(adapter, "destroy")
+    assert destroyed.after.power is PowerState.SHUTOFF
+    seen = []  # events flow on the new connection
+    while ("stopped", "destroyed") not in seen:
+        ev = await asyncio.wait_for(anext(events), 5)
+        seen.append((ev.event, ev.detail))
+    assert seen[0] == ("shutdown", "host"), seen  # QEMU reports the host's power-off first
