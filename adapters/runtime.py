@@ -262,8 +262,48 @@ class RuntimeAdapter(abc.ABC):
     @abc.abstractmethod
     async def _revert(self, outcome: Outcome) -> Outcome: ...
 
-    @abc.abstractmethod
-    async def _reconcile(self, plan: Plan) -> Reconciliation: ...
+    async def _reconcile(self, plan: Plan) -> Reconciliation:
+        """Judge from the target's power state and size; :meth:`_judge` for the rest."""
+        state = await self._describe_or_absent(plan.target)
+        verb, desired = plan.action.verb, plan.desired
+        took: bool | None
+        match verb:
+            case Verb.CREATE:
+                took = state.power is not PowerState.ABSENT
+            case Verb.DELETE:
+                took = state.power is PowerState.ABSENT
+            case Verb.START | Verb.RESUME:
+                took = state.power is PowerState.RUNNING
+            case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
+                took = state.power is PowerState.SHUTOFF
+            case Verb.SUSPEND:
+                took = state.power is PowerState.PAUSED
+            case Verb.RESIZE:
+                now = (
+                    state.vcpus if desired["vcpus"] else None,
+                    state.memory_mib if desired["memory_mib"] else None,
+                )
+                want = (desired["vcpus"], desired["memory_mib"])
+                was = (plan.undo["vcpus"], plan.undo["memory_mib"])
+                took = True if now == want else False if now == was else None
+            case _:
+                took = await self._judge(plan, state)
+        if took is None:
+            detail = f"the runtime's state does not show whether {verb} took effect"
+        else:
+            detail = "took effect" if took else "did not take effect"
+        return Reconciliation(plan, took, state, detail)
+
+    async def _judge(self, plan: Plan, state: RuntimeState) -> bool | None:
+        """Reconcile verbs whose effect is not in the power state or size (None: unknowable)."""
+        return None
+
+    async def _describe_or_absent(self, target: Target) -> RuntimeState:
+        """The target's state, or ``absent`` where it does not exist (after a delete)."""
+        try:
+            return await self._describe(target)
+        except NotFoundError:
+            return RuntimeState(power=PowerState.ABSENT)
 
     @abc.abstractmethod
     def _events(self) -> AsyncIterator[LifecycleEvent]:

@@ -77,7 +77,6 @@ from adapters.runtime import (
     Outcome,
     OutcomeStatus,
     Plan,
-    Reconciliation,
     RuntimeAdapter,
 )
 
@@ -382,12 +381,6 @@ class KataAdapter(RuntimeAdapter):
             plan, OutcomeStatus.APPLIED if applied else OutcomeStatus.ALREADY, after, detail
         )
 
-    async def _describe_or_absent(self, target: Target) -> RuntimeState:
-        try:
-            return await self._describe(target)
-        except NotFoundError:
-            return RuntimeState(power=PowerState.ABSENT)
-
     async def _create(self, action: Action) -> tuple[bool, str]:
         cid = action.target.resource
         with contextlib.suppress(NotFoundError):
@@ -626,37 +619,6 @@ class KataAdapter(RuntimeAdapter):
                 raise UnsupportedError(f"{verb} cannot be reverted by the Kata adapter")
         after = await self._describe_or_absent(plan.target)
         return Outcome(plan, OutcomeStatus.REVERTED, after, detail)
-
-    async def _reconcile(self, plan: Plan) -> Reconciliation:
-        verb, desired = plan.action.verb, plan.desired
-        state = await self._describe_or_absent(plan.target)
-        took: bool | None
-        match verb:
-            case Verb.CREATE:
-                took = state.power is not PowerState.ABSENT
-            case Verb.DELETE:
-                took = state.power is PowerState.ABSENT
-            case Verb.START | Verb.RESUME:
-                took = state.power is PowerState.RUNNING
-            case Verb.SHUTDOWN | Verb.DESTROY:
-                took = state.power is PowerState.SHUTOFF
-            case Verb.SUSPEND:
-                took = state.power is PowerState.PAUSED
-            case Verb.RESIZE:
-                now = (
-                    state.vcpus if desired["vcpus"] else None,
-                    state.memory_mib if desired["memory_mib"] else None,
-                )
-                want = (desired["vcpus"], desired["memory_mib"])
-                was = (plan.undo["vcpus"], plan.undo["memory_mib"])
-                took = True if now == want else False if now == was else None
-            case _:
-                took = None
-        if took is None:
-            detail = f"{verb} leaves no trace the runtime can show"
-        else:
-            detail = "took effect" if took else "did not"
-        return Reconciliation(plan, took, state, detail)
 
     # -- events ------------------------------------------------------------------------
 

@@ -73,7 +73,6 @@ from adapters.runtime import (
     Outcome,
     OutcomeStatus,
     Plan,
-    Reconciliation,
     RuntimeAdapter,
 )
 
@@ -754,41 +753,17 @@ class LibvirtAdapter(RuntimeAdapter):
 
     # -- reconcile ---------------------------------------------------------------------
 
-    async def _reconcile(self, plan: Plan) -> Reconciliation:
-        verb, desired = plan.action.verb, plan.desired
-        state = await self._describe_or_absent(plan.target)
-        took: bool | None
-        detail = ""
-        match verb:
-            case Verb.CREATE:
-                took = state.power is not PowerState.ABSENT
-            case Verb.DELETE:
-                took = state.power is PowerState.ABSENT
-            case Verb.START | Verb.RESUME:
-                took = state.power is PowerState.RUNNING
-            case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
-                took = state.power is PowerState.SHUTOFF
-            case Verb.SUSPEND:
-                took = state.power is PowerState.PAUSED
-            case Verb.RESIZE:
-                now = (state.vcpus if desired["vcpus"] else None,
-                       state.memory_mib if desired["memory_mib"] else None)  # fmt: skip
-                want = (desired["vcpus"], desired["memory_mib"])
-                was = (plan.undo["vcpus"], plan.undo["memory_mib"])
-                took = True if now == want else False if now == was else None
-            case Verb.SNAPSHOT | Verb.SNAPSHOT_DELETE:
-                exists = state.power is not PowerState.ABSENT and await self._has_snapshot(
-                    plan.target, desired["snapshot"]
-                )
-                took = exists if verb is Verb.SNAPSHOT else not exists
-            case Verb.MIGRATE:
-                took = True if state.power is PowerState.ABSENT else None
-            case _:
-                took = None
-                detail = f"{verb} leaves no trace in the domain's state"
-        if took is None and not detail:
-            detail = "the state matches neither the plan's before nor its desired state"
-        return Reconciliation(plan, took, state, detail or ("took effect" if took else "did not"))
+    async def _judge(self, plan: Plan, state: RuntimeState) -> bool | None:
+        verb = plan.action.verb
+        if verb in (Verb.SNAPSHOT, Verb.SNAPSHOT_DELETE):
+            name = plan.desired["snapshot"]
+            exists = state.power is not PowerState.ABSENT and await self._has_snapshot(
+                plan.target, name
+            )
+            return exists if verb is Verb.SNAPSHOT else not exists
+        if verb is Verb.MIGRATE and state.power is PowerState.ABSENT:
+            return True  # gone from here; only the destination can say more
+        return None  # reboot, reset, revert: no trace in the domain's state
 
 
 def _alive(conn: Conn) -> bool:

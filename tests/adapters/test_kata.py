@@ -13,7 +13,6 @@ with ``ctr``: nothing is pulled from a registry.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hashlib
 import io
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _events import drain
 
 from adapters.action import Action, PowerState, Reversibility, Target
 from adapters.errors import (
@@ -244,14 +244,7 @@ async def test_sandbox_lifecycle_with_cgroup_limits(k: KataAdapter):
     assert (await k.execute(delplan)).status is OutcomeStatus.ALREADY
     assert (await k.reconcile(delplan)).took_effect is True
 
-    seen = []
-    while True:
-        try:
-            ev = await asyncio.wait_for(anext(events), 1)
-        except TimeoutError:
-            break
-        if ev.target.resource == "sb-1":
-            seen.append(ev.event)
+    seen = [ev.event for ev in await drain(events) if ev.target.resource == "sb-1"]
     for kind in ("defined", "started", "suspended", "resumed", "stopped", "undefined"):
         assert kind in seen, seen
     del pplan

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from _events import drain
 from _guest import Guest, build_guest
 
 from adapters.action import Action, PowerState, Target
@@ -235,13 +236,7 @@ async def test_real_guest_through_its_life(lv: tuple[LibvirtAdapter, Path]):
     assert deleted.after.power is PowerState.ABSENT
     assert (await adapter.reconcile(dplan)).took_effect is True
 
-    seen = []
-    while True:
-        try:
-            ev = await asyncio.wait_for(anext(events), 1)
-        except TimeoutError:
-            break
-        seen.append((ev.event, ev.detail))
+    seen = [(ev.event, ev.detail) for ev in await drain(events)]
     assert ("started", "booted") in seen
     assert ("stopped", "shutdown") in seen
     assert ("stopped", "destroyed") in seen
