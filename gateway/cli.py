@@ -31,7 +31,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adapters.errors import AdapterError
 from explain.errors import ExplainError
-from gateway.demo import run_demo
 from gateway.model_cli import model_app
 from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, VerificationError
 from ledger._b64 import b64encode
@@ -402,6 +401,10 @@ def demo(
     writers: Annotated[int, typer.Option(min=1, max=1024, help="Concurrent writers.")] = 32,
 ) -> None:
     """Walk through the ledger on embedded defaults: key, appends, proof, export, verify."""
+    # Imported here: the demo scores with XGBoost, whose import (about a second) the
+    # ledger and key commands, and the verifier's worker processes, should not pay.
+    from gateway.demo import run_demo
+
     raise typer.Exit(run_demo(data, records, writers, Console()))
 
 

@@ -27,18 +27,19 @@ Example::
 
 from __future__ import annotations
 
-import multiprocessing
+import io
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
+import numpy as np
 import orjson
 
-from ledger._scan import CHUNK_LEVEL, ChunkResult, scan_chunk, scan_file_range
+from ledger._scan import CHUNK_LEVEL, ChunkResult, scan_chunk
+from ledger._workers import ScanPool
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import KeyFormatError, NoteError, RecordError, VerificationError
 from ledger.export import EXPORT_FORMAT
@@ -285,6 +286,72 @@ def _join(st: _State, res: ChunkResult, level: int) -> None:
         st.prev, st.last_time = res.last_leaf, res.last_time
 
 
+_BLOCK = 1 << 20  # bytes read at a time while cutting an export into chunks
+
+
+def _file_ranges(
+    f: IO[bytes], path: str, first_line: int, per_chunk: int, level: int
+) -> Iterator[tuple[str, int, int, int, int, int, int]]:
+    """:func:`~ledger._scan.scan_file_range` arguments for each chunk of the rest of ``f``.
+
+    Chunks hold ``per_chunk`` records and the checkpoint lines after them. Lines
+    are found a block at a time with numpy (no Python work per line); a line that
+    is too long or not ended by a newline raises when it is reached, after the
+    chunks before it, as a line-by-line reading would.
+    """
+    begin = base = f.tell()  # base: the file offset of buf[0]
+    first = line_no = first_line
+    start = records = 0  # the current chunk's first record; records before line_no
+    buf = bytearray(_BLOCK)
+    pos = filled = 0
+    while True:
+        arr = np.frombuffer(buf, np.uint8)
+        ends = np.flatnonzero(arr[pos:filled] == ord("\n"))
+        if len(ends):
+            ends += pos + 1
+            starts = np.empty_like(ends)
+            starts[0], starts[1:] = pos, ends[:-1]
+            n = limit = len(ends)
+            if len(buf) > _MAX_LINE:  # else no line within buf can be too long
+                too_long = np.flatnonzero(ends - starts > _MAX_LINE)
+                limit = int(too_long[0]) if len(too_long) else n
+            is_record = np.ones(n, np.bool_)
+            maybe = np.flatnonzero(arr[np.minimum(starts + 2, filled - 1)] == ord("c"))
+            for k in maybe.tolist():  # a record line's third byte is 'p'
+                is_record[k] = not buf.startswith(b'{"checkpoint"', starts[k], ends[k])
+            before = records + np.cumsum(is_record) - is_record  # records before each line
+            opens = is_record & (before % per_chunk == 0) & (before > start)
+            for k in np.flatnonzero(opens[:limit]).tolist():  # a record after a full chunk
+                offset = base + int(starts[k])
+                yield path, begin, offset - begin, line_no + k - first, start, first, level
+                begin, first, start = offset, line_no + k, int(before[k])
+            if limit < n:
+                raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no + limit)
+            records += int(is_record.sum())
+            line_no += n
+            pos = int(ends[-1])
+        del arr  # buf may grow below
+        if filled - pos > _MAX_LINE:  # the line goes on past what was read
+            raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no)
+        base += pos
+        buf[: filled - pos] = buf[pos:filled]
+        filled -= pos
+        pos = 0
+        if filled == len(buf):
+            buf.extend(bytes(len(buf)))
+        with memoryview(buf) as view:
+            got = cast(io.BufferedIOBase, f).readinto(view[filled:])
+        if not got:
+            if filled:
+                raise VerificationError(
+                    "export does not end with a newline (truncated?)", line=line_no
+                )
+            break
+        filled += got
+    if line_no > first:
+        yield path, begin, base + pos - begin, line_no - first, start, first, level
+
+
 def _verify_chunked(
     f: IO[bytes],
     first_line: int,
@@ -308,11 +375,11 @@ def _verify_chunked(
         and isinstance(path, str)
         and os.path.isfile(path)
         and f.seekable()
+        and hasattr(f, "readinto")
     )
 
     def chunks() -> Iterator[tuple[Any, ...]]:
         start = records = lines_in_chunk = 0
-        offset = begin = f.tell() if by_range else 0
         first = line_no = first_line
         batch: list[bytes] = []
         for raw in f:
@@ -324,29 +391,15 @@ def _verify_chunked(
                 )
             is_checkpoint = raw.startswith(b'{"checkpoint"')
             if records == per_chunk and not is_checkpoint:
-                if by_range:
-                    yield path, begin, offset - begin, lines_in_chunk, start, first, level
-                else:
-                    yield start, first, b"\n".join(batch), level
-                start, records, lines_in_chunk, begin, first = (
-                    start + records,
-                    0,
-                    0,
-                    offset,
-                    line_no,
-                )
+                yield start, first, b"\n".join(batch), level
+                start, records, lines_in_chunk, first = start + records, 0, 0, line_no
                 batch = []
-            if not by_range:
-                batch.append(raw[:-1])
-            offset += len(raw)
+            batch.append(raw[:-1])
             lines_in_chunk += 1
             line_no += 1
             records += not is_checkpoint
         if lines_in_chunk:
-            if by_range:
-                yield path, begin, offset - begin, lines_in_chunk, start, first, level
-            else:
-                yield start, first, b"\n".join(batch), level
+            yield start, first, b"\n".join(batch), level
 
     def finish(res: ChunkResult) -> None:
         _join(st, res, level)
@@ -357,19 +410,20 @@ def _verify_chunked(
         for args in chunks():
             finish(scan_chunk(*args))
         return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has threads
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        pending: deque[Future[ChunkResult]] = deque()
-        try:
-            for args in chunks():
-                pending.append(pool.submit(scan_file_range, *args))
-                if len(pending) > 2 * workers:  # a few chunks ahead, memory stays flat
-                    finish(pending.popleft().result())
-            while pending:
-                finish(pending.popleft().result())
-        finally:
-            for fut in pending:
-                fut.cancel()
+    # Fresh interpreters that import only the scanner: no fork of a process that has
+    # threads, and no re-import of this process's __main__ (see ledger._workers).
+    assert isinstance(path, str)
+    with ScanPool(workers) as pool:
+        pending = 0
+        for args in _file_ranges(f, path, first_line, per_chunk, level):
+            pool.submit(args)
+            pending += 1
+            if pending > 2 * workers:  # a few chunks ahead, memory stays flat
+                finish(pool.result())
+                pending -= 1
+        while pending:
+            finish(pool.result())
+            pending -= 1
 
 
 def verify_stream(

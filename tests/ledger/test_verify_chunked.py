@@ -11,11 +11,15 @@ the result of full (signature) verification.
 from __future__ import annotations
 
 import asyncio
+import base64
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
-from ledger import DataDir, Draft, LedgerConfig, NoteVerifier
+from ledger import DataDir, Draft, LedgerConfig, NoteVerifier, _scan, verify
+from ledger._workers import ScanPool
 from ledger.errors import VerificationError
 from ledger.export import export_ledger
 from ledger.verify import verify_export
@@ -113,3 +117,190 @@ def test_process_pool_names_the_same_record(
         mutated = lines[:k] + lines[k + 1 :]
         target.write_bytes(b"\n".join(mutated) + b"\n")
         assert _verdict(target, first, 2, threads=2) == _verdict(target, first, WHOLE)
+
+
+# ---------------------------------------------------------------- the fast path itself
+
+
+def _chunk_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")[1:-1]  # no header, nothing after the last newline
+
+
+def test_bulk_scan_vouches_for_the_untouched_export_in_every_chunking(
+    export: tuple[Path, NoteVerifier, NoteVerifier],
+) -> None:
+    lines = _chunk_lines(export[0])
+    for level in (1, 2, 3, 5, WHOLE):
+        per, start, first, chunk = 1 << level, 0, 2, []  # cut as the verifier cuts
+        for k, raw in enumerate([*lines, None]):
+            closes = raw is None or (
+                sum(not x.startswith(b'{"checkpoint"') for x in chunk) == per
+                and not raw.startswith(b'{"checkpoint"')
+            )
+            if closes and chunk:
+                bulk = _scan._scan_bulk(start, first, chunk, level)
+                assert bulk is not None, f"level {level}, chunk at {start}"
+                assert bulk == _scan._scan_each(start, first, chunk, level)
+                start, first, chunk = start + per, 2 + k, []
+            if raw is not None:
+                chunk.append(raw)
+
+
+def test_bulk_scan_is_the_reference_scan_or_declines(
+    export: tuple[Path, NoteVerifier, NoteVerifier],
+) -> None:
+    """For every single mutation: the bulk result equals the record-by-record one, or is None."""
+    lines = export[0].read_bytes().split(b"\n")[:-1]
+    declined = 0
+    for name, mutated in _mutations(lines):
+        chunk = mutated[1:]
+        bulk = _scan._scan_bulk(0, 2, chunk, WHOLE)
+        each = _scan._scan_each(0, 2, chunk, WHOLE)
+        assert bulk is None or bulk == each, name
+        declined += bulk is None
+        if each.error is not None:
+            assert bulk is None, f"{name}: bulk scan missed {each.error}"
+    assert declined > len(lines)  # the mutations do reach the fallback
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: p.replace(b'"trace_id":"', b'"trace_id":"0', 1),
+        lambda p: p.replace(b'"kind":"', b'"kind":"K', 1),
+        lambda p: p.replace(b'"time":"', b'"time":"9', 1).replace(b'Z"', b'"', 1),
+        lambda p: p.replace(b'"target":"', b'"target":"\\\\\\"', 1),
+        lambda p: p.replace(b'"index":', b'"index":0', 1),
+        lambda p: p.replace(b'"prev":"', b'"prev":"A', 1).replace(b'","target"', b'","target"', 1),
+    ],
+)
+def test_bulk_scan_declines_payloads_the_reference_refuses(
+    export: tuple[Path, NoteVerifier, NoteVerifier], edit: Callable[[bytes], bytes]
+) -> None:
+    """Payload edits that keep the envelope well-formed: both scans agree, field by field."""
+    lines = _chunk_lines(export[0])
+    k = next(i for i, raw in enumerate(lines) if raw.startswith(b'{"payload"') and i > 3)
+    raw = lines[k]
+    q = raw.index(b'"', 12)
+    payload = base64.b64decode(raw[12:q])
+    edited = base64.b64encode(edit(payload))
+    chunk = [*lines[:k], raw[:12] + edited + raw[q:], *lines[k + 1 :]]
+    bulk = _scan._scan_bulk(0, 2, chunk, WHOLE)
+    each = _scan._scan_each(0, 2, chunk, WHOLE)
+    assert bulk is None or bulk == each
+    if each.error is not None:
+        assert bulk is None
+
+
+# ------------------------------------------------------ cutting the file, worker processes
+
+
+def _reference_ranges(
+    f: IO[bytes], path: str, first_line: int, per_chunk: int, level: int
+) -> Iterator[tuple[str, int, int, int, int, int, int]]:
+    """The line-by-line cutter that _file_ranges replaced, kept as its specification."""
+    start = records = lines_in_chunk = 0
+    offset = begin = f.tell()
+    first = line_no = first_line
+    for raw in f:
+        if len(raw) > verify._MAX_LINE:
+            raise VerificationError(f"line longer than {verify._MAX_LINE} bytes", line=line_no)
+        if not raw.endswith(b"\n"):
+            raise VerificationError("export does not end with a newline (truncated?)", line=line_no)
+        is_checkpoint = raw.startswith(b'{"checkpoint"')
+        if records == per_chunk and not is_checkpoint:
+            yield path, begin, offset - begin, lines_in_chunk, start, first, level
+            start, records, lines_in_chunk, begin, first = start + records, 0, 0, offset, line_no
+        offset += len(raw)
+        lines_in_chunk += 1
+        line_no += 1
+        records += not is_checkpoint
+    if lines_in_chunk:
+        yield path, begin, offset - begin, lines_in_chunk, start, first, level
+
+
+def _cuts(cutter: Callable[..., Iterator[Any]], path: Path, level: int) -> list[object]:
+    out: list[object] = []
+    with path.open("rb") as f:
+        f.readline()
+        try:
+            out.extend(cutter(f, str(path), 2, 1 << level, level))
+        except VerificationError as e:
+            out.append(("error", e.reason, e.line))
+    return out
+
+
+def test_file_ranges_cut_as_the_line_by_line_cutter(
+    export: tuple[Path, NoteVerifier, NoteVerifier],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = export[0].read_bytes()
+    lines = data.split(b"\n")[:-1]
+    longest = max(map(len, lines))
+    monkeypatch.setattr(verify, "_MAX_LINE", longest + 1)  # the longest line just fits
+    cases = {
+        "untouched": data,
+        "truncated": data[:-1],
+        "cut mid-line": data[: len(data) // 2],
+        "header only": lines[0] + b"\n",
+        "one long line": data.replace(lines[9], lines[9] + b"x", 1),
+        "long last line": data + b"y" * (longest + 5),
+        "short last line": data + b"z",
+        "empty lines": data.replace(b"\n", b"\n\n", 3),
+    }
+    target = tmp_path / "cut.jsonl"
+    for name, blob in cases.items():
+        target.write_bytes(blob)
+        for block in (7, 64, 1000, 1 << 22):  # refills mid-line, lines longer than a block
+            monkeypatch.setattr(verify, "_BLOCK", block)
+            for level in (1, 3, WHOLE):
+                got = _cuts(verify._file_ranges, target, level)
+                assert got == _cuts(_reference_ranges, target, level), (name, block, level)
+
+
+def test_scan_pool_answers_in_order_and_raises_what_a_worker_raised(
+    export: tuple[Path, NoteVerifier, NoteVerifier],
+) -> None:
+    path = export[0]
+    with path.open("rb") as f:
+        f.readline()
+        jobs = list(verify._file_ranges(f, str(path), 2, 4, 2))
+    with ScanPool(2) as pool:
+        for args in jobs:
+            pool.submit(args)
+        for args in jobs:
+            assert pool.result() == _scan.scan_file_range(*args)
+        pool.submit((str(path) + ".missing", 0, 1, 1, 0, 2, 2))
+        with pytest.raises(FileNotFoundError):
+            pool.result()
+        header = len(path.read_bytes().split(b"\n")[0]) + 1
+        pool.submit((str(path), 0, header, 1, 3, 1, 2))  # start not a multiple of 2**2
+        with pytest.raises(ValueError, match="multiple"):
+            pool.result()
+
+
+@pytest.mark.parametrize("batch", [1, 200, 1000, 1 << 20])
+def test_file_range_scan_in_batches_is_the_chunk_scan(
+    export: tuple[Path, NoteVerifier, NoteVerifier],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    """Scanning a file range a few lines at a time gives what scanning its lines at once does."""
+    monkeypatch.setattr(_scan, "_BATCH", batch)
+    lines = export[0].read_bytes().split(b"\n")[:-1]
+    target = tmp_path / "r.jsonl"
+    for name, mutated in [("untouched", lines), *_mutations(lines)[::7]]:
+        target.write_bytes(b"\n".join(mutated) + b"\n")
+        for level in (2, WHOLE):
+            with target.open("rb") as f:
+                f.readline()
+                ranges = list(verify._file_ranges(f, str(target), 2, 1 << level, level))
+            data = target.read_bytes()
+            for args in ranges:
+                _, offset, length, count, start, first, _ = args
+                chunk = data[offset : offset + length - 1]
+                expected = _scan.scan_chunk(start, first, chunk, level)
+                assert _scan.scan_file_range(*args) == expected, (name, level, args)
+                assert count == chunk.count(b"\n") + 1

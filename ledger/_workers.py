@@ -1,0 +1,118 @@
+"""Scanner processes for fast verification, started with nothing but the scanner imported.
+
+``multiprocessing``'s ``spawn`` start method runs the parent's ``__main__``
+again in every worker; under the ``govgate`` command that imports the whole
+CLI (about 1.5 s a process, more than scanning a million records takes on
+two cores). These workers are plain ``python -c`` processes on the parent's
+``sys.path`` that import :mod:`ledger._scan` only, take argument tuples for
+:func:`~ledger._scan.scan_file_range` on stdin and answer, in order, on stdout.
+The peer of each pipe is this package's own process, so pickle is safe.
+
+Chunk ``k`` goes to worker ``k % n`` and each worker answers in the order it
+was asked, so results come back in submission order without any bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from types import TracebackType
+from typing import IO, Any
+
+__all__ = ["ScanPool", "serve"]
+
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from ledger._workers import serve; serve()"
+)
+
+
+class ScanPool:
+    """``n`` scanner processes; :meth:`submit` and :meth:`result` pair up first in, first out."""
+
+    def __init__(self, n: int) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._sent = self._received = 0
+        try:
+            for _ in range(n):
+                self._procs.append(
+                    subprocess.Popen(  # noqa: S603 (this interpreter, fixed code)
+                        [sys.executable, "-c", _BOOT, json.dumps(sys.path)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                    )
+                )
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def submit(self, args: tuple[Any, ...]) -> None:
+        pipe = self._procs[self._sent % len(self._procs)].stdin
+        assert pipe is not None
+        pickle.dump(args, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        pipe.flush()
+        self._sent += 1
+
+    def result(self) -> Any:
+        """The answer to the oldest submission not yet answered; its exception if it raised."""
+        pipe = self._procs[self._received % len(self._procs)].stdout
+        assert pipe is not None
+        self._received += 1
+        try:
+            ok, value = pickle.load(pipe)  # noqa: S301 (our own worker's answer)
+        except EOFError:
+            raise RuntimeError("a scanner process ended unexpectedly") from None
+        if not ok:
+            raise value
+        return value
+
+    def close(self, *, kill: bool = False) -> None:
+        """Let the workers finish and exit (``kill``: stop them now)."""
+        for proc in self._procs:
+            if kill:
+                proc.kill()
+            elif proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self._procs:
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+    def __enter__(self) -> ScanPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(kill=exc is not None or self._received != self._sent)
+
+
+def serve() -> None:
+    """Worker loop: scan each argument tuple read from stdin, answer on stdout."""
+    from ledger._scan import scan_file_range
+
+    out: IO[bytes] = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must not corrupt the answers
+    source = sys.stdin.buffer
+    while True:
+        try:
+            args = pickle.load(source)  # noqa: S301 (sent by the verifying process)
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, scan_file_range(*args))
+        except Exception as e:
+            reply = (False, e)
+        try:
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # an exception that does not pickle
+            data = pickle.dumps((False, RuntimeError(f"scanner failed: {e!r}")))
+        out.write(data)
+        out.flush()
