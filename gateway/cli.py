@@ -19,22 +19,21 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adapters.errors import AdapterError
 from explain.errors import ExplainError
+from gateway._cli import DataOpt, err, print_json, progress
 from gateway.model_cli import model_app
 from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, VerificationError
 from ledger._b64 import b64encode
-from ledger.datadir import DEFAULT_ORIGIN, default_data_dir
+from ledger.datadir import DEFAULT_ORIGIN
 from ledger.export import export_ledger
 from ledger.record import format_time, hmac_value, parse_time
 from ledger.store import RecordQuery
@@ -59,27 +58,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(model_app, name="model")
 
-err = Console(stderr=True)
-
-DataOpt = Annotated[
-    Path,
-    typer.Option(
-        "--data",
-        envvar="GOVGATE_DATA_DIR",
-        help="Data directory (default: $GOVGATE_DATA_DIR or ~/.local/share/govgate).",
-        default_factory=default_data_dir,
-        show_default=False,
-    ),
-]
-
 # For commands that open the ledger for one job: no background checkpoints, and
 # nothing signed on the way out beyond what the command itself asks for.
 _ONE_JOB = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value) + b"\n")
-    sys.stdout.flush()
 
 
 def _parse_json(text: str) -> Any:
@@ -102,24 +83,6 @@ def _parse_json(text: str) -> Any:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-def _progress(label: str) -> tuple[Progress, Callable[[int, int], None]]:
-    bar = Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("records"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
-    task = bar.add_task(label, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return bar, update
 
 
 # -- keys ------------------------------------------------------------------------
@@ -201,7 +164,7 @@ def ledger_append(
         async with DataDir(data).open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
             return (await log.append(draft)).to_json()
 
-    _print_json(_run(go()))
+    print_json(_run(go()))
 
 
 def _time_arg(value: str | None, option: str) -> str | None:
@@ -250,7 +213,7 @@ def ledger_query(
             while printed < limit:
                 page = await store.query(q, after=after)
                 for rec in page[: limit - printed]:
-                    _print_json(rec.to_json())
+                    print_json(rec.to_json())
                     printed += 1
                 if len(page) < q.limit:
                     break
@@ -298,7 +261,7 @@ def ledger_proof(
             "proof": [b64encode(h) for h in p.proof],
         }
 
-    _print_json(_run(go()))
+    print_json(_run(go()))
 
 
 @ledger_app.command("consistency")
@@ -320,7 +283,7 @@ def ledger_consistency(
             "proof": [b64encode(h) for h in p.proof],
         }
 
-    _print_json(_run(go()))
+    print_json(_run(go()))
 
 
 @ledger_app.command("export")
@@ -333,7 +296,7 @@ def ledger_export(
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
 
     async def go() -> None:
-        bar, update = _progress("exporting")
+        bar, update = progress("exporting")
         with bar:
             async with DataDir(data).open_ledger(_ONE_JOB) as log:
                 summary = await export_ledger(log, out, progress=update)
@@ -361,7 +324,7 @@ def ledger_verify(
         raise typer.BadParameter(str(e), param_hint="--key") from e
     if not file.is_file():
         raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
-    bar, update = _progress("verifying")
+    bar, update = progress("verifying")
     if quiet:
         result = verify_export(file, trusted, signatures=signatures, threads=threads)
     else:

@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from adapters.errors import InvalidActionError
+from gateway._cli import DataOpt, err, print_json, progress
 from ledger import DataDir, Draft, LedgerConfig
 from ledger.store import RecordQuery
 
@@ -39,17 +35,6 @@ __all__ = ["model_app"]
 model_app = typer.Typer(
     help="Train, inspect, activate and explain with the risk model.", no_args_is_help=True
 )
-err = Console(stderr=True)
-
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data",
-        envvar="GOVGATE_DATA_DIR",
-        help="Data directory (default: $GOVGATE_DATA_DIR or ~/.local/share/govgate).",
-        show_default=False,
-    ),
-]
 RegistryOpt = Annotated[
     Path | None,
     typer.Option(
@@ -58,31 +43,10 @@ RegistryOpt = Annotated[
 ]
 
 
-def _data(data: Path | None) -> Path:
-    from ledger.datadir import default_data_dir
-
-    return data if data is not None else default_data_dir()
-
-
-def _registry(data: Path | None, models: Path | None) -> Registry:
+def _registry(data: Path, models: Path | None) -> Registry:
     from explain.registry import Registry
 
-    return Registry(models if models is not None else _data(data) / "models")
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-    sys.stdout.flush()
-
-
-@contextmanager
-def _progress(label: str, unit: str) -> Iterator[Any]:
-    bar = Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit), console=err
-    )
-    task = bar.add_task(label, total=None)
-    with bar:
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+    return Registry(models if models is not None else data / "models")
 
 
 # -- train -------------------------------------------------------------------------
@@ -112,7 +76,7 @@ def _ledger_records(data: Path) -> list[dict[str, Any]]:
 
 @model_app.command("train")
 def train_cmd(
-    data: DataOpt = None,
+    data: DataOpt,
     models: RegistryOpt = None,
     history: Annotated[
         Path | None, typer.Option(help="Train on a history file (JSON lines with labels).")
@@ -161,21 +125,20 @@ def train_cmd(
     if history is not None:
         examples = read_history(history)
         source = DataSource("history", f"{history.name} sha256 "
-                            f"{data_digest_file(history)}")  # fmt: skip
+                            f"{_sha256_file(history)}")  # fmt: skip
     elif from_ledger:
         examples, stats = label_ledger(
-            _ledger_records(_data(data)), horizon=dt.timedelta(days=horizon_days)
+            _ledger_records(data), horizon=dt.timedelta(days=horizon_days)
         )
         err.print(
             f"ledger: {stats.decisions} decisions; labelled {stats.harmful} harmful, "
             f"{stats.cleared} cleared, {stats.quiet} quiet; {stats.unlabelled} unlabelled, "
             f"{stats.skipped} unusable"
         )
-        source = DataSource(
-            "ledger", str(_data(data)), {"horizon_days": horizon_days, **stats.__dict__}
-        )
+        source = DataSource("ledger", str(data), {"horizon_days": horizon_days, **stats.__dict__})
     else:
-        with _progress("generating bootstrap set", "examples") as report:
+        bar, report = progress("generating bootstrap set", "examples")
+        with bar:
             examples = generate(samples, seed=seed, progress=report)
         source = DataSource("bootstrap", f"explain.bootstrap seed={seed} n={samples}")
     x, y = to_matrix(examples)
@@ -183,7 +146,8 @@ def train_cmd(
         f"training on {len(y)} examples ({int(y.sum())} harmful), data sha256 "
         f"{data_digest(x, y)[:16]}..."
     )
-    with _progress("boosting", "trees") as report:
+    bar, report = progress("boosting", "trees")
+    with bar:
         trained = train(x, y, params, source, progress=report)
     registry = _registry(data, models)
     model_id = registry.add(trained.raw, trained.card)
@@ -196,12 +160,12 @@ def train_cmd(
     if activate:
         _activate(data, registry, model_id, reason="trained with --activate", actor="")
     if as_json:
-        _print_json(trained.card)
+        print_json(trained.card)
     else:
         typer.echo(model_id)
 
 
-def data_digest_file(path: Path) -> str:
+def _sha256_file(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -216,7 +180,7 @@ def data_digest_file(path: Path) -> str:
 
 @model_app.command("list")
 def list_cmd(
-    data: DataOpt = None,
+    data: DataOpt,
     models: RegistryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
@@ -232,7 +196,7 @@ def list_cmd(
     if as_json:
         for e, card in rows:
             m = card.get("metrics", {})
-            _print_json(
+            print_json(
                 {
                     "model_id": e.id,
                     "active": e.active,
@@ -262,10 +226,10 @@ def list_cmd(
 
 @model_app.command("card")
 def card_cmd(
+    data: DataOpt,
     model: Annotated[
         str | None, typer.Argument(help="Model id or prefix (default: active).")
     ] = None,
-    data: DataOpt = None,
     models: RegistryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON card.")] = False,
 ) -> None:
@@ -274,15 +238,15 @@ def card_cmd(
 
     card = _registry(data, models).card(model)
     if as_json:
-        _print_json(card)
+        print_json(card)
     else:
         typer.echo(render_markdown(card))
 
 
 @model_app.command("verify")
 def verify_cmd(
+    data: DataOpt,
     model: Annotated[str | None, typer.Argument(help="Model id or prefix (default: all).")] = None,
-    data: DataOpt = None,
     models: RegistryOpt = None,
 ) -> None:
     """Check that model files hash to their ids, load, match this schema and have cards."""
@@ -303,7 +267,7 @@ def verify_cmd(
     raise typer.Exit(1 if bad else 0)
 
 
-def _activate(data: Path | None, registry: Registry, ref: str, *, reason: str, actor: str) -> None:
+def _activate(data: Path, registry: Registry, ref: str, *, reason: str, actor: str) -> None:
     import asyncio
 
     try:
@@ -317,14 +281,14 @@ def _activate(data: Path | None, registry: Registry, ref: str, *, reason: str, a
         "model_id": model.id,
         "previous_model_id": previous or "",
         "schema_version": model.schema,
-        "card_sha256": data_digest_file(registry.resolve(model.id).card_path),
+        "card_sha256": _sha256_file(registry.resolve(model.id).card_path),
         "data_sha256": card.get("data", {}).get("sha256", ""),
         "roc_auc": str(card.get("metrics", {}).get("roc_auc", "")),
         "reason": reason,
     }
 
     async def record() -> int:
-        d = DataDir(_data(data))
+        d = DataDir(data)
         config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
         async with d.open_ledger(config) as log:
             rec = await log.append(Draft("model", body, actor=actor, target=f"model/{model.id}"))
@@ -338,7 +302,7 @@ def _activate(data: Path | None, registry: Registry, ref: str, *, reason: str, a
 @model_app.command("activate")
 def activate_cmd(
     model: Annotated[str, typer.Argument(help="Model id or unique prefix.")],
-    data: DataOpt = None,
+    data: DataOpt,
     models: RegistryOpt = None,
     reason: Annotated[str, typer.Option(help="Why (recorded in the ledger).")] = "",
     actor: Annotated[str, typer.Option(help="Who (recorded in the ledger).")] = "",
@@ -364,7 +328,7 @@ def _read_action_file(path: Path) -> Any:
 @model_app.command("explain")
 def explain_cmd(
     action: Annotated[Path, typer.Option("--action", help="Action file (JSON).")],
-    data: DataOpt = None,
+    data: DataOpt,
     models: RegistryOpt = None,
     model: Annotated[str | None, typer.Option(help="Model id or prefix (default: active).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -398,7 +362,7 @@ def explain_cmd(
     if as_json:
         out = exp.to_json(top=top)
         out["action"] = act.to_json()
-        _print_json(out)
+        print_json(out)
         return
     con = Console()
     con.print(
