@@ -1,0 +1,126 @@
+"""The approval policy: parsing with clear errors, and every step of evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from gateway.policy import Policy, PolicyError, PolicyInput, Verdict, VerdictKind
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return Policy.load(EXAMPLE)
+
+
+def ask(
+    policy: Policy,
+    verb: str = "resize",
+    risk: float | None = 0.1,
+    confidence: float | None = 0.9,
+    runtime: str = "libvirt",
+    **labels: str,
+) -> Verdict:
+    return policy.evaluate(PolicyInput(verb, runtime, labels, risk, confidence))
+
+
+def test_example_loads_and_its_id_is_the_file_hash(policy: Policy):
+    assert policy.id == hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
+    assert policy.defaults.approval_ttl == 3600
+    assert policy.rules[0].name == "production deletes need two people"
+
+
+@pytest.mark.parametrize(
+    ("risk", "kind", "approvals"),
+    [(0.0, "execute", 0), (0.299, "execute", 0), (0.3, "approval", 1), (0.799, "approval", 1),
+     (0.8, "deny", 0), (1.0, "deny", 0)],
+)  # fmt: skip
+def test_threshold_bands(policy: Policy, risk: float, kind: str, approvals: int):
+    v = ask(policy, risk=risk, env="staging")
+    assert (v.kind.value, v.approvals) == (kind, approvals)
+    assert f"risk {risk:.3f}" in v.reasons[0]
+    assert not v.fallback
+
+
+def test_low_or_missing_confidence_never_auto_executes(policy: Policy):
+    v = ask(policy, risk=0.1, confidence=0.4, env="staging")
+    assert (v.kind, v.approvals) == (VerdictKind.APPROVAL, 1)
+    assert "confidence (0.40) is below 0.5" in v.reasons[-1]
+    assert ask(policy, risk=0.1, confidence=None, env="staging").kind is VerdictKind.APPROVAL
+    assert ask(policy, risk=0.1, confidence=0.5, env="staging").kind is VerdictKind.EXECUTE
+    # The development rule lowers the minimum to zero and raises the execute band.
+    assert ask(policy, risk=0.5, confidence=None, env="dev").kind is VerdictKind.EXECUTE
+
+
+def test_rule_minimum_approvals(policy: Policy):
+    v = ask(policy, verb="delete", risk=0.05, env="prod")
+    assert (v.kind, v.approvals) == (VerdictKind.APPROVAL, 2)
+    assert "requires 2 approver(s)" in v.reasons[-1]
+    # "environment" and "env" are the same label.
+    assert ask(policy, verb="delete", risk=0.05, environment="PROD").approvals == 2
+    assert ask(policy, verb="delete", risk=0.05, env="staging").kind is VerdictKind.EXECUTE
+    # A denial stays a denial.
+    assert ask(policy, verb="delete", risk=0.9, env="prod").kind is VerdictKind.DENY
+
+
+def test_forbidden_verb_is_denied_whatever_the_risk(policy: Policy):
+    v = ask(policy, verb="exec", risk=0.0, runtime="kata", env="prod")
+    assert v.kind is VerdictKind.DENY
+    assert "forbidden" in v.reasons[0]
+    assert ask(policy, verb="exec", risk=0.0, runtime="kata", env="staging").kind is (
+        VerdictKind.EXECUTE
+    )
+
+
+def test_rule_threshold_overrides(policy: Policy):
+    assert ask(policy, risk=0.2, criticality="critical").kind is VerdictKind.APPROVAL
+    v = ask(policy, risk=0.95, criticality="critical")
+    assert (v.kind, v.approvals) == (VerdictKind.APPROVAL, 2)
+
+
+def test_fallback_without_a_score(policy: Policy):
+    v = ask(policy, risk=None, env="staging")
+    assert (v.kind, v.approvals, v.fallback) == (VerdictKind.APPROVAL, 1, True)
+    assert "could not score" in v.reasons[0]
+    irreversible = ask(policy, verb="delete", risk=None, env="staging")
+    assert (irreversible.kind, irreversible.fallback) == (VerdictKind.DENY, True)
+    assert "irreversible" in irreversible.reasons[0]
+    # The rules' minimums apply to a fallback approval too.
+    assert ask(policy, verb="resize", risk=None, criticality="critical").approvals == 1
+    assert ask(policy, verb="delete", risk=None, env="prod").kind is VerdictKind.DENY
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "version must be 1"),
+        ("version = 2", "version must be 1"),
+        ("version = 1\n[defaults]\nexecute_below = 1.5", "defaults.execute_below: must be"),
+        ("version = 1\n[defaults]\nexecute_below = 0.9\napprove_below = 0.5", "must not exceed"),
+        ("version = 1\n[defaults]\nabove = 'maybe'", "above: must be 'deny' or 'approval'"),
+        ("version = 1\n[defaults]\napprovals = 0", "defaults.approvals: must be a whole number"),
+        ("version = 1\n[defaults]\napproval_ttl = 'soon'", "defaults.approval_ttl"),
+        ("version = 1\n[defaults]\nexecte_below = 0.1", "defaults.execte_below: unknown setting"),
+        ("version = 1\n[surprise]", "unknown section 'surprise'"),
+        ("version = 1\n[[rules]]\nmatch = { verbs = ['nuke'] }", "match.verbs: unknown verb"),
+        ("version = 1\n[[rules]]\nmatch = { selector = 'prod' }", "'prod' is not key=value"),
+        ("version = 1\n[[rules]]\nmatch = { runtime = 'xen' }", "unknown runtime 'xen'"),
+        ("version = 1\n[[rules]]\nforbid = 'yes'", "rules[0].forbid"),
+        ("version = 1\n[[rules]]\nname = 'r'\nexecute_below = -1", "rules[0].execute_below"),
+        ("version = 1\n[[rules]]\nmatch = { hosts = 1 }", "unknown key 'hosts'"),
+        ("version = [", "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_bad_policies_are_refused_with_the_key_named(text: str, needle: str):
+    with pytest.raises(PolicyError) as info:
+        Policy.parse(text.encode(), "p.toml")
+    assert needle in str(info.value)
+
+
+def test_unreadable_policy(tmp_path: Path):
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        Policy.load(tmp_path / "missing.toml")
