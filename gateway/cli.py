@@ -5,6 +5,7 @@ Sub-commands::
     govgate keys generate|public|rotate     the log's signing key
     govgate ledger append|query|checkpoint|proof|consistency|export|verify|hmac
     govgate model train|list|activate|verify|card|explain   the risk model
+    govgate certs init                       a local CA and mTLS certificates
     govgate demo                            the embedded-defaults walkthrough
 
 Machine-readable results go to standard output (JSON, or JSON lines for
@@ -57,6 +58,9 @@ ledger_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(model_app, name="model")
+certs_app = typer.Typer(help="Certificates for mTLS (a local CA for demos and tests).",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(certs_app, name="certs")
 
 # For commands that open the ledger for one job: no background checkpoints, and
 # nothing signed on the way out beyond what the command itself asks for.
@@ -355,6 +359,33 @@ def ledger_hmac(
     except ValueError as e:
         raise typer.BadParameter(f"VALUE is not JSON: {e}") from e
     typer.echo(hmac_value(DataDir(data).salt(create=False), parsed))
+
+
+@certs_app.command("init")
+def certs_init(
+    data: DataOpt,
+    identity: Annotated[
+        list[str], typer.Option("--identity", help="A client identity to issue (repeatable).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--dir", help="Where to write (default: DATA/certs).")
+    ] = None,
+) -> None:
+    """Create a CA, a server certificate for localhost and one client certificate per identity.
+
+    Private keys are written 0600; existing files are never overwritten. Each client's
+    identity is its URI SAN, spiffe://govgate.local/NAME.
+    """
+    from gateway.identity import IdentityError, identity_of, init_certs
+
+    target = out if out is not None else data / "certs"
+    try:
+        paths = init_certs(target, identity)
+    except IdentityError as e:
+        raise typer.BadParameter(str(e)) from None
+    for name, p in paths.items():
+        who = "" if name == "ca" else f"  identity {identity_of(p.cert.read_bytes())}"
+        err.print(f"{name:<10} {p.cert}  (key {p.key}, mode 0600){who}", soft_wrap=True)
 
 
 @app.command("demo")
