@@ -1,0 +1,51 @@
+"""Errors the gateway's core raises; the gRPC layer maps each root to one status code.
+
+::
+
+    GatewayError
+    ├── InvalidRequestError   a field is malformed (INVALID_ARGUMENT, with its path)
+    ├── RequestConflictError  a request id reused for another action (ALREADY_EXISTS)
+    ├── DecisionNotFoundError no such decision (NOT_FOUND)
+    ├── ReviewRefusedError    an approval rule refused a review (PERMISSION_DENIED or
+    │                         FAILED_PRECONDITION by its code)
+    └── LedgerUnavailableError the decision could not be recorded: nothing ran (UNAVAILABLE)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecisionNotFoundError",
+    "GatewayError",
+    "InvalidRequestError",
+    "LedgerUnavailableError",
+    "RequestConflictError",
+    "ReviewRefusedError",
+]
+
+
+class GatewayError(Exception):
+    """Root of what the gateway core refuses or cannot do."""
+
+
+class InvalidRequestError(GatewayError):
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RequestConflictError(GatewayError):
+    pass
+
+
+class DecisionNotFoundError(GatewayError):
+    pass
+
+
+class ReviewRefusedError(GatewayError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LedgerUnavailableError(GatewayError):
+    pass

@@ -1,0 +1,420 @@
+"""The decision pipeline: one proposal from request to recorded outcome.
+
+:class:`Gateway` composes the ledger, the risk model, the policy and the
+runtime adapters in the order of DESIGN.md ("One decision, end to end"):
+
+    validate -> idempotency -> stop switch -> describe -> features -> score and
+    explain -> policy -> durable decision record -> execute -> outcome record
+
+It holds no gRPC: the servicers decode a request, call it, and encode what
+it returns. Every state change is a ledger record written *before* anything
+happens that depends on it. If the decision record cannot be written, nothing
+executes and the caller gets :class:`~gateway.errors.LedgerUnavailableError`
+(fail closed).
+
+Approvals, halts and idempotency keys are kept in this process for now. The
+multi-replica issue moves them into the store.
+
+Example::
+
+    gw = Gateway(ledger, {"libvirt": lv}, batcher, policy)
+    decision = await gw.propose("r-1", action, requester="spiffe://govgate.local/engine-1")
+    if decision.state == "PENDING_APPROVAL":
+        await gw.review(decision.decision_id, "spiffe://govgate.local/alice", True, "ok",
+                        decision.digest)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from adapters.action import Action, Reversibility, RuntimeState, Target
+from adapters.errors import AdapterError, NotFoundError
+from adapters.runtime import RuntimeAdapter
+from explain.batcher import MicroBatcher
+from explain.errors import ModelUnavailableError
+from explain.explanation import Explanation
+from explain.features import Context, featurize
+from gateway.approvals import ApprovalError, Pending, ReviewOutcome, request_digest
+from gateway.errors import (
+    DecisionNotFoundError,
+    InvalidRequestError,
+    LedgerUnavailableError,
+    RequestConflictError,
+    ReviewRefusedError,
+)
+from gateway.policy import Policy, PolicyInput, VerdictKind
+from ledger import Draft, Ledger, LedgerError
+
+__all__ = ["Decision", "Gateway", "Halt"]
+
+_MAX_REQUEST_ID = 128
+
+
+def _utc(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A stop switch in force: everything, one runtime, or a label selector."""
+
+    all: bool = False
+    runtime: str = ""
+    selector: tuple[tuple[str, str], ...] = ()
+
+    def covers(self, target: Target, labels: Mapping[str, str] | None) -> bool:
+        if self.all:
+            return True
+        if self.runtime:
+            return target.runtime == self.runtime
+        if labels is None:
+            return False
+        return all(_label(labels, k) == v for k, v in self.selector)
+
+    def describe(self) -> str:
+        if self.all:
+            return "everything"
+        if self.runtime:
+            return f"runtime {self.runtime}"
+        return ",".join(f"{k}={v}" for k, v in self.selector)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"all": self.all, "runtime": self.runtime,
+                "selector": ",".join(f"{k}={v}" for k, v in self.selector)}  # fmt: skip
+
+
+def _label(labels: Mapping[str, str], key: str) -> str | None:
+    for name in {"env": ("env", "environment"), "environment": ("environment", "env")}.get(
+        key, (key,)
+    ):
+        if name in labels:
+            return labels[name].strip().lower()
+    return None
+
+
+@dataclass
+class Decision:
+    """What the gateway decided about one proposal, and what became of it."""
+
+    decision_id: str
+    request_id: str
+    requester: str
+    action: Action
+    digest: bytes
+    state: str  # a DecisionState name: EXECUTED, PENDING_APPROVAL, DENIED, ...
+    created: dt.datetime
+    trace_id: str = ""
+    dry_run: bool = False
+    risk: float | None = None
+    explanation: Explanation | None = None
+    fallback: bool = False
+    policy_id: str = ""
+    reasons: list[str] = field(default_factory=list)
+    approvals_required: int = 0
+    ledger_index: int = -1
+    leaf_hash: bytes = b""
+    outcome: dict[str, Any] | None = None
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.state not in ("PENDING_APPROVAL", "EXECUTING")
+
+
+class Gateway:
+    def __init__(
+        self,
+        ledger: Ledger,
+        adapters: Mapping[str, RuntimeAdapter],
+        batcher: MicroBatcher | None,
+        policy: Policy,
+        *,
+        shadow: bool = False,  # decide and record, never execute
+    ) -> None:
+        self.ledger = ledger
+        self.adapters = dict(adapters)
+        self.batcher = batcher
+        self.policy = policy
+        self.shadow = shadow
+        self.decisions: dict[str, Decision] = {}
+        self._by_request: dict[str, str] = {}
+        self._pending: dict[str, Pending] = {}
+        self._halts: list[Halt] = []
+        self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # -- recording ---------------------------------------------------------------------
+
+    async def _record(self, draft: Draft) -> Any:
+        try:
+            return await self.ledger.append(draft)
+        except LedgerError as err:
+            raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+
+    async def activate_policy(self, policy: Policy, actor: str = "") -> int:
+        rec = await self._record(
+            Draft("policy", {"policy_id": policy.id, "source": policy.source}, actor=actor)
+        )
+        self.policy = policy
+        return int(rec.index)
+
+    # -- propose -----------------------------------------------------------------------
+
+    async def propose(
+        self,
+        request_id: str,
+        action: Action,
+        *,
+        requester: str,
+        dry_run: bool = False,
+        trace_id: str = "",
+        now: dt.datetime | None = None,
+    ) -> Decision:
+        if not request_id or len(request_id) > _MAX_REQUEST_ID:
+            raise InvalidRequestError(
+                f"must be 1..{_MAX_REQUEST_ID} characters", field="request_id"
+            )
+        if action.target.runtime not in self.adapters:
+            raise InvalidRequestError(
+                f"no adapter for runtime {action.target.runtime!r} here",
+                field="action.target.runtime",
+            )
+        action = replace(action, requester=requester)
+        digest = request_digest(request_id, requester, action)
+        async with self._locks[request_id]:  # one decision per request id, even concurrently
+            known = self._by_request.get(request_id)
+            if known is not None:
+                first = self.decisions[known]
+                if first.digest != digest:
+                    raise RequestConflictError(
+                        f"request id {request_id!r} was used for another action (decision {known})"
+                    )
+                return first
+            decision = await self._decide(request_id, action, digest, requester, dry_run,
+                                          trace_id, now or dt.datetime.now(dt.UTC))  # fmt: skip
+            self._by_request[request_id] = decision.decision_id
+        if decision.state == "EXECUTING":
+            await self._execute(decision)
+        return decision
+
+    async def _decide(
+        self, request_id: str, action: Action, digest: bytes, requester: str, dry_run: bool,
+        trace_id: str, now: dt.datetime,
+    ) -> Decision:  # fmt: skip
+        d = Decision(
+            decision_id=f"d-{uuid.uuid4().hex}",
+            request_id=request_id,
+            requester=requester,
+            action=action,
+            digest=digest,
+            state="",
+            created=now,
+            trace_id=trace_id,
+            dry_run=dry_run or self.shadow,
+            policy_id=self.policy.id,
+        )
+        target = action.target
+        halt = next((h for h in self._halts if h.covers(target, None)), None)
+        state = RuntimeState()
+        if halt is None:
+            try:
+                state = await self.adapters[target.runtime].describe(target)
+            except NotFoundError as err:
+                raise InvalidRequestError(str(err), field="action.target.resource") from err
+            except AdapterError as err:
+                d.reasons.append(f"could not describe the target: {err}")
+            halt = next((h for h in self._halts if h.covers(target, state.labels)), None)
+        state = replace(state, recent_actions=self._recent_count(str(target), now))
+        if halt is not None:
+            d.state = "HALTED"
+            d.reasons.append(f"halted: the stop switch for {halt.describe()} is on")
+        else:
+            await self._score(d, state, now)
+            verdict = self.policy.evaluate(
+                PolicyInput(action.verb.value, target.runtime, state.labels, d.risk,
+                            action.confidence)
+            )  # fmt: skip
+            d.reasons += verdict.reasons
+            d.fallback = verdict.fallback
+            if verdict.kind is VerdictKind.DENY:
+                d.state = "DENIED"
+            elif d.dry_run:
+                d.state = "DRY_RUN"
+                d.approvals_required = verdict.approvals
+            elif verdict.kind is VerdictKind.APPROVAL:
+                d.state = "PENDING_APPROVAL"
+                d.approvals_required = verdict.approvals
+                self._pending[d.decision_id] = Pending(
+                    d.decision_id, requester, digest, verdict.approvals,
+                    now + dt.timedelta(seconds=verdict.ttl),
+                    self.policy.defaults.reason_required,
+                )  # fmt: skip
+            else:
+                d.state = "EXECUTING"
+        body: dict[str, Any] = {
+            "request_id": request_id,
+            "action": action.to_record(),
+            "state": state.to_record(),
+            "scored_at": _utc(now),
+            "verdict": d.state,
+            "reasons": d.reasons,
+            "policy_id": d.policy_id,
+            "approvals_required": d.approvals_required,
+            "fallback": d.fallback,
+            "dry_run": d.dry_run,
+            "digest": digest.hex(),
+        }
+        if d.explanation is not None:
+            body.update(d.explanation.to_record())
+        rec = await self._record(
+            Draft("decision", body, trace_id=trace_id, actor=requester, target=str(target),
+                  decision_id=d.decision_id)
+        )  # fmt: skip
+        d.ledger_index, d.leaf_hash = rec.index, rec.leaf_hash
+        self.decisions[d.decision_id] = d
+        self._recent[str(target)].append(now.timestamp())
+        return d
+
+    async def _score(self, d: Decision, state: RuntimeState, now: dt.datetime) -> None:
+        if self.batcher is None:
+            d.reasons.append("no risk model is loaded")
+            return
+        try:
+            d.explanation = await self.batcher.score(featurize(d.action, state, Context(now=now)))
+        except ModelUnavailableError as err:
+            d.reasons.append(f"the model could not score: {err}")
+            return
+        d.risk = d.explanation.risk
+
+    def _recent_count(self, key: str, now: dt.datetime) -> int:
+        seen = self._recent[key]
+        while seen and seen[0] < now.timestamp() - 3600:
+            seen.popleft()
+        return len(seen)
+
+    # -- execute -----------------------------------------------------------------------
+
+    async def _execute(self, d: Decision) -> None:
+        adapter = self.adapters[d.action.target.runtime]
+        try:
+            plan = await adapter.plan(d.action)
+            outcome = await adapter.execute(plan)
+        except AdapterError as err:
+            d.state = "FAILED"
+            d.outcome = {"status": "failed", "detail": str(err), "error": type(err).__name__}
+        else:
+            d.state = "EXECUTED"
+            d.outcome = {
+                "status": outcome.status.value,
+                "detail": outcome.detail,
+                "after": outcome.after.to_record(),
+                "plan_id": plan.id,
+                "reversible": plan.reversibility is Reversibility.REVERSIBLE,
+            }
+        rec = await self._record(
+            Draft("outcome", d.outcome, trace_id=d.trace_id, target=str(d.action.target),
+                  decision_id=d.decision_id)
+        )  # fmt: skip
+        d.outcome["ledger_index"] = rec.index
+        d.changed.set()
+
+    # -- oversight ---------------------------------------------------------------------
+
+    def get(self, decision_id: str) -> Decision:
+        try:
+            return self.decisions[decision_id]
+        except KeyError:
+            raise DecisionNotFoundError(f"no decision {decision_id!r}") from None
+
+    def pending(self) -> list[Decision]:
+        return [self.decisions[i] for i in self._pending if self.decisions[i].state ==
+                "PENDING_APPROVAL"]  # fmt: skip
+
+    async def review(
+        self,
+        decision_id: str,
+        reviewer: str,
+        approve: bool,
+        reason: str,
+        digest: bytes,
+        *,
+        now: dt.datetime | None = None,
+    ) -> Decision:
+        """An overseer's approval or denial; the review is recorded before it takes effect."""
+        d = self.get(decision_id)
+        p = self._pending.get(decision_id)
+        if p is None or d.state != "PENDING_APPROVAL":
+            raise ReviewRefusedError("not-pending", f"decision {decision_id} is {d.state}")
+        now = now or dt.datetime.now(dt.UTC)
+        if p.expired(now):
+            await self._expire(d, p)
+            raise ReviewRefusedError("expired", f"decision {decision_id} expired")
+        trial = Pending(p.decision_id, p.requester, p.digest, p.required, p.deadline,
+                        p.reason_required, list(p.reviews))  # fmt: skip
+        try:
+            result = trial.review(reviewer, approve, reason, digest, now)
+        except ApprovalError as err:
+            raise ReviewRefusedError(err.code, str(err)) from err
+        kind = "approval" if approve else "denial"
+        rec = await self._record(
+            Draft(kind, {"reviewer": reviewer, "reason": reason, "digest": digest.hex()},
+                  actor=reviewer, target=str(d.action.target), decision_id=decision_id,
+                  trace_id=d.trace_id)
+        )  # fmt: skip
+        p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
+        d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
+                          "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
+        if result is ReviewOutcome.DENIED:
+            d.state = "DENIED"
+            d.reasons.append(f"denied by {reviewer}: {reason}")
+            del self._pending[decision_id]
+        elif result is ReviewOutcome.READY:
+            del self._pending[decision_id]
+            d.state = "EXECUTING"
+            d.changed.set()
+            await self._execute(d)
+        d.changed.set()
+        return d
+
+    async def _expire(self, d: Decision, p: Pending) -> None:
+        await self._record(
+            Draft("expiry", {"deadline": _utc(p.deadline), "approvals": len(p.approvers)},
+                  target=str(d.action.target), decision_id=d.decision_id, trace_id=d.trace_id)
+        )  # fmt: skip
+        self._pending.pop(d.decision_id, None)
+        d.state = "EXPIRED"
+        d.changed.set()
+
+    async def expire_overdue(self, now: dt.datetime | None = None) -> int:
+        """Record EXPIRED for every pending decision past its deadline; returns how many."""
+        now = now or dt.datetime.now(dt.UTC)
+        overdue = [(self.decisions[i], p) for i, p in self._pending.items() if p.expired(now)]
+        for d, p in overdue:
+            await self._expire(d, p)
+        return len(overdue)
+
+    async def halt(self, scope: Halt, reason: str, actor: str) -> int:
+        if not reason.strip():
+            raise InvalidRequestError("a halt needs a reason", field="reason")
+        rec = await self._record(
+            Draft("halt", {"scope": scope.to_json(), "reason": reason}, actor=actor)
+        )
+        self._halts.append(scope)
+        return int(rec.index)
+
+    async def resume(self, scope: Halt, reason: str, actor: str) -> int:
+        if scope not in self._halts:
+            raise InvalidRequestError(f"no halt for {scope.describe()} is in force", field="scope")
+        rec = await self._record(
+            Draft("resume", {"scope": scope.to_json(), "reason": reason}, actor=actor)
+        )
+        self._halts = [h for h in self._halts if h != scope]
+        return int(rec.index)

@@ -1,0 +1,251 @@
+"""The decision pipeline with real parts: SQLite ledger, bundled model, libvirt's test driver."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.action import Action, PowerState, Target
+from adapters.libvirt import LibvirtAdapter, LibvirtConfig
+from explain.batcher import MicroBatcher
+from explain.registry import Registry
+from explain.scorer import Scorer
+from gateway.errors import (
+    InvalidRequestError,
+    LedgerUnavailableError,
+    RequestConflictError,
+    ReviewRefusedError,
+)
+from gateway.pipeline import Gateway, Halt
+from gateway.policy import Policy
+from ledger import DataDir, LedgerConfig
+from ledger.export import export_ledger
+from ledger.store import RecordQuery
+from ledger.verify import verify_export
+
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
+ENGINE = "spiffe://govgate.local/engine-1"
+ALICE = "spiffe://govgate.local/alice"
+BOB = "spiffe://govgate.local/bob"
+NODE = """<node>
+  <domain type='test'><name>web-1</name>
+    <memory unit='MiB'>8192</memory><currentMemory unit='MiB'>4096</currentMemory>
+    <vcpu current='2'>8</vcpu><os><type arch='x86_64'>hvm</type></os>
+    <metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>
+      <label key='environment'>staging</label><label key='criticality'>low</label>
+      <label key='dependents'>1</label></govgate:labels></metadata>
+    <devices/></domain>
+  <domain type='test'><name>db-1</name>
+    <memory unit='MiB'>65536</memory><vcpu>16</vcpu><os><type arch='x86_64'>hvm</type></os>
+    <metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>
+      <label key='environment'>production</label><label key='criticality'>critical</label>
+      <label key='dependents'>12</label></govgate:labels></metadata>
+    <devices/></domain>
+</node>"""
+APPROVE_ALL = b"""version = 1
+[defaults]
+execute_below = 0.0
+approve_below = 1.0
+approvals = 2
+approval_ttl = 60
+fallback_irreversible = "deny"
+"""
+
+
+@dataclass
+class World:
+    gw: Gateway
+    lv: LibvirtAdapter
+    data: DataDir
+
+
+def act(verb: str, resource: str = "web-1", confidence: float = 0.95, **params: Any) -> Action:
+    return Action.from_json(
+        {"verb": verb, "target": {"runtime": "libvirt", "resource": resource},
+         "parameters": params, "justification": "p95 CPU above 85% for 20 minutes; scale out",
+         "confidence": confidence, "engine": "autoscaler"}
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    data = DataDir(tmp_path / "data")
+    data.generate_key("example.com/govgate")
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    config = LedgerConfig(checkpoint_every=0, checkpoint_interval=0)
+    async with (
+        data.open_ledger(config) as ledger,
+        LibvirtAdapter(LibvirtConfig(uri=f"test://{node}")) as lv,
+        MicroBatcher(Scorer(Registry(tmp_path / "models").load())) as batcher,
+    ):
+        yield World(Gateway(ledger, {"libvirt": lv}, batcher, Policy.load(EXAMPLE_POLICY)), lv,
+                    data)  # fmt: skip
+
+
+async def records(w: World, kind: str, decision_id: str = "") -> list[dict[str, Any]]:
+    q = RecordQuery(kind=kind, decision_id=decision_id or None)
+    return [r.to_json() for r in await w.gw.ledger.store.query(q)]
+
+
+async def assert_ledger_verifies(w: World, tmp_path: Path) -> None:
+    out = tmp_path / "export.jsonl"
+    await w.gw.ledger.checkpoint()
+    await export_ledger(w.gw.ledger, out)
+    assert verify_export(out, w.data.signer().verifier).size > 0
+
+
+async def test_low_risk_action_executes_once_and_is_recorded(world: World, tmp_path: Path):
+    d = await world.gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "EXECUTED", d.reasons
+    assert d.risk is not None
+    assert d.risk < 0.3
+    assert d.explanation is not None
+    assert d.outcome is not None
+    assert d.outcome["status"] == "applied"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 4
+    [decision] = await records(world, "decision", d.decision_id)
+    assert decision["body"]["verdict"] == "EXECUTING"
+    assert decision["body"]["risk"] == repr(d.risk)
+    assert decision["actor"] == ENGINE
+    assert decision["index"] == d.ledger_index
+    [outcome] = await records(world, "outcome", d.decision_id)
+    assert outcome["index"] > decision["index"]  # recorded before, executed after
+
+    again = await world.gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+    assert again is d
+    assert len(await records(world, "outcome")) == 1
+    with pytest.raises(RequestConflictError, match="another action"):
+        await world.gw.propose("r-1", act("resize", vcpus=6), requester=ENGINE)
+    await assert_ledger_verifies(world, tmp_path)
+
+
+async def test_high_risk_delete_in_production(world: World):
+    await world.lv._call("stop", lambda c: c.lookupByName("db-1").destroy())
+    # The example policy asks two people above 0.8 for critical services ...
+    d = await world.gw.propose("r-2", act("delete", "db-1", confidence=0.4), requester=ENGINE)
+    assert (d.state, d.approvals_required) == ("PENDING_APPROVAL", 2)
+    assert d.risk is not None
+    assert d.risk >= 0.8
+    assert any("approval by 2" in r for r in d.reasons)
+    # ... the defaults deny outright.
+    await world.gw.activate_policy(Policy.parse(b"version = 1\n", "defaults"))
+    d = await world.gw.propose("r-2b", act("delete", "db-1", confidence=0.4), requester=ENGINE)
+    assert d.state == "DENIED"
+    assert any(": deny" in r for r in d.reasons)
+    assert (await world.lv.describe(Target("libvirt", "db-1"))).power is PowerState.SHUTOFF
+    assert await records(world, "outcome") == []
+
+
+async def test_two_approvers_then_execution(world: World, tmp_path: Path):
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"), actor=ALICE)
+    d = await world.gw.propose("r-3", act("suspend"), requester=ENGINE)
+    assert (d.state, d.approvals_required) == ("PENDING_APPROVAL", 2)
+    assert world.gw.pending() == [d]
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.review(d.decision_id, ENGINE, True, "mine", d.digest)
+    assert info.value.code == "self-approval"
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.review(d.decision_id, ALICE, True, "ok", b"\0" * 32)
+    assert info.value.code == "digest-mismatch"
+    assert await records(world, "approval") == []  # refused reviews leave no record
+
+    await world.gw.review(d.decision_id, ALICE, True, "checked", d.digest)
+    assert d.state == "PENDING_APPROVAL"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).power is PowerState.RUNNING
+    await world.gw.review(d.decision_id, BOB, True, "agreed", d.digest)
+    assert d.state == "EXECUTED"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).power is PowerState.PAUSED
+    approvals = await records(world, "approval", d.decision_id)
+    assert [a["actor"] for a in approvals] == [ALICE, BOB]
+    [outcome] = await records(world, "outcome", d.decision_id)
+    assert outcome["index"] > approvals[-1]["index"]
+    [policy] = await records(world, "policy")
+    assert policy["body"]["policy_id"] == d.policy_id
+    await assert_ledger_verifies(world, tmp_path)
+
+
+async def test_denial_needs_a_reason_and_stops_it(world: World):
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await world.gw.propose("r-4", act("suspend"), requester=ENGINE)
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.review(d.decision_id, ALICE, False, "", d.digest)
+    assert info.value.code == "reason-required"
+    await world.gw.review(d.decision_id, ALICE, False, "maintenance window is tomorrow", d.digest)
+    assert d.state == "DENIED"
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.review(d.decision_id, BOB, True, "too late", d.digest)
+    assert info.value.code == "not-pending"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).power is PowerState.RUNNING
+
+
+async def test_pending_decisions_expire(world: World):
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await world.gw.propose("r-5", act("suspend"), requester=ENGINE)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
+    assert await world.gw.expire_overdue(later) == 1
+    assert d.state == "EXPIRED"
+    [expiry] = await records(world, "expiry", d.decision_id)
+    assert expiry["body"]["approvals"] == 0
+
+
+async def test_halt_stops_proposals_in_scope_until_resumed(world: World):
+    scope = Halt(selector=(("env", "staging"),))
+    await world.gw.halt(scope, "incident drill", ALICE)
+    d = await world.gw.propose("r-6", act("resize", vcpus=3), requester=ENGINE)
+    assert d.state == "HALTED"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 2
+    other = await world.gw.propose("r-7", act("snapshot", "db-1", name="s"), requester=ENGINE)
+    assert other.state != "HALTED"  # production is not in the halted scope
+    with pytest.raises(InvalidRequestError, match="reason"):
+        await world.gw.halt(Halt(all=True), " ", ALICE)
+    await world.gw.resume(scope, "drill over", ALICE)
+    d2 = await world.gw.propose("r-8", act("resize", vcpus=3), requester=ENGINE)
+    assert d2.state == "EXECUTED"
+    assert [r["kind"] for r in await records(world, "halt")] == ["halt"]
+    assert len(await records(world, "resume")) == 1
+
+
+async def test_dry_run_records_but_never_executes(world: World):
+    d = await world.gw.propose("r-9", act("resize", vcpus=4), requester=ENGINE, dry_run=True)
+    assert d.state == "DRY_RUN"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 2
+    [decision] = await records(world, "decision", d.decision_id)
+    assert decision["body"]["dry_run"] is True
+
+
+async def test_fail_closed_when_the_ledger_cannot_record(world: World):
+    await world.gw.ledger.close()
+    with pytest.raises(LedgerUnavailableError):
+        await world.gw.propose("r-10", act("resize", vcpus=4), requester=ENGINE)
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 2
+    assert "r-10" not in world.gw._by_request  # a retry later decides afresh
+
+
+async def test_model_unavailable_falls_back_per_policy(world: World):
+    assert world.gw.batcher is not None
+    await world.gw.batcher.close()
+    d = await world.gw.propose("r-11", act("resize", vcpus=4), requester=ENGINE)
+    assert (d.state, d.fallback, d.risk) == ("PENDING_APPROVAL", True, None)
+    assert any("could not score" in r for r in d.reasons)
+    await world.lv._call("stop", lambda c: c.lookupByName("db-1").destroy())
+    gone = await world.gw.propose("r-12", act("delete", "db-1"), requester=ENGINE)
+    assert (gone.state, gone.fallback) == ("DENIED", True)  # irreversible: never blind
+
+
+async def test_invalid_requests(world: World):
+    with pytest.raises(InvalidRequestError) as info:
+        await world.gw.propose("", act("start"), requester=ENGINE)
+    assert info.value.field == "request_id"
+    with pytest.raises(InvalidRequestError) as info:
+        await world.gw.propose("r-13", act("start", "ghost"), requester=ENGINE)
+    assert info.value.field == "action.target.resource"
+    kata = Action.from_json({"verb": "start", "target": {"runtime": "kata", "resource": "s"}})
+    with pytest.raises(InvalidRequestError) as info:
+        await world.gw.propose("r-14", kata, requester=ENGINE)
+    assert info.value.field == "action.target.runtime"
