@@ -103,7 +103,7 @@ class Outcome(_message.Message):
     def __init__(self, status: _Optional[str] = ..., detail: _Optional[str] = ..., ledger_index: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("decision_id", "state", "risk", "contributions", "model_id", "policy_id", "reasons", "ledger_index", "leaf_hash", "request_id", "action", "base_value", "schema_version", "created", "outcome", "reviews", "approvals_required", "trace_id", "fallback", "requester")
+    __slots__ = ("decision_id", "state", "risk", "contributions", "model_id", "policy_id", "reasons", "ledger_index", "leaf_hash", "request_id", "action", "base_value", "schema_version", "created", "outcome", "reviews", "approvals_required", "trace_id", "fallback", "requester", "request_digest")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RISK_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class Decision(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     state: DecisionState
     risk: float
@@ -144,7 +145,8 @@ class Decision(_message.Message):
     trace_id: str
     fallback: bool
     requester: str
-    def __init__(self, decision_id: _Optional[str] = ..., state: _Optional[_Union[DecisionState, str]] = ..., risk: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., model_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., ledger_index: _Optional[int] = ..., leaf_hash: _Optional[bytes] = ..., request_id: _Optional[str] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., base_value: _Optional[float] = ..., schema_version: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., reviews: _Optional[_Iterable[_Union[Review, _Mapping]]] = ..., approvals_required: _Optional[int] = ..., trace_id: _Optional[str] = ..., fallback: _Optional[bool] = ..., requester: _Optional[str] = ...) -> None: ...
+    request_digest: bytes
+    def __init__(self, decision_id: _Optional[str] = ..., state: _Optional[_Union[DecisionState, str]] = ..., risk: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., model_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., ledger_index: _Optional[int] = ..., leaf_hash: _Optional[bytes] = ..., request_id: _Optional[str] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., base_value: _Optional[float] = ..., schema_version: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., reviews: _Optional[_Iterable[_Union[Review, _Mapping]]] = ..., approvals_required: _Optional[int] = ..., trace_id: _Optional[str] = ..., fallback: _Optional[bool] = ..., requester: _Optional[str] = ..., request_digest: _Optional[bytes] = ...) -> None: ...
 
 class Scope(_message.Message):
     __slots__ = ("all", "runtime", "selector")

@@ -1,0 +1,274 @@
+"""The gRPC server: thin servicers over :class:`~gateway.pipeline.Gateway`, one error table.
+
+Servicers decode, call the core, encode. The caller's identity is read from
+the verified client certificate (:func:`caller`), never from a request field.
+Domain errors become status codes in one place (:class:`ErrorMapper`), with
+``google.rpc`` details: ``BadRequest`` field violations for invalid input, and
+``ErrorInfo`` (reason, domain ``govgate``, the decision id where there is one)
+for the rest. Core code never calls ``context.abort``.
+
+Example::
+
+    server = await start_server(gateway, TlsFiles(ca, cert, key), port=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from adapters.errors import AdapterError, AdapterTimeoutError, UnavailableError
+from gateway._proto.govgate.v1 import (
+    decision_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    oversight_pb2,
+    oversight_pb2_grpc,
+    types_pb2,
+)
+from gateway.convert import action_from_proto, decision_to_proto, halt_from_proto, record_to_proto
+from gateway.errors import (
+    DecisionNotFoundError,
+    GatewayError,
+    InvalidRequestError,
+    LedgerUnavailableError,
+    RequestConflictError,
+    ReviewRefusedError,
+)
+from gateway.identity import IdentityError, identity_of
+from gateway.pipeline import Gateway
+from ledger.errors import LedgerError
+from ledger.errors import NotFoundError as LedgerNotFoundError
+from ledger.store import RecordQuery
+
+__all__ = [
+    "DecisionServicer",
+    "ErrorMapper",
+    "LedgerServicer",
+    "OversightServicer",
+    "TlsFiles",
+    "caller",
+    "start_server",
+]
+
+_REVIEW_CODES = {
+    "self-approval": code_pb2.PERMISSION_DENIED,
+    "digest-mismatch": code_pb2.PERMISSION_DENIED,
+    "duplicate": code_pb2.ALREADY_EXISTS,
+    "expired": code_pb2.FAILED_PRECONDITION,
+    "not-pending": code_pb2.FAILED_PRECONDITION,
+    "reason-required": code_pb2.INVALID_ARGUMENT,
+}
+
+
+def _status(err: BaseException) -> status_pb2.Status:
+    """The one table from domain errors to gRPC status codes, with rich details."""
+    code, reason = code_pb2.INTERNAL, "INTERNAL"
+    match err:
+        case InvalidRequestError():
+            code, reason = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+        case RequestConflictError():
+            code, reason = code_pb2.ALREADY_EXISTS, "REQUEST_ID_REUSED"
+        case DecisionNotFoundError() | LedgerNotFoundError():
+            code, reason = code_pb2.NOT_FOUND, "NOT_FOUND"
+        case ReviewRefusedError():
+            code = _REVIEW_CODES.get(err.code, code_pb2.FAILED_PRECONDITION)
+            reason = err.code.upper().replace("-", "_")
+        case LedgerUnavailableError() | UnavailableError():
+            code, reason = code_pb2.UNAVAILABLE, "UNAVAILABLE"
+        case AdapterTimeoutError():
+            code, reason = code_pb2.DEADLINE_EXCEEDED, "RUNTIME_TIMEOUT"
+        case IdentityError():
+            code, reason = code_pb2.UNAUTHENTICATED, "NO_IDENTITY"
+        case AdapterError() | LedgerError():
+            code, reason = code_pb2.FAILED_PRECONDITION, type(err).__name__.upper()
+    message = str(err) if code != code_pb2.INTERNAL else "internal error"
+    status = status_pb2.Status(code=code, message=message)
+    if isinstance(err, InvalidRequestError):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=err.field, description=str(err)
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    info = error_details_pb2.ErrorInfo(reason=reason, domain="govgate")
+    decision_id = getattr(err, "decision_id", "")
+    if decision_id:
+        info.metadata["decision_id"] = decision_id
+    status.details.add().Pack(info)
+    return status
+
+
+_HANDLED = (GatewayError, AdapterError, LedgerError, IdentityError)
+
+
+class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns every domain error a handler raises into a status with details."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+
+        def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await fn(request, context)
+                except _HANDLED as err:
+                    await context.abort_with_status(rpc_status.to_status(_status(err)))
+
+            return wrapped
+
+        def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except _HANDLED as err:
+                    await context.abort_with_status(rpc_status.to_status(_status(err)))
+
+            return wrapped
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=unary(handler.unary_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=streaming(handler.unary_stream))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=streaming(handler.stream_stream))
+        return handler
+
+
+def caller(context: grpc.aio.ServicerContext) -> str:
+    """The identity proved by the client certificate of this call."""
+    certs = context.auth_context().get("x509_pem_cert") or []
+    if not certs:
+        raise IdentityError("no client certificate")
+    return identity_of(certs[0])
+
+
+class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def _propose(self, req: Any, context: Any) -> types_pb2.Decision:
+        action = action_from_proto(req.action)
+        d = await self.gw.propose(req.request_id, action, requester=caller(context),
+                                  dry_run=req.dry_run)  # fmt: skip
+        return decision_to_proto(d)
+
+    async def Propose(self, request: Any, context: Any) -> types_pb2.Decision:
+        return await self._propose(request, context)
+
+    async def ProposeStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for req in request_iterator:
+            yield await self._propose(req, context)
+
+    async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
+        return decision_to_proto(self.gw.get(request.decision_id))
+
+    async def WatchDecision(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        d = self.gw.get(request.decision_id)
+        while True:
+            d.changed.clear()
+            yield decision_to_proto(d)
+            if d.final:
+                return
+            await d.changed.wait()
+
+
+class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: ignore[misc]
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def ListPending(self, request: Any, context: Any) -> Any:
+        return oversight_pb2.ListPendingResponse(
+            decisions=[decision_to_proto(d) for d in self.gw.pending()]
+        )
+
+    async def _review(self, request: Any, context: Any, approve: bool) -> Any:
+        d = await self.gw.review(request.decision_id, caller(context), approve, request.reason,
+                                 request.request_digest)  # fmt: skip
+        return decision_to_proto(d)
+
+    async def Approve(self, request: Any, context: Any) -> Any:
+        return await self._review(request, context, True)
+
+    async def Deny(self, request: Any, context: Any) -> Any:
+        return await self._review(request, context, False)
+
+    async def Halt(self, request: Any, context: Any) -> Any:
+        index = await self.gw.halt(halt_from_proto(request.scope), request.reason, caller(context))
+        return oversight_pb2.HaltResponse(ledger_index=index)
+
+    async def Resume(self, request: Any, context: Any) -> Any:
+        index = await self.gw.resume(halt_from_proto(request.scope), request.reason,
+                                     caller(context))  # fmt: skip
+        return oversight_pb2.ResumeResponse(ledger_index=index)
+
+
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):  # type: ignore[misc]
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def Query(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        limit = request.limit or 1000
+        q = RecordQuery(
+            start=request.from_index, end=request.to_index or None,
+            since=request.since or None, until=request.until or None,
+            kind=request.kind or None, actor=request.actor or None,
+            target=request.target or None, decision_id=request.decision_id or None,
+            trace_id=request.trace_id or None, limit=min(limit, 10_000),
+        )  # fmt: skip
+        for rec in await self.gw.ledger.store.query(q):
+            yield record_to_proto(rec)
+
+    async def GetCheckpoint(self, request: Any, context: Any) -> Any:
+        cp = await self.gw.ledger.checkpoint(request.size or None)
+        return ledger_pb2.Checkpoint(note=cp.note, size=cp.size, root=cp.root)
+
+    async def GetInclusionProof(self, request: Any, context: Any) -> Any:
+        p = await self.gw.ledger.inclusion_proof(request.index, request.tree_size or None)
+        return ledger_pb2.InclusionProof(index=p.index, tree_size=p.tree_size, leaf=p.leaf,
+                                         leaf_hash=p.leaf_hash, proof=list(p.proof))  # fmt: skip
+
+    async def GetConsistencyProof(self, request: Any, context: Any) -> Any:
+        p = await self.gw.ledger.consistency_proof(request.old_size, request.tree_size or None)
+        return ledger_pb2.ConsistencyProof(old_size=p.old_size, tree_size=p.tree_size,
+                                           proof=list(p.proof))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path  # clients must present a certificate issued by this CA
+    cert: Path
+    key: Path
+
+
+async def start_server(
+    gw: Gateway, tls: TlsFiles, *, host: str = "127.0.0.1", port: int = 0
+) -> tuple[grpc.aio.Server, int]:
+    """Start a mTLS gRPC server (client certificates required); returns it and its port."""
+    server = grpc.aio.server(interceptors=[ErrorMapper()])
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw), server)
+    oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(gw), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    creds = grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=tls.ca.read_bytes(),
+        require_client_auth=True,
+    )
+    bound = server.add_secure_port(f"{host}:{port}", creds)
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, bound
