@@ -36,7 +36,7 @@ from typing import Any
 
 from adapters.action import Action, Reversibility, RuntimeState, Target
 from adapters.errors import AdapterError, NotFoundError
-from adapters.runtime import RuntimeAdapter
+from adapters.runtime import Outcome, RuntimeAdapter
 from explain.batcher import MicroBatcher
 from explain.errors import ModelUnavailableError
 from explain.explanation import Explanation
@@ -150,6 +150,7 @@ class Gateway:
         self._halts: list[Halt] = []
         self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._outcomes: dict[str, Outcome] = {}  # what revert needs, by decision id
 
     # -- recording ---------------------------------------------------------------------
 
@@ -312,6 +313,7 @@ class Gateway:
             d.outcome = {"status": "failed", "detail": str(err), "error": type(err).__name__}
         else:
             d.state = "EXECUTED"
+            self._outcomes[d.decision_id] = outcome
             d.outcome = {
                 "status": outcome.status.value,
                 "detail": outcome.detail,
@@ -383,6 +385,54 @@ class Gateway:
             await self._execute(d)
         d.changed.set()
         return d
+
+    async def rollback(self, decision_id: str, reason: str, actor: str) -> Decision:
+        """Revert an executed, reversible decision through its adapter; recorded first."""
+        d = self.get(decision_id)
+        outcome = self._outcomes.get(decision_id)
+        if d.state != "EXECUTED" or outcome is None:
+            raise ReviewRefusedError("not-executed", f"decision {decision_id} is {d.state}")
+        if outcome.plan.reversibility is not Reversibility.REVERSIBLE:
+            raise ReviewRefusedError(
+                "irreversible", f"{d.action.verb} on {d.action.target} cannot be rolled back"
+            )
+        if not reason.strip():
+            raise InvalidRequestError("a rollback needs a reason", field="reason")
+        await self._record(
+            Draft("rollback", {"reason": reason, "plan_id": outcome.plan.id}, actor=actor,
+                  target=str(d.action.target), decision_id=decision_id, trace_id=d.trace_id)
+        )  # fmt: skip
+        try:
+            reverted = await self.adapters[d.action.target.runtime].revert(outcome)
+        except AdapterError as err:
+            body = {"status": "failed", "detail": str(err), "rollback": True}
+        else:
+            body = {"status": reverted.status.value, "detail": reverted.detail,
+                    "after": reverted.after.to_record(), "rollback": True}  # fmt: skip
+            d.state = "ROLLED_BACK"
+            del self._outcomes[decision_id]
+        await self._record(
+            Draft("outcome", body, target=str(d.action.target), decision_id=decision_id,
+                  trace_id=d.trace_id)
+        )  # fmt: skip
+        d.reasons.append(f"rolled back by {actor}: {reason}" if d.state == "ROLLED_BACK"
+                         else f"rollback by {actor} failed: {body['detail']}")  # fmt: skip
+        d.changed.set()
+        return d
+
+    async def report_incident(
+        self, decision_id: str, harmful: bool, severity: str, description: str, actor: str
+    ) -> int:
+        """Label a past decision's outcome (post-market monitoring); returns the record index."""
+        d = self.get(decision_id)
+        if severity not in ("", "minor", "major", "critical", "serious"):
+            raise InvalidRequestError("must be minor, major, critical or serious", field="severity")
+        rec = await self._record(
+            Draft("incident", {"harmful": harmful, "severity": severity or "minor",
+                               "description": description}, actor=actor,
+                  target=str(d.action.target), decision_id=decision_id, trace_id=d.trace_id)
+        )  # fmt: skip
+        return int(rec.index)
 
     async def _expire(self, d: Decision, p: Pending) -> None:
         await self._record(

@@ -65,6 +65,8 @@ _REVIEW_CODES = {
     "expired": code_pb2.FAILED_PRECONDITION,
     "not-pending": code_pb2.FAILED_PRECONDITION,
     "reason-required": code_pb2.INVALID_ARGUMENT,
+    "not-executed": code_pb2.FAILED_PRECONDITION,
+    "irreversible": code_pb2.FAILED_PRECONDITION,
 }
 
 

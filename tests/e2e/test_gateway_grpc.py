@@ -225,3 +225,24 @@ async def test_halt_and_health(clients: Clients):
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     await asyncio.sleep(0)
+
+
+async def test_rollback_and_incident_over_grpc(clients: Clients):
+    d = await clients.decisions("engine-1").Propose(propose("r-6", vcpus="5"), timeout=10)
+    assert d.state == types_pb2.EXECUTED
+    rolled = await clients.decisions("alice").Rollback(
+        decision_pb2.RollbackRequest(decision_id=d.decision_id, reason="regression"), timeout=10
+    )
+    assert rolled.state == types_pb2.ROLLED_BACK
+    assert (await clients.lv.describe(Target("libvirt", "web-1"))).vcpus == 2
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.decisions("alice").Rollback(
+            decision_pb2.RollbackRequest(decision_id=d.decision_id, reason="again"), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    reply = await clients.decisions("alice").ReportIncident(
+        decision_pb2.ReportIncidentRequest(decision_id=d.decision_id, harmful=True,
+                                           severity="minor", description="p99 doubled"),
+        timeout=10,
+    )  # fmt: skip
+    assert reply.ledger_index > rolled.ledger_index

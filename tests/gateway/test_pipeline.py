@@ -249,3 +249,41 @@ async def test_invalid_requests(world: World):
     with pytest.raises(InvalidRequestError) as info:
         await world.gw.propose("r-14", kata, requester=ENGINE)
     assert info.value.field == "action.target.runtime"
+
+
+async def test_rollback_reverts_and_is_recorded(world: World, tmp_path: Path):
+    d = await world.gw.propose("r-15", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "EXECUTED"
+    with pytest.raises(InvalidRequestError, match="reason"):
+        await world.gw.rollback(d.decision_id, "", ALICE)
+    await world.gw.rollback(d.decision_id, "latency got worse", ALICE)
+    assert d.state == "ROLLED_BACK"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 2
+    [rollback] = await records(world, "rollback", d.decision_id)
+    outcomes = await records(world, "outcome", d.decision_id)
+    assert [o["body"].get("rollback", False) for o in outcomes] == [False, True]
+    assert rollback["index"] < outcomes[1]["index"]
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.rollback(d.decision_id, "again", ALICE)
+    assert info.value.code == "not-executed"
+
+    everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
+    await world.gw.activate_policy(Policy.parse(everything, "execute-everything"))
+    snap = await world.gw.propose("r-16", act("snapshot", name="s1"), requester=ENGINE)
+    revert = await world.gw.propose("r-17", act("revert", snapshot="s1"), requester=ENGINE)
+    assert (snap.state, revert.state) == ("EXECUTED", "EXECUTED")
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.rollback(revert.decision_id, "undo", ALICE)
+    assert info.value.code == "irreversible"
+    await assert_ledger_verifies(world, tmp_path)
+
+
+async def test_incident_reports_feed_the_ledger(world: World):
+    d = await world.gw.propose("r-18", act("resize", vcpus=4), requester=ENGINE)
+    index = await world.gw.report_incident(d.decision_id, True, "major", "OOM after resize", ALICE)
+    [incident] = await records(world, "incident", d.decision_id)
+    assert incident["index"] == index
+    assert incident["body"] == {"harmful": True, "severity": "major",
+                                "description": "OOM after resize"}  # fmt: skip
+    with pytest.raises(InvalidRequestError):
+        await world.gw.report_incident(d.decision_id, True, "apocalyptic", "", ALICE)
