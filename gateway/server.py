@@ -177,6 +177,17 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
         return decision_to_proto(self.gw.get(request.decision_id))
 
+    async def Rollback(self, request: Any, context: Any) -> types_pb2.Decision:
+        d = await self.gw.rollback(request.decision_id, request.reason, caller(context))
+        return decision_to_proto(d)
+
+    async def ReportIncident(self, request: Any, context: Any) -> Any:
+        index = await self.gw.report_incident(
+            request.decision_id, request.harmful, request.severity, request.description,
+            caller(context),
+        )  # fmt: skip
+        return decision_pb2.ReportIncidentResponse(ledger_index=index)
+
     async def WatchDecision(self, request: Any, context: Any) -> AsyncIterator[Any]:
         d = self.gw.get(request.decision_id)
         while True:
