@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 
 from adapters.errors import AdapterError, AdapterTimeoutError, UnavailableError
 from gateway._proto.govgate.v1 import (
+    decision_pb2,
     decision_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
@@ -183,9 +184,12 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
 
     async def ReportIncident(self, request: Any, context: Any) -> Any:
         index = await self.gw.report_incident(
-            request.decision_id, request.harmful, request.severity, request.description,
+            request.decision_id,
+            request.harmful,
+            request.severity,
+            request.description,
             caller(context),
-        )  # fmt: skip
+        )
         return decision_pb2.ReportIncidentResponse(ledger_index=index)
 
     async def WatchDecision(self, request: Any, context: Any) -> AsyncIterator[Any]:
