@@ -5,12 +5,11 @@ SQLite file and real keys: create the log key; score a stream of sample
 proposals with the active (or bundled) XGBoost model through the
 micro-batcher and explain three of them; record the decisions, approvals,
 denials, outcomes, a halt and a few incidents from concurrent writers; sign a
-checkpoint, prove one record's inclusion, export, verify the export offline
-with only the public key; then change one byte of a copy and watch
-verification name the record.
-
-(A later issue turns this into the full gateway demo: proposals through
-gRPC, the policy engine, approvals and libvirt's test driver.)
+checkpoint; run the gateway over gRPC with mTLS on libvirt's test driver (a
+simulated engine's proposals, reviews by two overseers, a halt, a rollback:
+``gateway.demo_gateway``); prove one record's inclusion, export, verify the
+export offline with only the public key; then change one byte of a copy and
+watch verification name the record.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from explain.features import Context, featurize
 from explain.model import Model
 from explain.registry import Registry
 from explain.scorer import Scorer
+from gateway.demo_gateway import gateway_walk
 from ledger import DataDir, Draft, LedgerConfig, VerificationError
 from ledger.export import export_ledger
 from ledger.merkle import verify_inclusion
@@ -171,7 +171,7 @@ async def _prove(d: DataDir, index: int, con: Console) -> None:
 def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
     """Run the walkthrough in ``data``; return the process exit status."""
     d = DataDir(data)
-    con.rule("[bold]govgate demo: risk scores and the ledger")
+    con.rule("[bold]govgate demo: risk scores, the gateway and the ledger")
     con.print(f"data directory: {data.resolve()}")
 
     con.print("\n[bold]1. The log's signing key[/bold]")
@@ -194,10 +194,13 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
     drafts = _sample(random.Random(20261125), scored)  # noqa: S311 - sample data
     last = asyncio.run(_append_stream(d, drafts, writers, con))
 
-    con.print("\n[bold]4. Inclusion proof (RFC 9162)[/bold]")
+    con.print("\n[bold]4. The gateway: proposals over gRPC with mTLS[/bold]")
+    asyncio.run(gateway_walk(data, con))
+
+    con.print("\n[bold]5. Inclusion proof (RFC 9162)[/bold]")
     asyncio.run(_prove(d, last.index // 2, con))
 
-    con.print("\n[bold]5. Export and independent verification[/bold]")
+    con.print("\n[bold]6. Export and independent verification[/bold]")
     export = data / "export.jsonl"
 
     async def do_export() -> str:
@@ -211,7 +214,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
         "[green]every signature, the hash chain and every Merkle root verify[/green]"
     )
 
-    con.print("\n[bold]6. Tampering is caught[/bold]")
+    con.print("\n[bold]7. Tampering is caught[/bold]")
     tampered = data / "export-tampered.jsonl"
     shutil.copyfile(export, tampered)
     raw = bytearray(tampered.read_bytes())
@@ -230,7 +233,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
         con.print("  [red]tampering went unnoticed — this is a bug[/red]")
         return 1
 
-    con.print("\n[bold]7. The signed checkpoint (C2SP tlog-checkpoint, signed note)[/bold]")
+    con.print("\n[bold]8. The signed checkpoint (C2SP tlog-checkpoint, signed note)[/bold]")
     con.print(Panel(note.rstrip("\n"), expand=False))
     # Name the command as this shell can run it: .venv/bin is usually not on PATH.
     exe = "govgate" if shutil.which("govgate") else os.path.relpath(sys.argv[0])

@@ -628,6 +628,12 @@ def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
     assert t.code == 1, t
     assert "Scoring 200 proposals with the risk model" in text
     assert "-> deny" in text or "-> approval" in text
+    # The gateway over gRPC: a refused self-approval, reviews, the stop switch, a rollback.
+    assert "PERMISSION_DENIED" in text
+    assert "alice approves" in text
+    assert "bob denies" in text
+    assert "HALTED" in text
+    assert "ROLLED_BACK" in text
 
 
 def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -> None:
@@ -641,11 +647,18 @@ def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -
     data = tmp_path / "demo"
     assert gg.sub("demo", "--data", data, "--records", "60", timeout=120).code == 0
     decisions = gg("ledger", "query", "--data", data, "--kind", "decision").json_lines()
-    assert len(decisions) == 60
-    verdicts = {d["body"]["verdict"] for d in decisions}
+    engine = "spiffe://govgate.local/engine-1"
+    sample = [d for d in decisions if d["actor"] != engine]
+    served = [d for d in decisions if d["actor"] == engine]  # made by the gateway over gRPC
+    assert len(sample) == 60
+    assert len(served) >= 8
+    verdicts = {d["body"]["verdict"] for d in sample}
     assert verdicts <= {"execute", "approval", "deny"}
     assert len(verdicts) >= 2
-    for d in decisions[:10]:
+    assert {"EXECUTING", "PENDING_APPROVAL", "DENIED", "HALTED"} <= {
+        d["body"]["verdict"] for d in served
+    }
+    for d in [*sample[:5], *(x for x in served if "risk" in x["body"])]:
         body = d["body"]
         model = Registry(data / "models").load(body["model_id"])
         x = featurize(
