@@ -202,6 +202,8 @@ class Gateway:
             decision = await self._decide(request_id, action, digest, requester, dry_run,
                                           trace_id, now or dt.datetime.now(dt.UTC))  # fmt: skip
             self._by_request[request_id] = decision.decision_id
+            # From here on the id is known; later callers need no lock to find it.
+            self._locks.pop(request_id, None)
         if decision.state == "EXECUTING":
             await self._execute(decision)
         return decision

@@ -287,3 +287,15 @@ async def test_incident_reports_feed_the_ledger(world: World):
                                 "description": "OOM after resize"}  # fmt: skip
     with pytest.raises(InvalidRequestError):
         await world.gw.report_incident(d.decision_id, True, "apocalyptic", "", ALICE)
+
+
+async def test_concurrent_repeats_of_one_request_make_one_decision(world: World):
+    import asyncio
+
+    results = await asyncio.gather(
+        *(world.gw.propose("r-19", act("resize", vcpus=3), requester=ENGINE) for _ in range(5))
+    )
+    assert len({d.decision_id for d in results}) == 1
+    assert len(await records(world, "decision")) == 1
+    assert len(await records(world, "outcome")) == 1
+    assert world.gw._locks == {}  # nothing kept per request id once it is decided
