@@ -50,6 +50,7 @@ from gateway.errors import (
     ReviewRefusedError,
 )
 from gateway.policy import Policy, PolicyInput, VerdictKind
+from gateway.roles import AccessDeniedError, Roles
 from ledger import Draft, Ledger, LedgerError
 
 __all__ = ["Decision", "Gateway", "Halt"]
@@ -138,12 +139,14 @@ class Gateway:
         policy: Policy,
         *,
         shadow: bool = False,  # decide and record, never execute
+        roles: Roles | None = None,  # None: every identity may do everything (library use)
     ) -> None:
         self.ledger = ledger
         self.adapters = dict(adapters)
         self.batcher = batcher
         self.policy = policy
         self.shadow = shadow
+        self.roles = roles
         self.decisions: dict[str, Decision] = {}
         self._by_request: dict[str, str] = {}
         self._pending: dict[str, Pending] = {}
@@ -159,6 +162,21 @@ class Gateway:
             return await self.ledger.append(draft)
         except LedgerError as err:
             raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+
+    async def authorize(self, identity: str, method: str) -> None:
+        """Refuse (and record the refusal) when the identity's roles do not allow ``method``."""
+        if self.roles is None:
+            return
+        try:
+            self.roles.check_method(identity, method)
+        except AccessDeniedError as err:
+            await self._refused(err)
+            raise
+
+    async def _refused(self, err: AccessDeniedError) -> None:
+        await self._record(
+            Draft("access", {"denied": err.what, "reason": err.why}, actor=err.identity)
+        )
 
     async def activate_policy(self, policy: Policy, actor: str = "") -> int:
         rec = await self._record(
@@ -235,6 +253,12 @@ class Gateway:
             except AdapterError as err:
                 d.reasons.append(f"could not describe the target: {err}")
             halt = next((h for h in self._halts if h.covers(target, state.labels)), None)
+        if self.roles is not None:
+            try:
+                self.roles.check_action(requester, action, state.labels)
+            except AccessDeniedError as err:
+                await self._refused(err)
+                raise
         state = replace(state, recent_actions=self._recent_count(str(target), now))
         if halt is not None:
             d.state = "HALTED"

@@ -45,6 +45,7 @@ from gateway.errors import (
 )
 from gateway.identity import IdentityError, identity_of
 from gateway.pipeline import Gateway
+from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
 from ledger.errors import NotFoundError as LedgerNotFoundError
 from ledger.store import RecordQuery
@@ -90,6 +91,8 @@ def _status(err: BaseException) -> status_pb2.Status:
             code, reason = code_pb2.DEADLINE_EXCEEDED, "RUNTIME_TIMEOUT"
         case IdentityError():
             code, reason = code_pb2.UNAUTHENTICATED, "NO_IDENTITY"
+        case AccessDeniedError():
+            code, reason = code_pb2.PERMISSION_DENIED, "ACCESS_DENIED"
         case AdapterError() | LedgerError():
             code, reason = code_pb2.FAILED_PRECONDITION, type(err).__name__.upper()
     message = str(err) if code != code_pb2.INTERNAL else "internal error"
@@ -107,11 +110,18 @@ def _status(err: BaseException) -> status_pb2.Status:
     return status
 
 
-_HANDLED = (GatewayError, AdapterError, LedgerError, IdentityError)
+_HANDLED = (GatewayError, AdapterError, LedgerError, IdentityError, AccessDeniedError)
+
+
+Authorize = Callable[[str, str], Awaitable[None]]  # (identity, method name)
 
 
 class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Turns every domain error a handler raises into a status with details."""
+    """Authorizes every govgate call by the caller's roles, and turns every domain error a
+    handler raises into a status with details."""
+
+    def __init__(self, authorize: Authorize | None = None) -> None:
+        self.authorize = authorize
 
     async def intercept_service(
         self,
@@ -121,10 +131,17 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
+        service, _, method = details.method.strip("/").partition("/")
+        guard = self.authorize if service.startswith("govgate.v1.") else None
+
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            if guard is not None:
+                await guard(caller(context), method)
 
         def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    await admit(context)
                     return await fn(request, context)
                 except _HANDLED as err:
                     await context.abort_with_status(rpc_status.to_status(_status(err)))
@@ -134,6 +151,7 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    await admit(context)
                     async for item in fn(request, context):
                         yield item
                 except _HANDLED as err:
@@ -274,7 +292,7 @@ async def start_server(
     gw: Gateway, tls: TlsFiles, *, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[grpc.aio.Server, int]:
     """Start a mTLS gRPC server (client certificates required); returns it and its port."""
-    server = grpc.aio.server(interceptors=[ErrorMapper()])
+    server = grpc.aio.server(interceptors=[ErrorMapper(gw.authorize)])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw), server)
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(gw), server)

@@ -246,3 +246,39 @@ async def test_rollback_and_incident_over_grpc(clients: Clients):
         timeout=10,
     )  # fmt: skip
     assert reply.ledger_index > rolled.ledger_index
+
+
+async def test_roles_refuse_and_record(clients: Clients):
+    from gateway.roles import Roles
+
+    clients.gw.roles = Roles.parse(
+        b'version = 1\n[identities."spiffe://govgate.local/engine-1"]\nroles = ["engine"]\n'
+        b'verbs = ["resize"]\nselectors = ["env=staging"]\n'
+        b'[identities."spiffe://govgate.local/alice"]\nroles = ["approver", "auditor"]\n'
+    )
+    d = await clients.decisions("engine-1").Propose(propose("r-7", vcpus="3"), timeout=10)
+    assert d.state == types_pb2.EXECUTED
+    refused = [
+        (clients.decisions("engine-1").Propose(propose("r-8", verb="suspend")), "suspend"),
+        (clients.decisions("alice").Propose(propose("r-9", vcpus="3")), "Propose"),
+        (clients.oversight("engine-1").Halt(oversight_pb2.HaltRequest(
+            scope=types_pb2.Scope(all=True), reason="x")), "Halt"),
+        (clients.ledger("engine-1").GetCheckpoint(ledger_pb2.GetCheckpointRequest()),
+         "GetCheckpoint"),
+    ]  # fmt: skip
+    for call, what in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, what
+        [errinfo] = details(info.value)
+        assert isinstance(errinfo, error_details_pb2.ErrorInfo)
+        assert errinfo.reason == "ACCESS_DENIED"
+        assert what in (info.value.details() or "")
+    access = [
+        r async for r in clients.ledger("alice").Query(ledger_pb2.QueryRequest(kind="access"))
+    ]
+    assert len(access) == len(refused)
+    assert {r.actor for r in access} == {
+        "spiffe://govgate.local/engine-1",
+        "spiffe://govgate.local/alice",
+    }
