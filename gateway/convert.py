@@ -19,6 +19,7 @@ from adapters.errors import InvalidActionError
 from gateway._proto.govgate.v1 import ledger_pb2, types_pb2
 from gateway.errors import InvalidRequestError
 from gateway.pipeline import Decision, Halt
+from gateway.selector import parse_selector
 from ledger.record import Record
 
 __all__ = ["action_from_proto", "decision_to_proto", "halt_from_proto", "record_to_proto"]
@@ -112,14 +113,10 @@ def halt_from_proto(scope: types_pb2.Scope) -> Halt:
     if which == "runtime" and scope.runtime:
         return Halt(runtime=scope.runtime)
     if which == "selector" and scope.selector.strip():
-        pairs = []
-        for part in scope.selector.split(","):
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip() or not value.strip():
-                raise InvalidRequestError(f"{part.strip()!r} is not key=value",
-                                          field="scope.selector")  # fmt: skip
-            pairs.append((key.strip(), value.strip().lower()))
-        return Halt(selector=tuple(pairs))
+        try:
+            return Halt(selector=parse_selector(scope.selector))
+        except ValueError as err:
+            raise InvalidRequestError(str(err), field="scope.selector") from None
     raise InvalidRequestError("choose all, a runtime or a label selector", field="scope")
 
 

@@ -51,6 +51,7 @@ from gateway.errors import (
 )
 from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.roles import AccessDeniedError, Roles
+from gateway.selector import Selector, selector_matches
 from ledger import Draft, Ledger, LedgerError
 
 __all__ = ["Decision", "Gateway", "Halt"]
@@ -68,7 +69,7 @@ class Halt:
 
     all: bool = False
     runtime: str = ""
-    selector: tuple[tuple[str, str], ...] = ()
+    selector: Selector = ()
 
     def covers(self, target: Target, labels: Mapping[str, str] | None) -> bool:
         if self.all:
@@ -77,7 +78,7 @@ class Halt:
             return target.runtime == self.runtime
         if labels is None:
             return False
-        return all(_label(labels, k) == v for k, v in self.selector)
+        return selector_matches(self.selector, labels)
 
     def describe(self) -> str:
         if self.all:
@@ -89,15 +90,6 @@ class Halt:
     def to_json(self) -> dict[str, Any]:
         return {"all": self.all, "runtime": self.runtime,
                 "selector": ",".join(f"{k}={v}" for k, v in self.selector)}  # fmt: skip
-
-
-def _label(labels: Mapping[str, str], key: str) -> str | None:
-    for name in {"env": ("env", "environment"), "environment": ("environment", "env")}.get(
-        key, (key,)
-    ):
-        if name in labels:
-            return labels[name].strip().lower()
-    return None
 
 
 @dataclass

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.action import RUNTIMES, VERBS, Reversibility, Verb
+from gateway.selector import Selector, parse_selector, selector_matches
 
 __all__ = ["Policy", "PolicyError", "PolicyInput", "Rule", "Thresholds", "Verdict", "VerdictKind"]
 
@@ -96,7 +97,7 @@ class Rule:
     name: str
     verbs: frozenset[str]  # empty: every verb
     runtime: str  # "": every runtime
-    selector: tuple[tuple[str, str], ...]  # label equalities, all must hold
+    selector: Selector  # label equalities, all must hold
     forbid: bool = False
     approvals: int = 0  # at least this many approvers for what matches
     overrides: Mapping[str, Any] = field(default_factory=dict)  # threshold keys
@@ -106,16 +107,7 @@ class Rule:
             return False
         if self.runtime and p.runtime != self.runtime:
             return False
-        return all(_label(p.labels, k) == v for k, v in self.selector)
-
-
-def _label(labels: Mapping[str, str], key: str) -> str | None:
-    # "env" and "environment" are one label to the featurizer, and so here.
-    aliases = {"env": ("env", "environment"), "environment": ("environment", "env")}
-    for name in aliases.get(key, (key,)):
-        if name in labels:
-            return labels[name].strip().lower()
-    return None
+        return selector_matches(self.selector, p.labels)
 
 
 def _duration(value: Any, where: str) -> float:
@@ -187,17 +179,13 @@ def _thresholds(raw: Mapping[str, Any], base: Thresholds, where: str) -> Thresho
     return out
 
 
-def _selector(text: Any, where: str) -> tuple[tuple[str, str], ...]:
+def _selector(text: Any, where: str) -> Selector:
     if not isinstance(text, str) or not text.strip():
         raise PolicyError(f'{where}: must be a label selector such as "env=prod"')
-    pairs = []
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip().lower()
-        if not sep or not _LABEL.fullmatch(key) or not _LABEL.fullmatch(value):
-            raise PolicyError(f"{where}: {part.strip()!r} is not key=value")
-        pairs.append((key, value))
-    return tuple(pairs)
+    try:
+        return parse_selector(text, allowed=_LABEL)
+    except ValueError as err:
+        raise PolicyError(f"{where}: {err}") from None
 
 
 def _rule(raw: Any, n: int) -> Rule:

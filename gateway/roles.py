@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.action import RUNTIMES, Action, Verb
+from gateway.selector import Selector, parse_selector, selector_matches
 
 __all__ = ["METHOD_ROLES", "AccessDeniedError", "Grant", "Roles", "RolesError"]
 
@@ -79,7 +80,7 @@ class Grant:
     roles: frozenset[str]
     verbs: frozenset[str]  # empty: every verb
     runtimes: frozenset[str]  # empty: every runtime
-    selectors: tuple[tuple[tuple[str, str], ...], ...]  # any one must match; empty: any target
+    selectors: tuple[Selector, ...]  # any one must match; empty: any target
 
 
 def _strings(value: Any, where: str, allowed: frozenset[str] | None = None) -> frozenset[str]:
@@ -94,23 +95,11 @@ def _strings(value: Any, where: str, allowed: frozenset[str] | None = None) -> f
     return frozenset(value)
 
 
-def _selector(text: str, where: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise RolesError(f"{where}: {part.strip()!r} is not key=value")
-        pairs.append((key.strip(), value.strip().lower()))
-    return tuple(pairs)
-
-
-def _label(labels: Mapping[str, str], key: str) -> str | None:
-    for name in {"env": ("env", "environment"), "environment": ("environment", "env")}.get(
-        key, (key,)
-    ):
-        if name in labels:
-            return labels[name].strip().lower()
-    return None
+def _selector(text: str, where: str) -> Selector:
+    try:
+        return parse_selector(text)
+    except ValueError as err:
+        raise RolesError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -183,7 +172,5 @@ class Roles:
             raise AccessDeniedError(
                 identity, what, f"runtime {action.target.runtime} is not granted"
             )
-        if grant.selectors and not any(
-            all(_label(labels, k) == v for k, v in sel) for sel in grant.selectors
-        ):
+        if grant.selectors and not any(selector_matches(sel, labels) for sel in grant.selectors):
             raise AccessDeniedError(identity, what, "the target is outside its granted scopes")
