@@ -100,7 +100,7 @@ class Rule:
     selector: Selector  # label equalities, all must hold
     forbid: bool = False
     approvals: int = 0  # at least this many approvers for what matches
-    overrides: Mapping[str, Any] = field(default_factory=dict)  # threshold keys
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # typed threshold settings
 
     def matches(self, p: PolicyInput) -> bool:
         if self.verbs and p.verb not in self.verbs:
@@ -158,7 +158,8 @@ _CHOICES = {
 }
 
 
-def _thresholds(raw: Mapping[str, Any], base: Thresholds, where: str) -> Thresholds:
+def _settings(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Threshold settings from a policy table, typed and checked one by one."""
     values: dict[str, Any] = {}
     for key, value in raw.items():
         at = f"{where}.{key}"
@@ -173,6 +174,11 @@ def _thresholds(raw: Mapping[str, Any], base: Thresholds, where: str) -> Thresho
         else:
             known = ", ".join(sorted([*_THRESHOLD_KEYS, *_CHOICES, "reason_required"]))
             raise PolicyError(f"{at}: unknown setting (known: {known})")
+    return values
+
+
+def _apply(base: Thresholds, values: Mapping[str, Any], where: str) -> Thresholds:
+    """``base`` with typed ``values`` laid over it, checked as a whole."""
     out = replace(base, **values)
     if out.execute_below > out.approve_below:
         raise PolicyError(f"{where}: execute_below must not exceed approve_below")
@@ -219,8 +225,9 @@ def _rule(raw: Any, n: int) -> Rule:
         raise PolicyError(f"{where}.forbid: must be true or false")
     approvals = _count(raw["approvals"], f"{where}.approvals") if "approvals" in raw else 0
     rest = {k: v for k, v in raw.items() if k not in ("name", "match", "forbid", "approvals")}
-    _thresholds(rest, Thresholds(), where)  # validate the overrides now, with their names
-    return Rule(name, frozenset(verbs), runtime, selector, forbid, approvals, rest)
+    overrides = _settings(rest, where)  # typed once here, laid over the thresholds per call
+    _apply(Thresholds(), overrides, where)
+    return Rule(name, frozenset(verbs), runtime, selector, forbid, approvals, overrides)
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class Policy:
             raise PolicyError(f"{source}: rules must be an array of tables ([[rules]])")
         return cls(
             id=hashlib.sha256(raw).hexdigest(),
-            defaults=_thresholds(defaults, Thresholds(), "defaults"),
+            defaults=_apply(Thresholds(), _settings(defaults, "defaults"), "defaults"),
             rules=tuple(_rule(r, n) for n, r in enumerate(rules)),
             source=source,
         )
@@ -269,7 +276,7 @@ class Policy:
         matched = [r for r in self.rules if r.matches(p)]
         t = self.defaults
         for rule in matched:
-            t = _thresholds(rule.overrides, t, rule.name)
+            t = _apply(t, rule.overrides, rule.name)
         for rule in matched:
             if rule.forbid:
                 reason = f"{p.verb} is forbidden here by rule {rule.name!r}"
