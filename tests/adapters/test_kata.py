@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 from _events import drain
+from _process import stop
 
 from adapters.action import Action, PowerState, Reversibility, Target
 from adapters.errors import (
@@ -141,12 +141,7 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                            capture_output=True)  # fmt: skip
         yield sock
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         # runc's shims outlive containerd by design; the tests' sandboxes are gone by now.
         subprocess.run(["pkill", "-f", f"containerd-shim-runc-v2 -namespace {NAMESPACE}"],
                        check=False)  # fmt: skip

@@ -17,7 +17,6 @@ import asyncio
 import grp
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -28,6 +27,7 @@ import libvirt
 import pytest
 from _events import drain
 from _guest import Guest, build_guest
+from _process import stop
 
 from adapters.action import Action, PowerState, Target
 from adapters.errors import ConflictError
@@ -49,16 +49,6 @@ def _answers() -> bool:
     except libvirt.libvirtError:
         return False
     return True
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 class Daemons:
@@ -85,14 +75,14 @@ class Daemons:
         assert "libvirtd" in self.procs, (
             "a libvirtd that these tests did not start is running; stop it to test restarts"
         )
-        _stop(self.procs["libvirtd"])
+        stop(self.procs["libvirtd"])
         self.start("libvirtd")
         self.wait_ready()
 
     def stop_all(self) -> None:
         for name in ("libvirtd", "virtlogd"):
             if name in self.procs:
-                _stop(self.procs[name])
+                stop(self.procs[name])
 
 
 @pytest.fixture(scope="module")
