@@ -6,6 +6,7 @@ Sub-commands::
     govgate ledger append|query|checkpoint|proof|consistency|export|verify|hmac
     govgate model train|list|activate|verify|card|explain   the risk model
     govgate certs init                       a local CA and mTLS certificates
+    govgate serve                           the gateway (gRPC with mTLS)
     govgate demo                            the embedded-defaults walkthrough
 
 Machine-readable results go to standard output (JSON, or JSON lines for
@@ -386,6 +387,74 @@ def certs_init(
     for name, p in paths.items():
         who = "" if name == "ca" else f"  identity {identity_of(p.cert.read_bytes())}"
         err.print(f"{name:<10} {p.cert}  (key {p.key}, mode 0600){who}", soft_wrap=True)
+
+
+@app.command("serve")
+def serve(
+    data: DataOpt,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="GOVGATE_CONFIG",
+            help="Configuration file (TOML; default: embedded defaults).",
+        ),
+    ] = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on (default 127.0.0.1:7443).")
+    ] = None,
+    policy: Annotated[Path | None, typer.Option(help="Policy file (TOML).")] = None,
+    roles: Annotated[Path | None, typer.Option(help="Roles file (TOML).")] = None,
+    shadow: Annotated[
+        bool | None,
+        typer.Option(
+            "--shadow/--enforce",
+            help="Shadow mode: decide and record every proposal, never execute.",
+        ),
+    ] = None,
+    libvirt_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--libvirt-uri",
+            help='libvirt connection URI ("samples": the test driver with sample VMs).',
+        ),
+    ] = None,
+    port_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the bound port here once listening (for --listen :0)."),
+    ] = None,
+) -> None:
+    """Run the gateway: the gRPC API with mTLS over the configured runtimes (docs/serve.md).
+
+    Needs a signing key (govgate keys generate) and certificates (govgate certs init) in
+    the data directory. Stops cleanly on SIGTERM or Ctrl-C.
+    """
+    from adapters.libvirt import LibvirtConfig
+    from gateway.config import ConfigError, ServeConfig
+    from gateway.policy import PolicyError
+    from gateway.roles import RolesError
+    from gateway.serve import serve as run
+
+    def ready(port: int) -> None:
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(f"{port}\n")
+            tmp.replace(port_file)
+
+    try:
+        cfg = ServeConfig.load(config, data=data)
+        lv = None
+        if libvirt_uri is not None:
+            lv = LibvirtConfig(**{**(cfg.libvirt or LibvirtConfig()).__dict__, "uri": libvirt_uri})
+        cfg = cfg.with_flags(
+            listen=listen, policy=policy and policy.resolve(), roles=roles and roles.resolve(),
+            shadow=shadow, libvirt=lv,
+        )  # fmt: skip
+        asyncio.run(run(cfg, say=lambda line: err.print(escape(line), soft_wrap=True),
+                        ready=ready))  # fmt: skip
+    except (ConfigError, PolicyError, RolesError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 @app.command("demo")

@@ -31,6 +31,7 @@ from gateway._proto.govgate.v1 import (
 from gateway.identity import init_certs
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
+from gateway.samples import NODE
 from gateway.server import TlsFiles, start_server
 from ledger import DataDir, LedgerConfig
 
@@ -62,31 +63,6 @@ match = { selector = "env=dev" }
 execute_below = 0.6
 """
 
-
-def _domain(name: str, env: str, crit: str, vcpus: int, max_vcpus: int, mib: int,
-            dependents: int, running: bool = True) -> str:  # fmt: skip
-    state = "" if running else "<test:runstate>5</test:runstate>"
-    return (
-        "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
-        f"<name>{name}</name><memory unit='MiB'>{mib * 2}</memory>"
-        f"<currentMemory unit='MiB'>{mib}</currentMemory>"
-        f"<vcpu current='{vcpus}'>{max_vcpus}</vcpu><os><type arch='x86_64'>hvm</type></os>"
-        "<metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>"
-        f"<label key='environment'>{env}</label><label key='criticality'>{crit}</label>"
-        f"<label key='dependents'>{dependents}</label></govgate:labels></metadata>"
-        f"<devices/>{state}</domain>"
-    )
-
-
-NODE = (
-    "<node>"
-    + _domain("web-1", "staging", "low", 2, 8, 4096, 1)
-    + _domain("web-2", "staging", "medium", 2, 8, 4096, 2)
-    + _domain("api-1", "prod", "high", 4, 16, 8192, 6)
-    + _domain("db-1", "prod", "critical", 8, 16, 32768, 12, running=False)
-    + _domain("dev-1", "dev", "low", 1, 4, 2048, 0)
-    + "</node>"
-)
 
 # (verb, domain, parameters, engine confidence, justification)
 SCRIPT: list[tuple[str, str, dict[str, str], float, str]] = [

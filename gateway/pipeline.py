@@ -32,11 +32,11 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.action import Action, Reversibility, RuntimeState, Target
 from adapters.errors import AdapterError, NotFoundError
-from adapters.runtime import Outcome, RuntimeAdapter
+from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter
 from explain.batcher import MicroBatcher
 from explain.errors import ModelUnavailableError
 from explain.explanation import Explanation
@@ -51,8 +51,11 @@ from gateway.errors import (
 )
 from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.roles import AccessDeniedError, Roles
-from gateway.selector import Selector, selector_matches
+from gateway.selector import Selector, parse_selector, selector_matches
 from ledger import Draft, Ledger, LedgerError
+
+if TYPE_CHECKING:
+    from gateway.recovery import Replayed
 
 __all__ = ["Decision", "Gateway", "Halt"]
 
@@ -61,6 +64,13 @@ _MAX_REQUEST_ID = 128
 
 def _utc(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _plan_record(plan: Plan) -> dict[str, Any]:
+    """What a restart needs to reconcile or revert ``plan`` (the action and the state before
+    it are in the decision record already)."""
+    return {"plan_id": plan.id, "desired": dict(plan.desired), "undo": dict(plan.undo),
+            "reversibility": plan.reversibility.value}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,13 @@ class Halt:
         return {"all": self.all, "runtime": self.runtime,
                 "selector": ",".join(f"{k}={v}" for k, v in self.selector)}  # fmt: skip
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Halt:
+        """The scope as :meth:`to_json` wrote it in a ``halt`` or ``resume`` record."""
+        selector = str(obj.get("selector") or "")
+        return cls(all=bool(obj.get("all")), runtime=str(obj.get("runtime") or ""),
+                   selector=parse_selector(selector) if selector else ())  # fmt: skip
+
 
 @dataclass
 class Decision:
@@ -115,6 +132,7 @@ class Decision:
     leaf_hash: bytes = b""
     outcome: dict[str, Any] | None = None
     reviews: list[dict[str, Any]] = field(default_factory=list)
+    plan: Plan | None = None  # recorded before it runs, so a restart can reconcile it
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -146,6 +164,7 @@ class Gateway:
         self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outcomes: dict[str, Outcome] = {}  # what revert needs, by decision id
+        self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
 
     # -- recording ---------------------------------------------------------------------
 
@@ -176,6 +195,65 @@ class Gateway:
         )
         self.policy = policy
         return int(rec.index)
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def restore(self, state: Replayed) -> None:
+        """Take the state the ledger records (:mod:`gateway.recovery`) as this gateway's own."""
+        self.decisions = state.decisions
+        self._by_request = state.by_request
+        self._pending = state.pending
+        self._halts = list(state.halts)
+        self._outcomes = state.outcomes
+        self._recent = state.recent
+
+    async def finish_interrupted(self, state: Replayed) -> list[Decision]:
+        """Give every decision a crash left without an outcome one, from the runtime's real
+        state; nothing runs again. Returns the decisions it finished."""
+        for d in state.unfinished:
+            d.state, body = await self._reconcile(d)
+            rec = await self._record(
+                Draft("outcome", body, trace_id=d.trace_id, target=str(d.action.target),
+                      decision_id=d.decision_id)
+            )  # fmt: skip
+            d.outcome = body | {"ledger_index": rec.index}
+            d.changed.set()
+        for d in state.rollbacks:
+            detail = "the gateway stopped during the rollback; check the target"
+            body = {"status": "unknown", "rollback": True, "recovered": True, "detail": detail}
+            await self._record(
+                Draft("outcome", body, target=str(d.action.target), decision_id=d.decision_id,
+                      trace_id=d.trace_id)
+            )  # fmt: skip
+            d.reasons.append("a rollback was interrupted by a restart; its effect is unknown")
+        return [*state.unfinished, *state.rollbacks]
+
+    async def _reconcile(self, d: Decision) -> tuple[str, dict[str, Any]]:
+        """(state, outcome body) for a decision that may or may not have run before a crash."""
+        if d.plan is None:
+            detail = "the gateway stopped before it could plan the action; nothing ran"
+            return "FAILED", {"status": "failed", "detail": detail, "recovered": True}
+        body: dict[str, Any] = {"plan_id": d.plan.id, "recovered": True}
+        adapter = self.adapters.get(d.action.target.runtime)
+        if adapter is None:
+            detail = f"no {d.action.target.runtime} adapter to reconcile with; check the target"
+            return "FAILED", body | {"status": "unknown", "detail": detail}
+        try:
+            seen = await adapter.reconcile(d.plan)
+        except AdapterError as err:
+            detail = f"could not reconcile after a restart: {err}"
+            return "FAILED", body | {"status": "unknown", "detail": detail}
+        body["after"] = seen.state.to_record()
+        if not seen.took_effect:
+            status = "failed" if seen.took_effect is False else "unknown"
+            detail = f"reconciled after a restart: {seen.detail}; not retried"
+            return "FAILED", body | {"status": status, "detail": detail}
+        self._outcomes[d.decision_id] = Outcome(
+            d.plan, OutcomeStatus.APPLIED, seen.state, seen.detail
+        )
+        reversible = d.plan.reversibility is Reversibility.REVERSIBLE
+        detail = f"reconciled after a restart: {seen.detail}"
+        return "EXECUTED", body | {"status": "applied", "detail": detail, "reversible": reversible}
 
     # -- propose -----------------------------------------------------------------------
 
@@ -236,10 +314,11 @@ class Gateway:
         )
         target = action.target
         halt = next((h for h in self._halts if h.covers(target, None)), None)
-        state = RuntimeState()
+        state, described = RuntimeState(), False
         if halt is None:
             try:
                 state = await self.adapters[target.runtime].describe(target)
+                described = True
             except NotFoundError as err:
                 raise InvalidRequestError(str(err), field="action.target.resource") from err
             except AdapterError as err:
@@ -278,6 +357,7 @@ class Gateway:
                 )  # fmt: skip
             else:
                 d.state = "EXECUTING"
+                await self._plan(d, state if described else None)
         body: dict[str, Any] = {
             "request_id": request_id,
             "action": action.to_record(),
@@ -293,6 +373,12 @@ class Gateway:
         }
         if d.explanation is not None:
             body.update(d.explanation.to_record())
+        pending = self._pending.get(d.decision_id)
+        if pending is not None:
+            body["deadline"] = _utc(pending.deadline)
+            body["reason_required"] = pending.reason_required
+        if d.plan is not None:
+            body["plan"] = _plan_record(d.plan)
         rec = await self._record(
             Draft("decision", body, trace_id=trace_id, actor=requester, target=str(target),
                   decision_id=d.decision_id)
@@ -321,10 +407,21 @@ class Gateway:
 
     # -- execute -----------------------------------------------------------------------
 
+    async def _plan(self, d: Decision, state: RuntimeState | None = None) -> None:
+        """Plan ``d`` before the record that lets it run, so that the record carries the plan
+        (a restart reconciles it). A plan the adapter refuses is left out: ``_execute`` then
+        records the failure, and nothing runs."""
+        try:
+            d.plan = await self.adapters[d.action.target.runtime].plan(d.action, state)
+        except AdapterError as err:
+            d.plan, self._plan_errors[d.decision_id] = None, err
+
     async def _execute(self, d: Decision) -> None:
         adapter = self.adapters[d.action.target.runtime]
         try:
-            plan = await adapter.plan(d.action)
+            if d.plan is None:
+                raise self._plan_errors.pop(d.decision_id)
+            plan = d.plan
             outcome = await adapter.execute(plan)
         except AdapterError as err:
             d.state = "FAILED"
@@ -384,10 +481,14 @@ class Gateway:
         except ApprovalError as err:
             raise ReviewRefusedError(err.code, str(err)) from err
         kind = "approval" if approve else "denial"
+        body: dict[str, Any] = {"reviewer": reviewer, "reason": reason, "digest": digest.hex()}
+        if result is ReviewOutcome.READY:  # this review lets it run: record the plan with it
+            await self._plan(d)
+            if d.plan is not None:
+                body["plan"] = _plan_record(d.plan)
         rec = await self._record(
-            Draft(kind, {"reviewer": reviewer, "reason": reason, "digest": digest.hex()},
-                  actor=reviewer, target=str(d.action.target), decision_id=decision_id,
-                  trace_id=d.trace_id)
+            Draft(kind, body, actor=reviewer, target=str(d.action.target),
+                  decision_id=decision_id, trace_id=d.trace_id)
         )  # fmt: skip
         p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
         d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,

@@ -1,6 +1,6 @@
 """The approval policy: from a risk score to execute, ask humans, or deny.
 
-A policy is a TOML file (``examples/policy.toml`` is the annotated example;
+A policy is a TOML file (``gateway/policies/default.toml`` is the annotated example;
 ``docs/policy.md`` the reference). Its id is the SHA-256 of the file's bytes:
 every decision names the policy it was made under, and activating a policy is
 a ledger record with that id.

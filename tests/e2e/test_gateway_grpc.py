@@ -34,7 +34,7 @@ from gateway.server import TlsFiles, start_server
 from ledger import DataDir, LedgerConfig
 from ledger.merkle import verify_inclusion
 
-EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
 NODE = """<node><domain type='test'><name>web-1</name>
   <memory unit='MiB'>8192</memory><currentMemory unit='MiB'>4096</currentMemory>
   <vcpu current='2'>8</vcpu><os><type arch='x86_64'>hvm</type></os>

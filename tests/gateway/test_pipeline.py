@@ -28,7 +28,7 @@ from ledger.export import export_ledger
 from ledger.store import RecordQuery
 from ledger.verify import verify_export
 
-EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
 ENGINE = "spiffe://govgate.local/engine-1"
 ALICE = "spiffe://govgate.local/alice"
 BOB = "spiffe://govgate.local/bob"

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.policy import Policy, PolicyError, PolicyInput, Verdict, VerdictKind
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,170 @@
+"""``govgate serve``'s configuration: a TOML file, then flags, then embedded defaults.
+
+Every setting has a default, so a data directory with a key and certificates
+is enough to serve. The annotated example is ``examples/govgate.toml``;
+``docs/serve.md`` is the reference. Relative paths in the file are read from
+the data directory. Errors name the key and what is wrong
+(:class:`ConfigError`).
+
+Example::
+
+    config = ServeConfig.load(Path("govgate.toml"), data=Path("/var/lib/govgate"))
+    config = config.with_flags(listen="127.0.0.1:0", shadow=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from adapters.kata import KataConfig
+from adapters.libvirt import LibvirtConfig
+from ledger import LedgerConfig
+
+__all__ = ["SAMPLE_DOMAINS", "ConfigError", "ServeConfig"]
+
+MAX_CONFIG_BYTES = 1 << 20
+SAMPLE_DOMAINS = "samples"  # libvirt uri: the test driver with govgate's sample domains
+
+
+class ConfigError(ValueError):
+    """A configuration is malformed; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data: Path
+    listen: str = "127.0.0.1:7443"
+    shadow: bool = False  # decide and record, never execute
+    ca: Path = Path("certs/ca.pem")  # clients must present a certificate issued by this CA
+    cert: Path = Path("certs/server.pem")
+    key: Path = Path("certs/server.key")
+    policy: Path | None = None  # None: the bundled example policy
+    roles: Path | None = None  # None: every authenticated identity may do everything
+    model: str = ""  # a model id or prefix from DATA/models; "": the active one
+    libvirt: LibvirtConfig | None = field(default_factory=lambda: LibvirtConfig(SAMPLE_DOMAINS))
+    kata: KataConfig | None = None
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    expiry_interval: float = 1.0  # seconds between sweeps for overdue approvals
+    grace: float = 10.0  # seconds in-flight calls get on shutdown
+
+    def path(self, p: Path) -> Path:
+        """``p`` read from the data directory when relative."""
+        return p if p.is_absolute() else self.data / p
+
+    def with_flags(self, **flags: Any) -> ServeConfig:
+        """This configuration with the flags that were given (``None``: not given)."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        listen = given.get("listen", self.listen)
+        try:
+            host, port = listen.rsplit(":", 1)
+            if not host or not 0 <= int(port) <= 65535:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"listen: {listen!r} is not HOST:PORT") from None
+        return replace(self, **given)
+
+    @classmethod
+    def load(cls, path: Path | None, *, data: Path) -> ServeConfig:
+        """The file's settings over the defaults; ``path=None``: the defaults alone."""
+        if path is None:
+            return cls(data=data)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            doc = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        return _parse(doc, data, str(path))
+
+
+_SECTIONS = ("server", "tls", "gateway", "ledger", "runtimes")
+
+
+def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _check(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(known)})")
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = table[key]
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{where}.{key}: must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
+    _check(doc, _SECTIONS, source)
+    out: dict[str, Any] = {}
+    server = _table(doc, "server", source)
+    _check(server, ("listen", "shadow", "grace"), f"{source}: server")
+    for key, kind in (("listen", str), ("shadow", bool), ("grace", float)):
+        if key in server:
+            out[key] = _get(server, key, kind, f"{source}: server")
+    tls = _table(doc, "tls", source)
+    _check(tls, ("ca", "cert", "key"), f"{source}: tls")
+    for key in ("ca", "cert", "key"):
+        if key in tls:
+            out[key] = Path(_get(tls, key, str, f"{source}: tls"))
+    gw = _table(doc, "gateway", source)
+    _check(gw, ("policy", "roles", "model", "expiry_interval"), f"{source}: gateway")
+    for key in ("policy", "roles"):
+        if key in gw:
+            out[key] = Path(_get(gw, key, str, f"{source}: gateway"))
+    if "model" in gw:
+        out["model"] = _get(gw, "model", str, f"{source}: gateway")
+    if "expiry_interval" in gw:
+        out["expiry_interval"] = _get(gw, "expiry_interval", float, f"{source}: gateway")
+    out["ledger"] = _ledger(_table(doc, "ledger", source), f"{source}: ledger")
+    runtimes = _table(doc, "runtimes", source)
+    _check(runtimes, ("libvirt", "kata"), f"{source}: runtimes")
+    if runtimes:  # naming runtimes replaces the default (libvirt with sample domains)
+        out["libvirt"] = _runtime(runtimes, "libvirt", LibvirtConfig, f"{source}: runtimes")
+        out["kata"] = _runtime(runtimes, "kata", KataConfig, f"{source}: runtimes")
+    try:
+        config = ServeConfig(data=data, **out)
+        return config.with_flags()  # checks listen
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _ledger(table: Mapping[str, Any], where: str) -> LedgerConfig:
+    kinds = {"checkpoint_every": int, "checkpoint_interval": float, "max_batch": int,
+             "max_pending": int}  # fmt: skip
+    _check(table, tuple(kinds), where)
+    try:
+        return LedgerConfig(**{k: _get(table, k, kinds[k], where) for k in table})
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _runtime(tables: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
+    if name not in tables:
+        return None
+    table = tables[name]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}.{name}: must be a table")
+    _check(table, tuple(f.name for f in dataclasses.fields(cls)), f"{where}.{name}")
+    try:
+        return cls(**table)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}.{name}: {err}") from None

@@ -1,0 +1,287 @@
+"""Start-up: the gateway's state rebuilt from its own ledger.
+
+The ledger is the gateway's memory. Everything the gateway keeps in process
+(the decisions and their request ids, pending approvals with the reviews
+they have, halts in force, what a rollback needs, the recent-activity counts)
+is a function of the records it wrote, so a restarted gateway reads them
+back (:class:`Replay`) instead of forgetting:
+
+* a repeated ``request_id`` still returns the first decision and never runs
+  it again;
+* an approval given before the restart still counts, and the deadline still
+  holds;
+* a halt stays on until someone resumes it.
+
+What a crash interrupted is finished by :meth:`gateway.pipeline.Gateway.recover`:
+a decision that was allowed to run (its ``decision`` record, or the approval
+that completed it, carries the plan) but has no ``outcome`` record is
+reconciled against the runtime (the adapter's ``reconcile``) and gets one.
+Nothing is executed again: an action that did not take effect is recorded as
+failed, not retried.
+
+A record this module cannot read (a body written by hand with
+``govgate ledger append``, say) is skipped and named in :attr:`Replayed.skipped`;
+it never stops the gateway from starting.
+
+Example::
+
+    replay = Replay()
+    async for rec in records:          # every record, in index order
+        replay.feed(rec)
+    state = replay.result()
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.action import Action, Reversibility, RuntimeState
+from adapters.errors import AdapterError
+from adapters.runtime import Outcome, OutcomeStatus, Plan
+from explain.explanation import Explanation
+from explain.features import FEATURE_NAMES, Context, featurize
+from gateway.approvals import ApprovalError, Pending, ReviewOutcome
+from gateway.pipeline import Decision, Gateway, Halt
+from ledger.record import Record, parse_time
+from ledger.store import RecordQuery
+
+__all__ = ["Replay", "Replayed", "recover"]
+
+_RECENT = dt.timedelta(hours=1)  # the featurizer's "recent actions" window
+
+
+@dataclass
+class Replayed:
+    """The gateway's state as its ledger records it."""
+
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    by_request: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    halts: list[Halt] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # what rollback needs
+    recent: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    unfinished: list[Decision] = field(default_factory=list)  # allowed to run, no outcome yet
+    rollbacks: list[Decision] = field(default_factory=list)  # a rollback with no outcome yet
+    policy_id: str = ""  # of the last ``policy`` record
+    records: int = 0
+    skipped: list[str] = field(default_factory=list)  # "record 12 (decision): why"
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise _Unreadable(f"{key} is not a string")
+    return value
+
+
+def _plan(action: Action, before: RuntimeState, obj: Any) -> Plan:
+    if not isinstance(obj, Mapping):
+        raise _Unreadable("plan is not an object")
+    try:
+        return Plan(
+            id=str(obj["plan_id"]),
+            action=action,
+            before=before,
+            desired=dict(obj["desired"]),
+            undo=dict(obj["undo"]),
+            reversibility=Reversibility(obj["reversibility"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Unreadable(f"plan: {err}") from None
+
+
+def _explanation(
+    body: Mapping[str, Any], action: Action, state: RuntimeState, at: dt.datetime
+) -> Explanation | None:
+    if "risk" not in body:
+        return None
+    try:
+        contributions = {n: float(body["contributions"][n]) for n in FEATURE_NAMES}
+        vector = featurize(action, state, Context(now=at))
+        return Explanation(
+            risk=float(body["risk"]),
+            base_value=float(body["base_value"]),
+            contributions=contributions,
+            values={n: float(v) for n, v in zip(FEATURE_NAMES, vector, strict=True)},
+            model_id=_text(body, "model_id"),
+            schema_version=_text(body, "schema_version"),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Unreadable(f"explanation: {err}") from None
+
+
+class Replay:
+    """Feed every record in index order; :meth:`result` is the state they add up to."""
+
+    def __init__(self, now: dt.datetime | None = None) -> None:
+        self._now = now or dt.datetime.now(dt.UTC)
+        self._state = Replayed()
+        self._before: dict[str, RuntimeState] = {}  # the described state, for plans
+        self._rolling: set[str] = set()  # decision ids with a rollback record, no outcome
+
+    def feed(self, rec: Record) -> None:
+        self._state.records += 1
+        handler = getattr(self, f"_on_{rec.kind}", None)
+        if handler is None:
+            return
+        try:
+            handler(rec)
+        except (_Unreadable, AdapterError, ValueError) as err:
+            self._state.skipped.append(f"record {rec.index} ({rec.kind}): {err}")
+
+    def result(self) -> Replayed:
+        s = self._state
+        s.unfinished = [d for d in s.decisions.values() if d.state == "EXECUTING"]
+        s.rollbacks = [s.decisions[i] for i in sorted(self._rolling)]
+        return s
+
+    def _decision(self, rec: Record) -> Decision:
+        d = self._state.decisions.get(rec.decision_id)
+        if d is None:
+            raise _Unreadable(f"no decision {rec.decision_id!r} before it")
+        return d
+
+    # -- one handler per record kind -----------------------------------------------------
+
+    def _on_decision(self, rec: Record) -> None:
+        b = rec.body
+        action = Action.from_json(b.get("action"), "action")
+        state = RuntimeState.from_json(b.get("state", {}), "state")
+        at = parse_time(_text(b, "scored_at") or rec.time)
+        verdict = _text(b, "verdict")
+        digest = bytes.fromhex(_text(b, "digest"))
+        reasons = b.get("reasons", [])
+        d = Decision(
+            decision_id=rec.decision_id,
+            request_id=_text(b, "request_id"),
+            requester=rec.actor,
+            action=action,
+            digest=digest,
+            state=verdict,
+            created=at,
+            trace_id=rec.trace_id,
+            dry_run=bool(b.get("dry_run")),
+            fallback=bool(b.get("fallback")),
+            policy_id=_text(b, "policy_id"),
+            reasons=[str(r) for r in reasons] if isinstance(reasons, list) else [],
+            approvals_required=int(b.get("approvals_required", 0)),
+            ledger_index=rec.index,
+            leaf_hash=rec.leaf_hash,
+        )
+        d.explanation = _explanation(b, action, state, at)
+        d.risk = None if d.explanation is None else d.explanation.risk
+        if "plan" in b:
+            d.plan = _plan(action, state, b["plan"])
+        if verdict == "PENDING_APPROVAL":
+            deadline = parse_time(_text(b, "deadline"))
+            self._state.pending[d.decision_id] = Pending(
+                d.decision_id, d.requester, digest, max(d.approvals_required, 1), deadline,
+                bool(b.get("reason_required", True)),
+            )  # fmt: skip
+        s = self._state
+        s.decisions[d.decision_id] = d
+        s.by_request[d.request_id] = d.decision_id
+        self._before[d.decision_id] = state
+        if self._now - at < _RECENT:
+            s.recent[str(action.target)].append(at.timestamp())
+
+    def _on_approval(self, rec: Record, approve: bool = True) -> None:
+        d = self._decision(rec)
+        p = self._state.pending.get(d.decision_id)
+        if p is None:
+            raise _Unreadable(f"decision {d.decision_id} was not pending")
+        b = rec.body
+        when = parse_time(rec.time)
+        try:
+            result = p.review(rec.actor, approve, _text(b, "reason"),
+                              bytes.fromhex(_text(b, "digest")), when)  # fmt: skip
+        except ApprovalError as err:
+            raise _Unreadable(f"the review does not apply: {err}") from None
+        d.reviews.append({"reviewer": rec.actor, "approved": approve, "reason": b.get("reason"),
+                          "ledger_index": rec.index, "time": rec.time})  # fmt: skip
+        if result is ReviewOutcome.DENIED:
+            d.state = "DENIED"
+            d.reasons.append(f"denied by {rec.actor}: {b.get('reason')}")
+        elif result is ReviewOutcome.READY:
+            d.state = "EXECUTING"
+            if "plan" in b:
+                d.plan = _plan(d.action, self._before[d.decision_id], b["plan"])
+        if result is not ReviewOutcome.WAITING:
+            del self._state.pending[d.decision_id]
+
+    def _on_denial(self, rec: Record) -> None:
+        self._on_approval(rec, approve=False)
+
+    def _on_expiry(self, rec: Record) -> None:
+        d = self._decision(rec)
+        self._state.pending.pop(d.decision_id, None)
+        d.state = "EXPIRED"
+
+    def _on_outcome(self, rec: Record) -> None:
+        d = self._decision(rec)
+        b = rec.body
+        status = _text(b, "status")
+        if b.get("rollback"):
+            self._rolling.discard(d.decision_id)
+            if status not in ("failed", "unknown"):
+                d.state = "ROLLED_BACK"
+                self._state.outcomes.pop(d.decision_id, None)
+            return
+        if status in ("failed", "unknown"):
+            d.state = "FAILED"
+        else:
+            d.state = "EXECUTED"
+            if d.plan is not None:
+                after = RuntimeState.from_json(b.get("after", {}), "after")
+                self._state.outcomes[d.decision_id] = Outcome(
+                    d.plan, OutcomeStatus(status), after, _text(b, "detail"), parse_time(rec.time)
+                )
+        d.outcome = dict(b) | {"ledger_index": rec.index}
+
+    def _on_rollback(self, rec: Record) -> None:
+        self._rolling.add(self._decision(rec).decision_id)
+
+    def _on_halt(self, rec: Record) -> None:
+        halt = Halt.from_json(rec.body.get("scope", {}))
+        if halt not in self._state.halts:
+            self._state.halts.append(halt)
+
+    def _on_resume(self, rec: Record) -> None:
+        halt = Halt.from_json(rec.body.get("scope", {}))
+        self._state.halts = [h for h in self._state.halts if h != halt]
+
+    def _on_policy(self, rec: Record) -> None:
+        self._state.policy_id = _text(rec.body, "policy_id")
+
+
+async def recover(gw: Gateway, *, page: int = 10_000,
+                  progress: Callable[[int, int], None] | None = None) -> Replayed:  # fmt: skip
+    """Rebuild ``gw``'s state from its ledger, then finish what a crash interrupted.
+
+    Reads every record once, in pages; ``progress(done, total)`` is called per page.
+    """
+    ledger = gw.ledger
+    total = (await ledger.store.snapshot())[0].size
+    replay = Replay()
+    after: int | None = None
+    while True:
+        batch = await ledger.store.query(RecordQuery(limit=page), after=after)
+        for rec in batch:
+            replay.feed(rec)
+        if not batch:
+            break
+        after = batch[-1].index
+        if progress is not None:
+            progress(after + 1, total)
+    state = replay.result()
+    gw.restore(state)
+    await gw.finish_interrupted(state)
+    return state

@@ -1,0 +1,154 @@
+"""``govgate serve``: one gateway process, from configuration to a listening mTLS server.
+
+Start-up, in order (each step says what it does on standard error):
+
+1. open the ledger in the data directory (it must have a signing key);
+2. open the runtime adapters and load the risk model (the active one in
+   ``DATA/models``, else the bundled default);
+3. rebuild the gateway's state from the ledger and finish what a crash
+   interrupted (:mod:`gateway.recovery`);
+4. activate the policy, writing a ``policy`` record when it differs from the
+   last one recorded;
+5. freeze the objects loaded so far out of the garbage collector's reach
+   (``gc.freeze``): otherwise full collections walk XGBoost's and NumPy's
+   objects and stall the event loop for tens of milliseconds under load;
+6. listen (mTLS, client certificates required), and sweep for overdue
+   approvals every ``expiry_interval`` seconds.
+
+SIGTERM or SIGINT stops it: no new calls, in-flight ones get ``grace``
+seconds, then the ledger signs its final checkpoint and closes.
+
+Example::
+
+    asyncio.run(serve(ServeConfig.load(None, data=Path("demo-data")), say=print))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from adapters.errors import AdapterError
+from adapters.kata import KataAdapter
+from adapters.libvirt import LibvirtAdapter, LibvirtConfig
+from adapters.runtime import RuntimeAdapter
+from explain.batcher import MicroBatcher
+from explain.registry import Registry
+from explain.scorer import Scorer
+from gateway.config import SAMPLE_DOMAINS, ConfigError, ServeConfig
+from gateway.errors import GatewayError
+from gateway.pipeline import Gateway
+from gateway.policy import Policy
+from gateway.recovery import recover
+from gateway.roles import Roles
+from gateway.samples import write_node
+from gateway.server import TlsFiles, start_server
+from ledger import DataDir
+
+__all__ = ["EXAMPLE_POLICY", "serve"]
+
+EXAMPLE_POLICY = Path(__file__).with_name("policies") / "default.toml"
+
+Say = Callable[[str], None]
+
+
+def _tls(config: ServeConfig) -> TlsFiles:
+    files = TlsFiles(config.path(config.ca), config.path(config.cert), config.path(config.key))
+    for f in (files.ca, files.cert, files.key):
+        if not f.is_file():
+            raise ConfigError(
+                f"no {f}: create certificates with `govgate certs init --data {config.data}` "
+                "or set [tls] in the configuration"
+            )
+    return files
+
+
+@contextlib.asynccontextmanager
+async def _adapters(config: ServeConfig, say: Say) -> AsyncIterator[dict[str, RuntimeAdapter]]:
+    async with contextlib.AsyncExitStack() as stack:
+        out: dict[str, RuntimeAdapter] = {}
+        if config.libvirt is not None:
+            lv = config.libvirt
+            if lv.uri == SAMPLE_DOMAINS:
+                node = write_node(config.data / "libvirt-node.xml")
+                lv = LibvirtConfig(**{**lv.__dict__, "uri": f"test://{node.resolve()}"})
+            out["libvirt"] = await stack.enter_async_context(LibvirtAdapter(lv))
+            say(f"runtime libvirt: {lv.uri}")
+        if config.kata is not None:
+            out["kata"] = await stack.enter_async_context(KataAdapter(config.kata))
+            say(f"runtime kata: containerd at {config.kata.address}")
+        if not out:
+            raise ConfigError("no runtime is configured: add [runtimes.libvirt] or [runtimes.kata]")
+        yield out
+
+
+async def serve(
+    config: ServeConfig,
+    *,
+    say: Say,
+    ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set); ``ready(port)`` once listening."""
+    tls = _tls(config)
+    policy = Policy.load(config.path(config.policy) if config.policy else EXAMPLE_POLICY)
+    roles = Roles.load(config.path(config.roles)) if config.roles else None
+    data = DataDir(config.data)
+    data.signer()  # refuse early, with the key file's own error, when there is no key
+    model = Registry(config.data / "models").load(config.model or None)
+    async with (
+        data.open_ledger(config.ledger) as ledger,
+        _adapters(config, say) as adapters,
+        MicroBatcher(Scorer(model)) as batcher,
+    ):
+        say(f"ledger {data.db_path} ({ledger.origin}); model {model.id[:16]}")
+        gw = Gateway(ledger, adapters, batcher, policy, shadow=config.shadow, roles=roles)
+        state = await recover(gw)
+        say(f"rebuilt from {state.records} records: {len(state.decisions)} decisions, "
+            f"{len(state.pending)} pending, {len(state.halts)} halts")  # fmt: skip
+        for line in state.skipped:
+            say(f"skipped {line}")
+        for d in [*state.unfinished, *state.rollbacks]:
+            say(f"finished {d.decision_id} after the restart: {d.state}")
+        if state.policy_id != policy.id:
+            index = await gw.activate_policy(policy, actor="govgate serve")
+            say(f"policy {policy.id[:16]} activated (record {index})")
+        if config.shadow:
+            say("shadow mode: decisions are made and recorded, never executed")
+        gc.collect()
+        gc.freeze()
+        host, _, port = config.listen.rpartition(":")
+        server, bound = await start_server(gw, tls, host=host, port=int(port))
+        say(f"listening on {host}:{bound} (mTLS)")
+        if ready is not None:
+            ready(bound)
+        sweeper = asyncio.create_task(_sweep(gw, config.expiry_interval, say))
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            say(f"stopping: in-flight calls get {config.grace:g}s")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            sweeper.cancel()
+            await server.stop(config.grace)
+    say("stopped; the ledger is closed")
+
+
+async def _sweep(gw: Gateway, every: float, say: Say) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            expired = await gw.expire_overdue()
+        except (GatewayError, AdapterError, OSError) as err:  # the next sweep tries again
+            say(f"expiry sweep failed: {err}")
+            continue
+        if expired:
+            say(f"{expired} pending decision(s) expired")

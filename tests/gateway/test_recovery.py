@@ -1,0 +1,207 @@
+"""A restarted gateway rebuilds its state from its ledger and finishes what a crash cut short.
+
+Each test runs one gateway, stops it (cleanly, or by an exception at the exact
+point a crash would hit), and starts a second one on the same ledger file and
+the same libvirt test-driver connection, which stands for the runtime that
+outlives the gateway. The process-kill version is in tests/e2e/test_serve.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_pipeline import ALICE, APPROVE_ALL, BOB, ENGINE, EXAMPLE_POLICY, NODE, act
+
+from adapters.action import Target
+from adapters.libvirt import LibvirtAdapter, LibvirtConfig
+from explain.batcher import MicroBatcher
+from explain.registry import Registry
+from explain.scorer import Scorer
+from gateway.pipeline import Gateway, Halt
+from gateway.policy import Policy
+from gateway.recovery import Replay, recover
+from gateway.selector import parse_selector
+from ledger import DataDir, Draft, LedgerConfig
+from ledger.export import export_ledger
+from ledger.store import RecordQuery
+from ledger.verify import verify_export
+
+CONFIG = LedgerConfig(checkpoint_every=0, checkpoint_interval=0)
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing after it runs, nothing catches it."""
+
+
+@dataclass
+class Runtime:
+    data: DataDir
+    lv: LibvirtAdapter
+    batcher: MicroBatcher
+    tmp: Path
+
+    @contextlib.asynccontextmanager
+    async def gateway(self, policy: bytes | None = None) -> AsyncIterator[Gateway]:
+        path = self.tmp / "policy.toml"
+        if policy is None:
+            path.write_bytes(EXAMPLE_POLICY.read_bytes())
+        else:
+            path.write_bytes(policy)
+        async with self.data.open_ledger(CONFIG) as ledger:
+            yield Gateway(ledger, {"libvirt": self.lv}, self.batcher, Policy.load(path))
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    data = DataDir(tmp_path / "data")
+    data.generate_key("example.com/govgate")
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with (
+        LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=0)) as lv,
+        MicroBatcher(Scorer(Registry(tmp_path / "models").load())) as batcher,
+    ):
+        yield Runtime(data, lv, batcher, tmp_path)
+
+
+async def kinds(gw: Gateway, decision_id: str) -> list[str]:
+    return [r.kind for r in await gw.ledger.store.query(RecordQuery(decision_id=decision_id))]
+
+
+async def verify(gw: Gateway, rt: Runtime) -> None:
+    out = rt.tmp / "export.jsonl"
+    await gw.ledger.checkpoint()
+    await export_ledger(gw.ledger, out)
+    assert verify_export(out, rt.data.signer().verifier).size > 0
+
+
+async def vcpus(rt: Runtime) -> int | None:
+    return (await rt.lv.describe(Target("libvirt", "web-1"))).vcpus
+
+
+async def test_a_restarted_gateway_keeps_request_ids_pending_reviews_and_halts(runtime: Runtime):
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        waiting = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        assert waiting.state == "PENDING_APPROVAL"
+        await gw.review(waiting.decision_id, ALICE, True, "fine", waiting.digest)
+        await gw.halt(Halt(selector=parse_selector("env=production")), "drill", ALICE)
+        before = await gw.ledger.store.snapshot()
+
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        state = await recover(gw)
+        assert state.skipped == []
+        assert (await gw.ledger.store.snapshot())[0] == before[0]  # nothing was left to finish
+        again = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        assert again.decision_id == waiting.decision_id
+        assert again.state == "PENDING_APPROVAL"
+        assert [d.decision_id for d in gw.pending()] == [waiting.decision_id]
+        with pytest.raises(Exception, match="already reviewed"):
+            await gw.review(waiting.decision_id, ALICE, True, "again", waiting.digest)
+        done = await gw.review(waiting.decision_id, BOB, True, "agreed", waiting.digest)
+        assert done.state == "EXECUTED", done.reasons
+        assert await vcpus(runtime) == 4
+        halted = await gw.propose("r-2", act("reboot", "db-1"), requester=ENGINE)
+        assert halted.state == "HALTED"
+        await verify(gw, runtime)
+
+
+async def test_a_decision_interrupted_after_it_ran_is_reconciled_not_rerun(runtime: Runtime):
+    async with runtime.gateway() as gw:
+        real_record = gw._record
+
+        async def crash_before_outcome(draft: Draft) -> Any:
+            if draft.kind == "outcome":
+                raise Crash
+            return await real_record(draft)
+
+        gw._record = crash_before_outcome  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+    assert await vcpus(runtime) == 4  # it ran; the outcome was never written
+
+    async with runtime.gateway() as gw:
+        state = await recover(gw)
+        [d] = state.unfinished
+        assert d.state == "EXECUTED"
+        assert d.outcome is not None
+        assert d.outcome["recovered"] is True
+        assert d.outcome["status"] == "applied"
+        assert await kinds(gw, d.decision_id) == ["decision", "outcome"]
+        again = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        assert again is d  # the same decision, not a second execution
+        assert await kinds(gw, d.decision_id) == ["decision", "outcome"]
+        rolled = await gw.rollback(d.decision_id, "too big", ALICE)  # the plan survived
+        assert rolled.state == "ROLLED_BACK"
+        assert await vcpus(runtime) == 2
+        await verify(gw, runtime)
+
+
+async def test_a_decision_interrupted_before_it_ran_is_recorded_failed_not_run(
+    runtime: Runtime,
+):
+    async with runtime.gateway() as gw:
+
+        async def crash(*args: Any, **kwargs: Any) -> Any:
+            raise Crash
+
+        runtime.lv.execute = crash  # type: ignore[method-assign]
+        try:
+            with pytest.raises(Crash):
+                await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        finally:
+            del runtime.lv.execute
+    assert await vcpus(runtime) == 2
+
+    async with runtime.gateway() as gw:
+        [d] = (await recover(gw)).unfinished
+        assert d.state == "FAILED"
+        assert d.outcome is not None
+        assert d.outcome["status"] == "failed"
+        assert "not retried" in d.outcome["detail"]
+        assert await vcpus(runtime) == 2  # and it was not run now either
+        await verify(gw, runtime)
+
+
+async def test_an_approval_that_completed_a_decision_carries_its_plan(runtime: Runtime):
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        await gw.review(d.decision_id, ALICE, True, "fine", d.digest)
+        real_record = gw._record
+
+        async def crash_before_outcome(draft: Draft) -> Any:
+            if draft.kind == "outcome":
+                raise Crash
+            return await real_record(draft)
+
+        gw._record = crash_before_outcome  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            await gw.review(d.decision_id, BOB, True, "agreed", d.digest)
+
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        [again] = (await recover(gw)).unfinished
+        assert again.state == "EXECUTED"
+        assert [r["reviewer"] for r in again.reviews] == [ALICE, BOB]
+        assert gw.pending() == []
+
+
+async def test_records_it_cannot_read_are_skipped_and_named(runtime: Runtime):
+    async with runtime.gateway() as gw:
+        await gw.ledger.append(Draft("decision", {"hand": "written"}, decision_id="d-x"))
+        await gw.ledger.append(Draft("approval", {"reason": "?"}, decision_id="d-nope"))
+        d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        replay = Replay()
+        for rec in await gw.ledger.store.query(RecordQuery()):
+            replay.feed(rec)
+        state = replay.result()
+        assert len(state.skipped) == 2
+        assert state.skipped[0].startswith("record 1 (decision)")
+        assert "no decision 'd-nope'" in state.skipped[1]
+        assert state.by_request == {"r-1": d.decision_id}
+        assert state.decisions[d.decision_id].state == "EXECUTED"
+        assert state.decisions[d.decision_id].risk == d.risk
