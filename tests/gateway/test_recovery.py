@@ -9,7 +9,6 @@ outlives the gateway. The process-kill version is in tests/e2e/test_serve.py.
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
