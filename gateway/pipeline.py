@@ -347,6 +347,10 @@ class Gateway:
             elif d.dry_run:
                 d.state = "DRY_RUN"
                 d.approvals_required = verdict.approvals
+                would = ("execute it" if verdict.kind is VerdictKind.EXECUTE
+                         else f"wait for {verdict.approvals} approval(s)")  # fmt: skip
+                mode = "shadow mode" if self.shadow else "dry run"
+                d.reasons.append(f"{mode}: recorded, not executed; enforcing would {would}")
             elif verdict.kind is VerdictKind.APPROVAL:
                 d.state = "PENDING_APPROVAL"
                 d.approvals_required = verdict.approvals
@@ -480,6 +484,13 @@ class Gateway:
             result = trial.review(reviewer, approve, reason, digest, now)
         except ApprovalError as err:
             raise ReviewRefusedError(err.code, str(err)) from err
+        if result is ReviewOutcome.READY:  # it would run now: the stop switch has the last word
+            halt = await self._halt_covering(d.action.target)
+            if halt is not None:
+                raise ReviewRefusedError(
+                    "halted",
+                    f"the stop switch for {halt.describe()} is on; approve after it is resumed",
+                )
         kind = "approval" if approve else "denial"
         body: dict[str, Any] = {"reviewer": reviewer, "reason": reason, "digest": digest.hex()}
         if result is ReviewOutcome.READY:  # this review lets it run: record the plan with it
@@ -504,6 +515,18 @@ class Gateway:
             await self._execute(d)
         d.changed.set()
         return d
+
+    async def _halt_covering(self, target: Target) -> Halt | None:
+        halt = next((h for h in self._halts if h.covers(target, None)), None)
+        if halt is None and any(h.selector for h in self._halts):
+            try:
+                labels = (await self.adapters[target.runtime].describe(target)).labels
+            except AdapterError as err:  # fail closed: it may be in a halted scope
+                raise ReviewRefusedError(
+                    "halted", f"cannot read {target}'s labels to check the stop switch: {err}"
+                ) from err
+            halt = next((h for h in self._halts if h.covers(target, labels)), None)
+        return halt
 
     async def rollback(self, decision_id: str, reason: str, actor: str) -> Decision:
         """Revert an executed, reversible decision through its adapter; recorded first."""

@@ -69,6 +69,7 @@ _REVIEW_CODES = {
     "reason-required": code_pb2.INVALID_ARGUMENT,
     "not-executed": code_pb2.FAILED_PRECONDITION,
     "irreversible": code_pb2.FAILED_PRECONDITION,
+    "halted": code_pb2.FAILED_PRECONDITION,
 }
 
 

@@ -1,0 +1,255 @@
+"""``govgate serve`` as a real process: configuration, restarts, a SIGKILL mid-decision, shadow.
+
+Each test runs the command line in a child process on a loopback port with
+mTLS, talks to it with the generated stubs, and stops it with SIGTERM (a
+clean stop must exit 0) or SIGKILL (a crash). The runtime is libvirt's test
+driver with the sample domains, which lives inside the gateway's process:
+after a restart the domains are as the sample file describes them, which is
+what lets a test see that a recovered decision was *not* run again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway._proto.govgate.v1 import (
+    decision_pb2,
+    decision_pb2_grpc,
+    oversight_pb2,
+    oversight_pb2_grpc,
+    types_pb2,
+)
+from gateway.identity import init_certs
+from ledger import DataDir
+
+HERE = Path(__file__).resolve().parent
+GOVGATE = [sys.executable, "-m", "gateway.cli"]
+# Staging executes at almost any risk; production always waits for one approver.
+POLICY = b"""version = 1
+[defaults]
+execute_below = 0.99
+approve_below = 1.0
+min_confidence = 0.0
+approval_ttl = "1h"
+
+[[rules]]
+name = "production waits for a person"
+match = { selector = "env=prod" }
+execute_below = 0.0
+"""
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    site: Site
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
+
+    def channel(self, who: str) -> grpc.Channel:
+        if who not in self.channels:
+            certs = self.site.data / "certs"
+            creds = grpc.ssl_channel_credentials(
+                (certs / "ca.pem").read_bytes(),
+                (certs / f"{who}.key").read_bytes(),
+                (certs / f"{who}.pem").read_bytes(),
+            )
+            self.channels[who] = grpc.secure_channel(f"localhost:{self.port}", creds)
+        return self.channels[who]
+
+    def decisions(self, who: str = "engine-1") -> decision_pb2_grpc.DecisionServiceStub:
+        return decision_pb2_grpc.DecisionServiceStub(self.channel(who))
+
+    def oversight(self, who: str = "alice") -> oversight_pb2_grpc.OversightServiceStub:
+        return oversight_pb2_grpc.OversightServiceStub(self.channel(who))
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()
+
+    def stop(self) -> int:
+        self.close()
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Site:
+    data: Path
+    tmp: Path
+    runs: list[Served] = field(default_factory=list)
+
+    def serve(self, *args: str, crash: bool = False) -> Served:
+        port_file = self.data / "port"
+        port_file.unlink(missing_ok=True)
+        log = self.tmp / f"serve-{len(self.runs)}.log"
+        cmd = [sys.executable, str(HERE / "_crash_server.py")] if crash else GOVGATE
+        with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                [*cmd, "serve", "--data", str(self.data), "--listen", "127.0.0.1:0",
+                 "--port-file", str(port_file), "--policy", str(self.tmp / "policy.toml"),
+                 *args],
+                stdout=subprocess.DEVNULL, stderr=sink, env={**os.environ, "COLUMNS": "200"},
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"govgate serve did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        served = Served(proc, int(port_file.read_text()), log, self)
+        self.runs.append(served)
+        return served
+
+    def verify_ledger(self) -> None:
+        export = self.tmp / "export.jsonl"
+        export.unlink(missing_ok=True)
+        run = [*GOVGATE, "ledger", "export", "--data", str(self.data), "--out", str(export)]
+        subprocess.run(run, check=True, capture_output=True, timeout=60)  # noqa: S603
+        key = DataDir(self.data).signer().verifier.key_string
+        done = subprocess.run(  # noqa: S603
+            [*GOVGATE, "ledger", "verify", str(export), "--key", key, "--quiet"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    data = tmp_path / "data"
+    DataDir(data).generate_key("example.com/govgate")
+    init_certs(data / "certs", ["engine-1", "alice"])
+    (tmp_path / "policy.toml").write_bytes(POLICY)
+    s = Site(data, tmp_path)
+    yield s
+    for served in s.runs:
+        served.close()
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+
+
+def propose(
+    request_id: str, verb: str, resource: str, **params: str
+) -> decision_pb2.ProposeRequest:
+    return decision_pb2.ProposeRequest(
+        request_id=request_id,
+        action=types_pb2.Action(
+            verb=verb, target=types_pb2.Target(runtime="libvirt", resource=resource),
+            parameters=params, justification="load forecast for the evening peak",
+            confidence=0.9, engine="autoscaler",
+        ),
+    )  # fmt: skip
+
+
+def state(d: types_pb2.Decision) -> str:
+    return types_pb2.DecisionState.Name(d.state)
+
+
+def test_a_restarted_gateway_keeps_decisions_pending_approvals_and_halts(site: Site):
+    first = site.serve()
+    done = first.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert state(done) == "EXECUTED", done.reasons
+    waiting = first.decisions().Propose(propose("r-2", "reboot", "api-1"), timeout=30)
+    assert state(waiting) == "PENDING_APPROVAL", waiting.reasons
+    prod = types_pb2.Scope(selector="env=prod")
+    first.oversight().Halt(oversight_pb2.HaltRequest(scope=prod, reason="drill"), timeout=30)
+    assert first.stop() == 0, first.output()
+    assert "stopped; the ledger is closed" in first.output()
+
+    second = site.serve()
+    assert "rebuilt from" in second.output()
+    again = second.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert (again.decision_id, state(again)) == (done.decision_id, "EXECUTED")
+    pending = second.oversight().ListPending(oversight_pb2.ListPendingRequest(), timeout=30)
+    assert [d.decision_id for d in pending.decisions] == [waiting.decision_id]
+    review = oversight_pb2.ReviewRequest(decision_id=waiting.decision_id, reason="checked",
+                                         request_digest=waiting.request_digest)  # fmt: skip
+    with pytest.raises(grpc.RpcError) as halted:  # the halt survived the restart
+        second.oversight().Approve(review, timeout=30)
+    assert halted.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "stop switch" in (halted.value.details() or "")
+    second.oversight().Resume(oversight_pb2.ResumeRequest(scope=prod, reason="over"), timeout=30)
+    approved = second.oversight().Approve(review, timeout=30)
+    assert state(approved) == "EXECUTED", approved.reasons
+    assert second.stop() == 0
+    site.verify_ledger()
+
+
+def test_a_crash_between_decision_and_outcome_is_finished_at_start_up(site: Site):
+    crashing = site.serve(crash=True)
+    with pytest.raises(grpc.RpcError) as lost:
+        crashing.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert lost.value.code() == grpc.StatusCode.UNAVAILABLE  # the caller saw no answer
+    assert crashing.proc.wait(timeout=30) == -signal.SIGKILL
+    crashing.close()
+
+    restarted = site.serve()
+    log = restarted.output()
+    assert "finished d-" in log
+    assert "FAILED" in log
+    d = restarted.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert state(d) == "FAILED"  # the engine's retry gets the recorded decision...
+    assert "not retried" in d.outcome.detail
+    get = decision_pb2.GetDecisionRequest(decision_id=d.decision_id)
+    assert restarted.decisions().GetDecision(get, timeout=30).decision_id == d.decision_id
+    # ... and nothing ran: web-1 still has the sample's 2 vCPUs, so a resize to 2 is a no-op
+    check = restarted.decisions().Propose(propose("r-2", "resize", "web-1", vcpus="2"), timeout=30)
+    assert "already" in check.outcome.status.lower() or "already" in check.outcome.detail.lower()
+    assert restarted.stop() == 0
+    site.verify_ledger()
+
+
+def test_shadow_mode_decides_and_records_but_never_executes(site: Site):
+    shadow = site.serve("--shadow")
+    assert "shadow mode" in shadow.output()
+    d = shadow.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert state(d) == "DRY_RUN"
+    assert any("shadow" in r for r in d.reasons), d.reasons
+    assert shadow.stop() == 0
+
+    live = site.serve()  # the same site enforcing: web-1 was never resized
+    check = live.decisions().Propose(propose("r-2", "resize", "web-1", vcpus="2"), timeout=30)
+    assert state(check) == "EXECUTED"
+    assert "already" in check.outcome.status.lower() or "already" in check.outcome.detail.lower()
+    assert live.stop() == 0
+    site.verify_ledger()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("[server]\nlisten = 7443\n", "server.listen: must be a str"),
+        ("[server]\nlisten = 'nowhere'\n", "'nowhere' is not HOST:PORT"),
+        ("[gateway]\npolcy = 'x.toml'\n", "gateway.polcy: unknown setting"),
+        ("[runtimes.libvirt]\nurl = 'test:///default'\n", "runtimes.libvirt.url: unknown"),
+        ("[ledger]\nmax_batch = 0\n", "max_batch must be in 1..65536"),
+        ("not toml [", "not valid TOML"),
+        ("[tls]\nca = 'missing.pem'\n", "govgate certs init"),
+    ],
+)
+def test_bad_configuration_is_refused_with_a_clear_error(site: Site, setup: str, message: str):
+    config = site.tmp / "govgate.toml"
+    config.write_text(setup)
+    done = subprocess.run(  # noqa: S603
+        [*GOVGATE, "serve", "--data", str(site.data), "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
