@@ -100,7 +100,7 @@ class Site:
         log = self.tmp / f"serve-{len(self.runs)}.log"
         cmd = [sys.executable, str(HERE / "_crash_server.py")] if crash else GOVGATE
         with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            proc = subprocess.Popen(
                 [*cmd, "serve", "--data", str(self.data), "--listen", "127.0.0.1:0",
                  "--port-file", str(port_file), "--policy", str(self.tmp / "policy.toml"),
                  *args],
@@ -120,9 +120,9 @@ class Site:
         export = self.tmp / "export.jsonl"
         export.unlink(missing_ok=True)
         run = [*GOVGATE, "ledger", "export", "--data", str(self.data), "--out", str(export)]
-        subprocess.run(run, check=True, capture_output=True, timeout=60)  # noqa: S603
+        subprocess.run(run, check=True, capture_output=True, timeout=60)
         key = DataDir(self.data).signer().verifier.key_string
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [*GOVGATE, "ledger", "verify", str(export), "--key", key, "--quiet"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -246,7 +246,7 @@ def test_shadow_mode_decides_and_records_but_never_executes(site: Site):
 def test_bad_configuration_is_refused_with_a_clear_error(site: Site, setup: str, message: str):
     config = site.tmp / "govgate.toml"
     config.write_text(setup)
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [*GOVGATE, "serve", "--data", str(site.data), "--config", str(config)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"},
     )  # fmt: skip
