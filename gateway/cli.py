@@ -462,13 +462,16 @@ def demo(
     data: Annotated[Path, typer.Option(help="Demo data directory.")] = Path("demo-data"),
     records: Annotated[int, typer.Option(min=1, max=1_000_000, help="Sample decisions.")] = 2000,
     writers: Annotated[int, typer.Option(min=1, max=1024, help="Concurrent writers.")] = 32,
+    pace: Annotated[
+        float, typer.Option(min=0, max=5, help="Seconds between the engine's proposals.")
+    ] = 0.3,
 ) -> None:
     """Walk through the ledger on embedded defaults: key, appends, proof, export, verify."""
     # Imported here: the demo scores with XGBoost, whose import (about a second) the
     # ledger and key commands, and the verifier's worker processes, should not pay.
     from gateway.demo import run_demo
 
-    raise typer.Exit(run_demo(data, records, writers, Console()))
+    raise typer.Exit(run_demo(data, records, writers, Console(), pace))
 
 
 def main() -> None:

@@ -118,10 +118,10 @@ def _sample(rng: random.Random, scored: list[_Scored]) -> list[Draft]:
             if s.example.label and rng.random() < 0.3:
                 drafts.append(draft("incident", {"harmful": True, "severity": "minor"}))
         if i == len(scored) // 2:
-            drafts.append(
-                Draft("halt", {"scope": "env=prod", "reason": "drill"}, actor="carol@sec")
-            )
-            drafts.append(Draft("resume", {"scope": "env=prod"}, actor="carol@sec"))
+            scope = {"all": False, "runtime": "", "selector": "env=prod"}
+            drafts.append(Draft("halt", {"scope": scope, "reason": "drill"}, actor="carol@sec"))
+            drafts.append(Draft("resume", {"scope": scope, "reason": "drill over"},
+                                actor="carol@sec"))  # fmt: skip
     return drafts
 
 
@@ -168,7 +168,7 @@ async def _prove(d: DataDir, index: int, con: Console) -> None:
     )
 
 
-def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
+def run_demo(data: Path, records: int, writers: int, con: Console, pace: float = 0.3) -> int:
     """Run the walkthrough in ``data``; return the process exit status."""
     d = DataDir(data)
     con.rule("[bold]govgate demo: risk scores, the gateway and the ledger")
@@ -195,7 +195,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console) -> int:
     last = asyncio.run(_append_stream(d, drafts, writers, con))
 
     con.print("\n[bold]4. The gateway: proposals over gRPC with mTLS[/bold]")
-    asyncio.run(gateway_walk(data, con))
+    asyncio.run(gateway_walk(data, con, pace))
 
     con.print("\n[bold]5. Inclusion proof (RFC 9162)[/bold]")
     asyncio.run(_prove(d, last.index // 2, con))

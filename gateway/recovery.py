@@ -68,6 +68,7 @@ class Replayed:
     rollbacks: list[Decision] = field(default_factory=list)  # a rollback with no outcome yet
     policy_id: str = ""  # of the last ``policy`` record
     records: int = 0
+    foreign: int = 0  # decision records no gateway wrote (no request id): left alone
     skipped: list[str] = field(default_factory=list)  # "record 12 (decision): why"
 
 
@@ -118,6 +119,13 @@ def _explanation(
         raise _Unreadable(f"explanation: {err}") from None
 
 
+def _scope(rec: Record) -> Halt:
+    scope = rec.body.get("scope")
+    if not isinstance(scope, Mapping):
+        raise _Unreadable("scope is not an object")
+    return Halt.from_json(scope)
+
+
 class Replay:
     """Feed every record in index order; :meth:`result` is the state they add up to."""
 
@@ -126,15 +134,17 @@ class Replay:
         self._state = Replayed()
         self._before: dict[str, RuntimeState] = {}  # the described state, for plans
         self._rolling: set[str] = set()  # decision ids with a rollback record, no outcome
+        self._foreign: set[str] = set()  # decision ids of records no gateway wrote
 
     def feed(self, rec: Record) -> None:
         self._state.records += 1
         handler = getattr(self, f"_on_{rec.kind}", None)
-        if handler is None:
+        if handler is None or rec.decision_id in self._foreign:
             return
         try:
             handler(rec)
-        except (_Unreadable, AdapterError, ValueError) as err:
+        except (_Unreadable, AdapterError, ValueError, TypeError, KeyError, AttributeError) as err:
+            # Whatever a record holds, it never stops the gateway from starting.
             self._state.skipped.append(f"record {rec.index} ({rec.kind}): {err}")
 
     def result(self) -> Replayed:
@@ -153,6 +163,10 @@ class Replay:
 
     def _on_decision(self, rec: Record) -> None:
         b = rec.body
+        if "request_id" not in b:  # appended by hand or by a tool, not by a gateway
+            self._foreign.add(rec.decision_id)
+            self._state.foreign += 1
+            return
         action = Action.from_json(b.get("action"), "action")
         state = RuntimeState.from_json(b.get("state", {}), "state")
         at = parse_time(_text(b, "scored_at") or rec.time)
@@ -250,12 +264,12 @@ class Replay:
         self._rolling.add(self._decision(rec).decision_id)
 
     def _on_halt(self, rec: Record) -> None:
-        halt = Halt.from_json(rec.body.get("scope", {}))
+        halt = _scope(rec)
         if halt not in self._state.halts:
             self._state.halts.append(halt)
 
     def _on_resume(self, rec: Record) -> None:
-        halt = Halt.from_json(rec.body.get("scope", {}))
+        halt = _scope(rec)
         self._state.halts = [h for h in self._state.halts if h != halt]
 
     def _on_policy(self, rec: Record) -> None:

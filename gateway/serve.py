@@ -54,6 +54,7 @@ __all__ = ["EXAMPLE_POLICY", "serve"]
 EXAMPLE_POLICY = Path(__file__).with_name("policies") / "default.toml"
 
 Say = Callable[[str], None]
+_SHOWN = 5  # unreadable records named one by one at start-up; the rest are counted
 
 
 def _tls(config: ServeConfig) -> TlsFiles:
@@ -110,8 +111,12 @@ async def serve(
         state = await recover(gw)
         say(f"rebuilt from {state.records} records: {len(state.decisions)} decisions, "
             f"{len(state.pending)} pending, {len(state.halts)} halts")  # fmt: skip
-        for line in state.skipped:
+        if state.foreign:
+            say(f"left alone {state.foreign} decision records no gateway wrote")
+        for line in state.skipped[:_SHOWN]:
             say(f"skipped {line}")
+        if len(state.skipped) > _SHOWN:
+            say(f"skipped {len(state.skipped) - _SHOWN} more unreadable records")
         for d in [*state.unfinished, *state.rollbacks]:
             say(f"finished {d.decision_id} after the restart: {d.state}")
         if state.policy_id != policy.id:

@@ -613,7 +613,7 @@ def test_rotated_log_verifies_with_the_original_and_the_new_key(
 
 def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
     data = tmp_path / "demo"
-    r = gg.sub("demo", "--data", data, "--records", "200", timeout=120)
+    r = gg.sub("demo", "--data", data, "--records", "200", "--pace", "0", timeout=120)
     assert r.code == 0, r
     text = " ".join(r.out.split())
     assert "Tampering is caught" in text, r
@@ -630,9 +630,16 @@ def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
     assert "-> deny" in text or "-> approval" in text
     # The gateway over gRPC: a refused self-approval, reviews, the stop switch, a rollback.
     assert "PERMISSION_DENIED" in text
+    assert "it needs the role approver" in text  # the demo's roles file is in force
     assert "alice approves" in text
     assert "bob denies" in text
     assert "HALTED" in text
+    assert "ROLLED_BACK" in text
+    # A second run on the same directory: the gateway rebuilds its state and goes on.
+    again = gg.sub("demo", "--data", data, "--records", "20", "--pace", "0", timeout=120)
+    assert again.code == 0, again
+    text = " ".join(again.out.split())
+    assert "rebuilt from" in text
     assert "ROLLED_BACK" in text
 
 
@@ -645,7 +652,7 @@ def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -
     from explain.scorer import Scorer
 
     data = tmp_path / "demo"
-    assert gg.sub("demo", "--data", data, "--records", "60", timeout=120).code == 0
+    assert gg.sub("demo", "--data", data, "--records", "60", "--pace", "0", timeout=120).code == 0
     decisions = gg("ledger", "query", "--data", data, "--kind", "decision").json_lines()
     engine = "spiffe://govgate.local/engine-1"
     sample = [d for d in decisions if d["actor"] != engine]
