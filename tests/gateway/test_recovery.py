@@ -191,16 +191,23 @@ async def test_an_approval_that_completed_a_decision_carries_its_plan(runtime: R
 
 async def test_records_it_cannot_read_are_skipped_and_named(runtime: Runtime):
     async with runtime.gateway() as gw:
-        await gw.ledger.append(Draft("decision", {"hand": "written"}, decision_id="d-x"))
+        bad_action = {"request_id": "r-0", "action": {"verb": "explode"}}
+        await gw.ledger.append(Draft("decision", bad_action, decision_id="d-x"))
         await gw.ledger.append(Draft("approval", {"reason": "?"}, decision_id="d-nope"))
+        await gw.ledger.append(Draft("halt", {"scope": "env=prod"}))
+        await gw.ledger.append(Draft("decision", {"hand": "written"}, decision_id="d-y"))
+        await gw.ledger.append(Draft("outcome", {"status": "ok"}, decision_id="d-y"))
         d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
         replay = Replay()
         for rec in await gw.ledger.store.query(RecordQuery()):
             replay.feed(rec)
         state = replay.result()
-        assert len(state.skipped) == 2
+        assert len(state.skipped) == 3, state.skipped
         assert state.skipped[0].startswith("record 1 (decision)")
         assert "no decision 'd-nope'" in state.skipped[1]
+        assert state.skipped[2].startswith("record 3 (halt): scope is not an object")
+        assert state.foreign == 1  # not a gateway's decision: left alone, with its outcome
+        assert state.halts == []
         assert state.by_request == {"r-1": d.decision_id}
         assert state.decisions[d.decision_id].state == "EXECUTED"
         assert state.decisions[d.decision_id].risk == d.risk
