@@ -1,0 +1,81 @@
+"""``govgate serve``'s configuration file: the annotated example, flags, and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapters.libvirt import LibvirtConfig
+from gateway.config import SAMPLE_DOMAINS, ConfigError, ServeConfig
+from ledger import LedgerConfig
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "govgate.toml"
+
+
+def test_the_annotated_example_states_the_defaults(tmp_path: Path):
+    loaded = ServeConfig.load(EXAMPLE, data=tmp_path)
+    defaults = ServeConfig(data=tmp_path)
+    assert loaded.policy == Path("policy.toml")
+    assert loaded.roles == Path("roles.toml")
+    same = ("listen", "shadow", "grace", "ca", "cert", "key", "model", "expiry_interval",
+            "ledger", "libvirt", "kata")  # fmt: skip
+    for name in same:
+        assert getattr(loaded, name) == getattr(defaults, name), name
+    assert defaults.libvirt == LibvirtConfig(SAMPLE_DOMAINS)
+    assert defaults.ledger == LedgerConfig()
+
+
+def test_relative_paths_are_read_from_the_data_directory(tmp_path: Path):
+    config = ServeConfig(data=tmp_path)
+    assert config.path(config.ca) == tmp_path / "certs" / "ca.pem"
+    assert config.path(Path("/etc/govgate/ca.pem")) == Path("/etc/govgate/ca.pem")
+
+
+def test_flags_override_and_are_checked(tmp_path: Path):
+    config = ServeConfig(data=tmp_path).with_flags(listen="0.0.0.0:9000", shadow=True, roles=None)
+    assert (config.listen, config.shadow, config.roles) == ("0.0.0.0:9000", True, None)
+    with pytest.raises(ConfigError, match="'9000' is not HOST:PORT"):
+        config.with_flags(listen="9000")
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        config.with_flags(listen="host:70000")
+
+
+def test_a_kata_only_site_has_no_libvirt(tmp_path: Path):
+    path = tmp_path / "govgate.toml"
+    path.write_text('[runtimes.kata]\naddress = "/run/k.sock"\nruntime = "io.containerd.runc.v2"\n')
+    config = ServeConfig.load(path, data=tmp_path)
+    assert config.libvirt is None
+    assert config.kata is not None
+    assert (config.kata.address, config.kata.namespace) == ("/run/k.sock", "govgate")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nshadow = 'yes'\n", "server.shadow: must be a bool"),
+        ("[server]\ngrace = true\n", "server.grace: must be a float"),
+        ("[tls]\nca = 1\n", "tls.ca: must be a str"),
+        ("[serverr]\n", "serverr: unknown setting"),
+        ("server = 1\n", "[server] must be a table"),
+        ("[ledger]\ncheckpoint_every = -1\n", "checkpoint triggers must be >= 0"),
+        ("[runtimes.kata]\naddress = ''\n", "address, namespace and runtime are required"),
+        ("[runtimes]\nlibvirt = 1\n", "runtimes.libvirt: must be a table"),
+    ],
+)
+def test_errors_name_the_setting(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "govgate.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        ServeConfig.load(path, data=tmp_path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_or_huge_files_are_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        ServeConfig.load(tmp_path / "missing.toml", data=tmp_path)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="larger than"):
+        ServeConfig.load(big, data=tmp_path)
