@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -179,6 +180,10 @@ VERBS: Mapping[Verb, VerbInfo] = MappingProxyType(
 )  # fmt: skip
 
 
+# C0 controls but tab and newline, DEL, and C1 controls.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _text(value: Any, where: str, *, required: bool = False) -> str:
     if value is None and not required:
         return ""
@@ -188,6 +193,11 @@ def _text(value: Any, where: str, *, required: bool = False) -> str:
         raise InvalidActionError("must not be empty", field=where)
     if len(value) > MAX_TEXT:
         raise InvalidActionError(f"longer than {MAX_TEXT} characters", field=where)
+    bad = _CONTROL.search(value)
+    if bad is not None:  # terminal escapes and NULs reach overseers' screens and logs
+        raise InvalidActionError(
+            f"control character U+{ord(bad.group()):04X} at position {bad.start()}", field=where
+        )
     return value
 
 

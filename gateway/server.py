@@ -60,6 +60,8 @@ __all__ = [
     "start_server",
 ]
 
+_LIVE_STATES = (types_pb2.PENDING_APPROVAL, types_pb2.EXECUTING)  # a watch goes on past these
+
 _REVIEW_CODES = {
     "self-approval": code_pb2.PERMISSION_DENIED,
     "digest-mismatch": code_pb2.PERMISSION_DENIED,
@@ -215,8 +217,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         d = self.gw.get(request.decision_id)
         while True:
             d.changed.clear()
-            yield decision_to_proto(d)
-            if d.final:
+            sent = decision_to_proto(d)
+            yield sent
+            if sent.state not in _LIVE_STATES:  # judge what was sent, not what is now
                 return
             await d.changed.wait()
 

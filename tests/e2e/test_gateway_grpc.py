@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +35,9 @@ from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.server import TlsFiles, start_server
 from ledger import DataDir, LedgerConfig
+from ledger.export import export_ledger
 from ledger.merkle import verify_inclusion
+from ledger.verify import verify_export
 
 EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
 NODE = """<node><domain type='test'><name>web-1</name>
@@ -42,6 +47,10 @@ NODE = """<node><domain type='test'><name>web-1</name>
     <label key='environment'>staging</label><label key='criticality'>low</label>
   </govgate:labels></metadata><devices/></domain></node>"""
 APPROVE_ALL = b"version = 1\n[defaults]\nexecute_below = 0.0\napprove_below = 1.0\napprovals = 1\n"
+TWO_APPROVERS = APPROVE_ALL.replace(b"approvals = 1", b"approvals = 2")
+ONE_SECOND_TO_APPROVE = APPROVE_ALL + b"approval_ttl = 1\n"
+JUSTIFICATION = "p95 CPU above 85% for 20 minutes; scale out"
+IDENTITIES = ("engine-1", "alice", "bob")
 
 
 @dataclass
@@ -49,6 +58,9 @@ class Clients:
     gw: Gateway
     lv: LibvirtAdapter
     channels: dict[str, grpc.aio.Channel]
+    # Teardown proves the ledger with the public key alone; a test that breaks the ledger
+    # on purpose (fail closed) turns this off.
+    verify_ledger: bool = True
 
     def decisions(self, who: str) -> decision_pb2_grpc.DecisionServiceStub:
         return decision_pb2_grpc.DecisionServiceStub(self.channels[who])
@@ -59,10 +71,19 @@ class Clients:
     def ledger(self, who: str) -> ledger_pb2_grpc.LedgerServiceStub:
         return ledger_pb2_grpc.LedgerServiceStub(self.channels[who])
 
+    async def vcpus(self) -> int | None:
+        return (await self.lv.describe(Target("libvirt", "web-1"))).vcpus
 
-@pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
-    certs = init_certs(tmp_path / "certs", ["engine-1", "alice"])
+    async def records(self, decision_id: str) -> list[ledger_pb2.Record]:
+        query = ledger_pb2.QueryRequest(decision_id=decision_id)
+        return [r async for r in self.ledger("alice").Query(query, timeout=10)]
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, *, shadow: bool = False) -> AsyncIterator[Clients]:
+    """A gateway on loopback with mTLS, and a channel per identity; on a clean exit the
+    exported ledger verifies with only the public key."""
+    certs = init_certs(tmp_path / "certs", list(IDENTITIES))
     data = DataDir(tmp_path / "data")
     data.generate_key("example.com/govgate")
     node = tmp_path / "node.xml"
@@ -72,7 +93,8 @@ async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
         LibvirtAdapter(LibvirtConfig(uri=f"test://{node}")) as lv,
         MicroBatcher(Scorer(Registry(tmp_path / "models").load())) as batcher,
     ):
-        gw = Gateway(ledger, {"libvirt": lv}, batcher, Policy.load(EXAMPLE_POLICY))
+        policy = Policy.load(EXAMPLE_POLICY)
+        gw = Gateway(ledger, {"libvirt": lv}, batcher, policy, shadow=shadow)
         tls = TlsFiles(certs["ca"].cert, certs["server"].cert, certs["server"].key)
         server, port = await start_server(gw, tls)
         ca = certs["ca"].cert.read_bytes()
@@ -83,27 +105,63 @@ async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
                     ca, certs[who].key.read_bytes(), certs[who].cert.read_bytes()
                 ),
             )
-            for who in ("engine-1", "alice")
+            for who in IDENTITIES
         }
         try:
-            yield Clients(gw, lv, channels)
+            clients = Clients(gw, lv, channels)
+            yield clients
+            if clients.verify_ledger:
+                await gw.ledger.checkpoint()
+                export = tmp_path / "export.jsonl"
+                await export_ledger(gw.ledger, export)
+                assert verify_export(export, data.signer().verifier).size > 0
         finally:
             for ch in channels.values():
                 await ch.close()
             await server.stop(None)
 
 
-def propose(request_id: str, verb: str = "resize", **params: str) -> decision_pb2.ProposeRequest:
+@pytest.fixture
+async def clients(tmp_path: Path) -> AsyncIterator[Clients]:
+    async with serving(tmp_path) as c:
+        yield c
+
+
+@pytest.fixture
+async def shadow_clients(tmp_path: Path) -> AsyncIterator[Clients]:
+    async with serving(tmp_path, shadow=True) as c:
+        yield c
+
+
+def propose(
+    request_id: str,
+    verb: str = "resize",
+    *,
+    runtime: str = "libvirt",
+    resource: str = "web-1",
+    confidence: float = 0.95,
+    justification: str = JUSTIFICATION,
+    engine: str = "autoscaler",
+    dry_run: bool = False,
+    **params: str,
+) -> decision_pb2.ProposeRequest:
     return decision_pb2.ProposeRequest(
         request_id=request_id,
         action=types_pb2.Action(
             verb=verb,
-            target=types_pb2.Target(runtime="libvirt", resource="web-1"),
+            target=types_pb2.Target(runtime=runtime, resource=resource),
             parameters=params,
-            justification="p95 CPU above 85% for 20 minutes; scale out",
-            confidence=0.95,
-            engine="autoscaler",
+            justification=justification,
+            confidence=confidence,
+            engine=engine,
         ),
+        dry_run=dry_run,
+    )
+
+
+def review(d: types_pb2.Decision, reason: str = "ok") -> oversight_pb2.ReviewRequest:
+    return oversight_pb2.ReviewRequest(
+        decision_id=d.decision_id, reason=reason, request_digest=d.request_digest
     )
 
 
@@ -118,6 +176,14 @@ def details(err: grpc.aio.AioRpcError) -> list[object]:
                 any_.Unpack(msg)
                 out.append(msg)
     return out
+
+
+def error_reason(err: grpc.aio.AioRpcError) -> str:
+    """The ``ErrorInfo`` reason of a refusal, after checking its domain."""
+    infos = [d for d in details(err) if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert len(infos) == 1, details(err)
+    assert infos[0].domain == "govgate"
+    return infos[0].reason
 
 
 async def test_propose_executes_and_the_record_is_provable(clients: Clients):
@@ -151,15 +217,45 @@ async def test_propose_executes_and_the_record_is_provable(clients: Clients):
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+TOO_LONG = "x" * 4097  # adapters.action.MAX_TEXT is 4096
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        (propose("r-2", verb="explode"), "action.verb"),
-        (propose("r-3", vcpus="lots"), "action.parameters.vcpus"),
-        (propose("", vcpus="4"), "request_id"),
+        pytest.param(propose("", vcpus="4"), "request_id", id="request-id"),
+        pytest.param(propose("r" * 129, vcpus="4"), "request_id", id="request-id-too-long"),
+        pytest.param(propose("r-2", verb="explode"), "action.verb", id="verb"),
+        pytest.param(propose("r-2", runtime="xen", vcpus="4"), "action.target.runtime",
+                     id="runtime-unknown"),
+        pytest.param(propose("r-2", resource="", vcpus="4"), "action.target.resource",
+                     id="resource-empty"),
+        pytest.param(propose("r-2", resource="nope", vcpus="4"), "action.target.resource",
+                     id="resource-does-not-exist"),
+        pytest.param(propose("r-2", cores="4"), "action.parameters.cores",
+                     id="parameter-the-verb-does-not-take"),
+        pytest.param(propose("r-3", vcpus="lots"), "action.parameters.vcpus", id="parameter"),
+        pytest.param(propose("r-2", vcpus="4", live="maybe"), "action.parameters.live",
+                     id="parameter-not-a-boolean"),
+        pytest.param(propose("r-2"), "action.parameters", id="resize-without-a-size"),
+        pytest.param(propose("r-2", "revert"), "action.parameters.snapshot",
+                     id="required-parameter-missing"),
+        pytest.param(propose("r-2", confidence=1.5, vcpus="4"), "action.confidence",
+                     id="confidence-above-1"),
+        pytest.param(propose("r-2", confidence=-0.1, vcpus="4"), "action.confidence",
+                     id="confidence-negative"),
+        pytest.param(propose("r-2", confidence=float("nan"), vcpus="4"), "action.confidence",
+                     id="confidence-nan"),
+        pytest.param(propose("r-2", justification=TOO_LONG, vcpus="4"), "action.justification",
+                     id="justification-too-long"),
+        pytest.param(propose("r-2", justification="all clear\x1b[2J", vcpus="4"),
+                     "action.justification", id="justification-control-characters"),
+        pytest.param(propose("r-2", engine=TOO_LONG, vcpus="4"), "action.engine",
+                     id="engine-too-long"),
+        pytest.param(propose("r-2", engine="auto\x00scaler", vcpus="4"), "action.engine",
+                     id="engine-control-characters"),
     ],
-    ids=["verb", "parameter", "request-id"],
-)
+)  # fmt: skip
 async def test_invalid_input_names_the_field(clients: Clients, request_, field: str):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await clients.decisions("engine-1").Propose(request_, timeout=10)
@@ -169,6 +265,10 @@ async def test_invalid_input_names_the_field(clients: Clients, request_, field: 
     assert bad.field_violations[0].field == field
     assert isinstance(errinfo, error_details_pb2.ErrorInfo)
     assert errinfo.domain == "govgate"
+    assert errinfo.reason == "INVALID_ARGUMENT"
+    decisions = ledger_pb2.QueryRequest(kind="decision")
+    assert [r async for r in clients.ledger("alice").Query(decisions, timeout=10)] == []
+    assert await clients.vcpus() == 2
 
 
 async def test_approval_over_grpc_with_watch(clients: Clients):
@@ -282,3 +382,166 @@ async def test_roles_refuse_and_record(clients: Clients):
         "spiffe://govgate.local/engine-1",
         "spiffe://govgate.local/alice",
     }
+
+
+async def test_two_approvers_are_needed_and_each_counts_once(clients: Clients):
+    await clients.gw.activate_policy(Policy.parse(TWO_APPROVERS, "two-approvers"))
+    d = await clients.decisions("engine-1").Propose(propose("r-10", vcpus="3"), timeout=10)
+    assert (d.state, d.approvals_required) == (types_pb2.PENDING_APPROVAL, 2)
+
+    first = await clients.oversight("alice").Approve(review(d), timeout=10)
+    assert first.state == types_pb2.PENDING_APPROVAL
+    assert [r.reviewer for r in first.reviews] == ["spiffe://govgate.local/alice"]
+    assert await clients.vcpus() == 2
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.oversight("alice").Approve(review(d, "ok again"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(info.value) == "DUPLICATE"
+
+    second = await clients.oversight("bob").Approve(review(d), timeout=10)
+    assert second.state == types_pb2.EXECUTED
+    assert [r.reviewer for r in second.reviews] == [
+        "spiffe://govgate.local/alice",
+        "spiffe://govgate.local/bob",
+    ]
+    assert second.outcome.status == "applied"
+    assert await clients.vcpus() == 3
+    kinds = [r.kind for r in await clients.records(d.decision_id)]
+    assert kinds == ["decision", "approval", "approval", "outcome"]
+
+
+async def test_an_approval_cannot_be_replayed_onto_another_decision(clients: Clients):
+    await clients.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    a = await clients.decisions("engine-1").Propose(propose("r-11", vcpus="3"), timeout=10)
+    b = await clients.decisions("engine-1").Propose(propose("r-12", vcpus="4"), timeout=10)
+    assert a.state == b.state == types_pb2.PENDING_APPROVAL
+    assert a.request_digest != b.request_digest
+
+    replayed = oversight_pb2.ReviewRequest(
+        decision_id=a.decision_id, reason="ok", request_digest=b.request_digest
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.oversight("alice").Approve(replayed, timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(info.value) == "DIGEST_MISMATCH"
+
+    still = await clients.decisions("alice").GetDecision(
+        decision_pb2.GetDecisionRequest(decision_id=a.decision_id), timeout=10
+    )
+    assert still.state == types_pb2.PENDING_APPROVAL
+    assert list(still.reviews) == []
+    assert [r.kind for r in await clients.records(a.decision_id)] == ["decision"]
+    assert await clients.vcpus() == 2
+
+
+async def test_dry_run_decides_and_records_but_never_executes(clients: Clients):
+    d = await clients.decisions("engine-1").Propose(
+        propose("r-13", vcpus="4", dry_run=True), timeout=10
+    )
+    assert d.state == types_pb2.DRY_RUN, d.reasons
+    assert 0 <= d.risk < 0.3  # the same request without dry_run would execute
+    assert not d.HasField("outcome")
+    assert await clients.vcpus() == 2
+    [decision] = await clients.records(d.decision_id)
+    assert decision.kind == "decision"
+    body = json.loads(decision.body_json)
+    assert body["dry_run"] is True
+    assert body["verdict"] == "DRY_RUN"
+
+
+async def test_shadow_mode_records_a_low_risk_action_without_executing(
+    shadow_clients: Clients,
+):
+    d = await shadow_clients.decisions("engine-1").Propose(propose("r-14", vcpus="4"), timeout=10)
+    assert d.state == types_pb2.DRY_RUN, d.reasons
+    assert 0 <= d.risk < 0.3
+    assert not d.HasField("outcome")
+    assert await shadow_clients.vcpus() == 2
+    [decision] = await shadow_clients.records(d.decision_id)
+    assert json.loads(decision.body_json)["dry_run"] is True
+
+
+async def test_fail_closed_when_the_ledger_cannot_record(clients: Clients):
+    clients.verify_ledger = False  # the ledger is closed on purpose
+    await clients.gw.ledger.close()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.decisions("engine-1").Propose(propose("r-15", vcpus="4"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(info.value) == "UNAVAILABLE"
+    assert await clients.vcpus() == 2
+
+
+async def test_an_overseer_denies_with_a_reason_only(clients: Clients):
+    await clients.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await clients.decisions("engine-1").Propose(propose("r-16", vcpus="3"), timeout=10)
+    assert d.state == types_pb2.PENDING_APPROVAL
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.oversight("alice").Deny(review(d, reason=""), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(info.value) == "REASON_REQUIRED"
+
+    denied = await clients.oversight("alice").Deny(review(d, "not during the freeze"), timeout=10)
+    assert denied.state == types_pb2.DENIED
+    assert [(r.reviewer, r.approved) for r in denied.reviews] == [
+        ("spiffe://govgate.local/alice", False)
+    ]
+    assert any("not during the freeze" in r for r in denied.reasons)
+    assert await clients.vcpus() == 2
+    assert [r.kind for r in await clients.records(d.decision_id)] == ["decision", "denial"]
+
+
+async def test_an_action_the_runtime_refuses_fails_with_an_outcome(clients: Clients):
+    d = await clients.decisions("engine-1").Propose(propose("r-17", vcpus="64"), timeout=10)
+    assert d.state == types_pb2.FAILED, d.reasons
+    assert d.outcome.status == "failed"
+    assert "maximum of 8" in d.outcome.detail
+    assert await clients.vcpus() == 2
+    [decision, outcome] = await clients.records(d.decision_id)
+    assert (decision.kind, outcome.kind) == ("decision", "outcome")
+    assert outcome.index == d.outcome.ledger_index
+    assert json.loads(outcome.body_json)["status"] == "failed"
+
+
+async def test_an_overdue_approval_expires_and_cannot_be_approved(clients: Clients):
+    await clients.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await clients.decisions("engine-1").Propose(propose("r-18", vcpus="3"), timeout=10)
+    assert d.state == types_pb2.PENDING_APPROVAL
+    watch = clients.decisions("alice").WatchDecision(
+        decision_pb2.WatchDecisionRequest(decision_id=d.decision_id)
+    )
+    assert (await anext(aiter(watch))).state == types_pb2.PENDING_APPROVAL
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)  # the policy's TTL is 1h
+    assert await clients.gw.expire_overdue(now=later) == 1
+    states = [m.state async for m in watch]
+    assert states[-1:] == [types_pb2.EXPIRED]  # the stream ends on the final state
+    got = await clients.decisions("alice").GetDecision(
+        decision_pb2.GetDecisionRequest(decision_id=d.decision_id), timeout=10
+    )
+    assert got.state == types_pb2.EXPIRED
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.oversight("alice").Approve(review(d), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(info.value) == "NOT_PENDING"
+    assert await clients.vcpus() == 2
+    assert [r.kind for r in await clients.records(d.decision_id)] == ["decision", "expiry"]
+
+
+async def test_an_approval_after_the_deadline_is_refused_and_expires(clients: Clients):
+    await clients.gw.activate_policy(Policy.parse(ONE_SECOND_TO_APPROVE, "one-second"))
+    d = await clients.decisions("engine-1").Propose(propose("r-19", vcpus="3"), timeout=10)
+    assert d.state == types_pb2.PENDING_APPROVAL
+    await asyncio.sleep(1.1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await clients.oversight("alice").Approve(review(d), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(info.value) == "EXPIRED"
+    got = await clients.decisions("alice").GetDecision(
+        decision_pb2.GetDecisionRequest(decision_id=d.decision_id), timeout=10
+    )
+    assert got.state == types_pb2.EXPIRED
+    assert await clients.vcpus() == 2
