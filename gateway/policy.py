@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from gateway.selector import Selector, parse_selector, selector_matches
 __all__ = ["Policy", "PolicyError", "PolicyInput", "Rule", "Thresholds", "Verdict", "VerdictKind"]
 
 MAX_POLICY_BYTES = 1 << 20
+_MAX_COMBINED = 12  # threshold-setting rules whose every combination is checked at load
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d)?")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _LABEL = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
@@ -226,7 +228,8 @@ def _rule(raw: Any, n: int) -> Rule:
     approvals = _count(raw["approvals"], f"{where}.approvals") if "approvals" in raw else 0
     rest = {k: v for k, v in raw.items() if k not in ("name", "match", "forbid", "approvals")}
     overrides = _settings(rest, where)  # typed once here, laid over the thresholds per call
-    _apply(Thresholds(), overrides, where)
+    if overrides.get("execute_below", 0.0) > overrides.get("approve_below", 1.0):
+        raise PolicyError(f"{where}: execute_below must not exceed approve_below")
     return Rule(name, frozenset(verbs), runtime, selector, forbid, approvals, overrides)
 
 
@@ -257,12 +260,42 @@ class Policy:
         rules = doc.get("rules", [])
         if not isinstance(rules, list):
             raise PolicyError(f"{source}: rules must be an array of tables ([[rules]])")
-        return cls(
+        policy = cls(
             id=hashlib.sha256(raw).hexdigest(),
             defaults=_apply(Thresholds(), _settings(defaults, "defaults"), "defaults"),
             rules=tuple(_rule(r, n) for n, r in enumerate(rules)),
             source=source,
         )
+        policy._check_combinations(source)
+        return policy
+
+    def _check_combinations(self, source: str) -> None:
+        """Refuse, at load, rules whose thresholds clash with the defaults or each other.
+
+        Several rules can match one proposal, and their overrides are laid over the
+        defaults in file order. Every such combination is tried (rules that set neither
+        threshold cannot clash); beyond :data:`_MAX_COMBINED` threshold rules, each rule
+        alone and all of them together, and :meth:`evaluate` denies a clash it meets.
+        """
+        keys = ("execute_below", "approve_below")
+        setting = [r for r in self.rules if any(k in r.overrides for k in keys)]
+        if len(setting) <= _MAX_COMBINED:
+            combos: Iterable[Sequence[Rule]] = (
+                c for n in range(1, len(setting) + 1) for c in itertools.combinations(setting, n)
+            )
+        else:
+            combos = [*((r,) for r in setting), setting]
+        for combo in combos:
+            t = self.defaults
+            for rule in combo:
+                try:
+                    t = _apply(t, rule.overrides, rule.name)
+                except PolicyError:
+                    names = " + ".join(repr(r.name) for r in combo)
+                    raise PolicyError(
+                        f"{source}: rules {names} can match one proposal and together make "
+                        "execute_below exceed approve_below"
+                    ) from None
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -275,8 +308,12 @@ class Policy:
     def evaluate(self, p: PolicyInput) -> Verdict:
         matched = [r for r in self.rules if r.matches(p)]
         t = self.defaults
-        for rule in matched:
-            t = _apply(t, rule.overrides, rule.name)
+        try:
+            for rule in matched:
+                t = _apply(t, rule.overrides, rule.name)
+        except PolicyError as err:  # only past _MAX_COMBINED rules: fail closed
+            return Verdict(VerdictKind.DENY, 0, (f"the policy's rules clash: {err}",),
+                           self.defaults.approval_ttl)  # fmt: skip
         for rule in matched:
             if rule.forbid:
                 reason = f"{p.verb} is forbidden here by rule {rule.name!r}"

@@ -124,3 +124,20 @@ def test_bad_policies_are_refused_with_the_key_named(text: str, needle: str):
 def test_unreadable_policy(tmp_path: Path):
     with pytest.raises(PolicyError, match="cannot read policy"):
         Policy.load(tmp_path / "missing.toml")
+
+
+def test_rules_are_checked_against_the_files_defaults_and_each_other():
+    head = b"version = 1\n[defaults]\nexecute_below = 0.2\napprove_below = 0.95\n"
+    # Fine against this file's defaults, though not against the built-in approve_below.
+    ok = Policy.parse(head + b'[[rules]]\nname = "a"\nmatch = { verbs = ["start"] }\n'
+                      b"execute_below = 0.9\n")  # fmt: skip
+    assert ok.evaluate(PolicyInput("start", "libvirt", {}, 0.85, 0.99)).kind.value == "execute"
+    clash = head + (
+        b'[[rules]]\nname = "lenient"\nmatch = { verbs = ["start"] }\nexecute_below = 0.9\n'
+        b'[[rules]]\nname = "strict"\nmatch = { selector = "env=prod" }\napprove_below = 0.5\n'
+    )
+    with pytest.raises(PolicyError, match="'lenient' \\+ 'strict' can match one proposal"):
+        Policy.parse(clash)
+    own = head + b'[[rules]]\nname = "x"\nexecute_below = 0.7\napprove_below = 0.6\n'
+    with pytest.raises(PolicyError, match="rules\\[0\\]: execute_below must not exceed"):
+        Policy.parse(own)
