@@ -7,6 +7,8 @@ Sub-commands::
     govgate model train|list|activate|verify|card|explain   the risk model
     govgate certs init                       a local CA and mTLS certificates
     govgate serve                           the gateway (gRPC with mTLS)
+    govgate propose | approvals list|approve|deny | halt | resume | decisions get|watch
+                                            clients of a running gateway
     govgate demo                            the embedded-defaults walkthrough
 
 Machine-readable results go to standard output (JSON, or JSON lines for
@@ -32,6 +34,7 @@ from rich.markup import escape
 from adapters.errors import AdapterError
 from explain.errors import ExplainError
 from gateway._cli import DataOpt, err, print_json, progress
+from gateway.client_cli import register as register_client_commands
 from gateway.model_cli import model_app
 from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, VerificationError
 from ledger._b64 import b64encode
@@ -62,6 +65,7 @@ app.add_typer(model_app, name="model")
 certs_app = typer.Typer(help="Certificates for mTLS (a local CA for demos and tests).",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(certs_app, name="certs")
+register_client_commands(app)  # propose, approvals, halt, resume, decisions: gRPC clients
 
 # For commands that open the ledger for one job: no background checkpoints, and
 # nothing signed on the way out beyond what the command itself asks for.

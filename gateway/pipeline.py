@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,7 @@ from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.roles import AccessDeniedError, Roles
 from gateway.selector import Selector, parse_selector, selector_matches
 from ledger import Draft, Ledger, LedgerError
+from ledger.store import RecordQuery
 
 if TYPE_CHECKING:
     from gateway.recovery import Replayed
@@ -133,6 +134,7 @@ class Decision:
     outcome: dict[str, Any] | None = None
     reviews: list[dict[str, Any]] = field(default_factory=list)
     plan: Plan | None = None  # recorded before it runs, so a restart can reconcile it
+    result: Outcome | None = None  # what a rollback needs, once executed
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -150,6 +152,7 @@ class Gateway:
         *,
         shadow: bool = False,  # decide and record, never execute
         roles: Roles | None = None,  # None: every identity may do everything (library use)
+        cache: int = 10_000,  # final decisions kept in memory; older ones are read back
     ) -> None:
         self.ledger = ledger
         self.adapters = dict(adapters)
@@ -157,13 +160,13 @@ class Gateway:
         self.policy = policy
         self.shadow = shadow
         self.roles = roles
-        self.decisions: dict[str, Decision] = {}
-        self._by_request: dict[str, str] = {}
+        self.cache = cache
+        self.decisions: OrderedDict[str, Decision] = OrderedDict()  # live, and recent final
+        self._by_request: dict[str, tuple[str, bytes]] = {}  # request id: (decision id, digest)
         self._pending: dict[str, Pending] = {}
         self._halts: list[Halt] = []
         self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._outcomes: dict[str, Outcome] = {}  # what revert needs, by decision id
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
 
     # -- recording ---------------------------------------------------------------------
@@ -200,12 +203,12 @@ class Gateway:
 
     def restore(self, state: Replayed) -> None:
         """Take the state the ledger records (:mod:`gateway.recovery`) as this gateway's own."""
-        self.decisions = state.decisions
+        self.decisions = OrderedDict(state.decisions)
         self._by_request = state.by_request
         self._pending = state.pending
         self._halts = list(state.halts)
-        self._outcomes = state.outcomes
         self._recent = state.recent
+        self._trim()
 
     async def finish_interrupted(self, state: Replayed) -> list[Decision]:
         """Give every decision a crash left without an outcome one, from the runtime's real
@@ -218,7 +221,8 @@ class Gateway:
             )  # fmt: skip
             d.outcome = body | {"ledger_index": rec.index}
             d.changed.set()
-        for d in state.rollbacks:
+        for decision_id in state.rollbacks:
+            d = await self.get(decision_id)
             detail = "the gateway stopped during the rollback; check the target"
             body = {"status": "unknown", "rollback": True, "recovered": True, "detail": detail}
             await self._record(
@@ -226,7 +230,7 @@ class Gateway:
                       trace_id=d.trace_id)
             )  # fmt: skip
             d.reasons.append("a rollback was interrupted by a restart; its effect is unknown")
-        return [*state.unfinished, *state.rollbacks]
+        return state.unfinished
 
     async def _reconcile(self, d: Decision) -> tuple[str, dict[str, Any]]:
         """(state, outcome body) for a decision that may or may not have run before a crash."""
@@ -248,9 +252,7 @@ class Gateway:
             status = "failed" if seen.took_effect is False else "unknown"
             detail = f"reconciled after a restart: {seen.detail}; not retried"
             return "FAILED", body | {"status": status, "detail": detail}
-        self._outcomes[d.decision_id] = Outcome(
-            d.plan, OutcomeStatus.APPLIED, seen.state, seen.detail
-        )
+        d.result = Outcome(d.plan, OutcomeStatus.APPLIED, seen.state, seen.detail)
         reversible = d.plan.reversibility is Reversibility.REVERSIBLE
         detail = f"reconciled after a restart: {seen.detail}"
         return "EXECUTED", body | {"status": "applied", "detail": detail, "reversible": reversible}
@@ -281,15 +283,16 @@ class Gateway:
         async with self._locks[request_id]:  # one decision per request id, even concurrently
             known = self._by_request.get(request_id)
             if known is not None:
-                first = self.decisions[known]
-                if first.digest != digest:
+                first_id, first_digest = known
+                if first_digest != digest:
                     raise RequestConflictError(
-                        f"request id {request_id!r} was used for another action (decision {known})"
+                        f"request id {request_id!r} was used for another action "
+                        f"(decision {first_id})"
                     )
-                return first
+                return await self.get(first_id)
             decision = await self._decide(request_id, action, digest, requester, dry_run,
                                           trace_id, now or dt.datetime.now(dt.UTC))  # fmt: skip
-            self._by_request[request_id] = decision.decision_id
+            self._by_request[request_id] = (decision.decision_id, digest)
             # From here on the id is known; later callers need no lock to find it.
             self._locks.pop(request_id, None)
         if decision.state == "EXECUTING":
@@ -324,6 +327,8 @@ class Gateway:
             except AdapterError as err:
                 d.reasons.append(f"could not describe the target: {err}")
             halt = next((h for h in self._halts if h.covers(target, state.labels)), None)
+            if halt is None and not described:  # fail closed: it may be in a halted scope
+                halt = next((h for h in self._halts if h.selector), None)
         if self.roles is not None:
             try:
                 self.roles.check_action(requester, action, state.labels)
@@ -388,7 +393,7 @@ class Gateway:
                   decision_id=d.decision_id)
         )  # fmt: skip
         d.ledger_index, d.leaf_hash = rec.index, rec.leaf_hash
-        self.decisions[d.decision_id] = d
+        self._remember(d)
         self._recent[str(target)].append(now.timestamp())
         return d
 
@@ -432,7 +437,7 @@ class Gateway:
             d.outcome = {"status": "failed", "detail": str(err), "error": type(err).__name__}
         else:
             d.state = "EXECUTED"
-            self._outcomes[d.decision_id] = outcome
+            d.result = outcome
             d.outcome = {
                 "status": outcome.status.value,
                 "detail": outcome.detail,
@@ -449,11 +454,49 @@ class Gateway:
 
     # -- oversight ---------------------------------------------------------------------
 
-    def get(self, decision_id: str) -> Decision:
+    async def get(self, decision_id: str) -> Decision:
+        """The decision, from memory or, when it has left the cache, read back from the ledger."""
+        d = self.decisions.get(decision_id)
+        if d is not None:
+            self.decisions.move_to_end(decision_id)
+            return d
+        d = await self._read_back(decision_id)
+        if d is None:
+            raise DecisionNotFoundError(f"no decision {decision_id!r}")
+        self._remember(d)
+        return d
+
+    async def _read_back(self, decision_id: str) -> Decision | None:
+        from gateway.recovery import Replay  # here: gateway.recovery imports this module
+
+        if not decision_id or len(decision_id) > _MAX_REQUEST_ID:
+            return None
         try:
-            return self.decisions[decision_id]
-        except KeyError:
-            raise DecisionNotFoundError(f"no decision {decision_id!r}") from None
+            records = await self.ledger.store.query(
+                RecordQuery(decision_id=decision_id, limit=100_000)
+            )
+        except LedgerError as err:
+            raise LedgerUnavailableError(f"the ledger cannot be read: {err}") from err
+        replay = Replay()
+        for rec in records:
+            replay.feed(rec)
+        return replay.result().decisions.get(decision_id)
+
+    def _remember(self, d: Decision) -> None:
+        self.decisions[d.decision_id] = d
+        self.decisions.move_to_end(d.decision_id)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest final decisions beyond ``cache``; live ones always stay."""
+        spared = 0
+        while len(self.decisions) > self.cache and spared < len(self.decisions):
+            oldest_id, oldest = next(iter(self.decisions.items()))
+            if oldest.final and oldest_id not in self._pending:
+                del self.decisions[oldest_id]
+            else:
+                self.decisions.move_to_end(oldest_id)
+                spared += 1
 
     def pending(self) -> list[Decision]:
         return [self.decisions[i] for i in self._pending if self.decisions[i].state ==
@@ -470,7 +513,7 @@ class Gateway:
         now: dt.datetime | None = None,
     ) -> Decision:
         """An overseer's approval or denial; the review is recorded before it takes effect."""
-        d = self.get(decision_id)
+        d = await self.get(decision_id)
         p = self._pending.get(decision_id)
         if p is None or d.state != "PENDING_APPROVAL":
             raise ReviewRefusedError("not-pending", f"decision {decision_id} is {d.state}")
@@ -530,8 +573,8 @@ class Gateway:
 
     async def rollback(self, decision_id: str, reason: str, actor: str) -> Decision:
         """Revert an executed, reversible decision through its adapter; recorded first."""
-        d = self.get(decision_id)
-        outcome = self._outcomes.get(decision_id)
+        d = await self.get(decision_id)
+        outcome = d.result
         if d.state != "EXECUTED" or outcome is None:
             raise ReviewRefusedError("not-executed", f"decision {decision_id} is {d.state}")
         if outcome.plan.reversibility is not Reversibility.REVERSIBLE:
@@ -552,7 +595,7 @@ class Gateway:
             body = {"status": reverted.status.value, "detail": reverted.detail,
                     "after": reverted.after.to_record(), "rollback": True}  # fmt: skip
             d.state = "ROLLED_BACK"
-            del self._outcomes[decision_id]
+            d.result = None
         await self._record(
             Draft("outcome", body, target=str(d.action.target), decision_id=decision_id,
                   trace_id=d.trace_id)
@@ -566,7 +609,7 @@ class Gateway:
         self, decision_id: str, harmful: bool, severity: str, description: str, actor: str
     ) -> int:
         """Label a past decision's outcome (post-market monitoring); returns the record index."""
-        d = self.get(decision_id)
+        d = await self.get(decision_id)
         if severity not in ("", "minor", "major", "critical", "serious"):
             raise InvalidRequestError("must be minor, major, critical or serious", field="severity")
         rec = await self._record(
@@ -603,6 +646,8 @@ class Gateway:
         return int(rec.index)
 
     async def resume(self, scope: Halt, reason: str, actor: str) -> int:
+        if not reason.strip():
+            raise InvalidRequestError("a resume needs a reason", field="reason")
         if scope not in self._halts:
             raise InvalidRequestError(f"no halt for {scope.describe()} is in force", field="scope")
         rec = await self._record(

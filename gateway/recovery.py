@@ -34,7 +34,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,14 +58,14 @@ _RECENT = dt.timedelta(hours=1)  # the featurizer's "recent actions" window
 class Replayed:
     """The gateway's state as its ledger records it."""
 
-    decisions: dict[str, Decision] = field(default_factory=dict)
-    by_request: dict[str, str] = field(default_factory=dict)
+    # The live decisions and the most recent final ones (older ones are read back on demand).
+    decisions: OrderedDict[str, Decision] = field(default_factory=OrderedDict)
+    by_request: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # (id, digest)
     pending: dict[str, Pending] = field(default_factory=dict)
     halts: list[Halt] = field(default_factory=list)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)  # what rollback needs
     recent: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     unfinished: list[Decision] = field(default_factory=list)  # allowed to run, no outcome yet
-    rollbacks: list[Decision] = field(default_factory=list)  # a rollback with no outcome yet
+    rollbacks: list[str] = field(default_factory=list)  # decision ids: a rollback, no outcome
     policy_id: str = ""  # of the last ``policy`` record
     records: int = 0
     foreign: int = 0  # decision records no gateway wrote (no request id): left alone
@@ -129,8 +129,10 @@ def _scope(rec: Record) -> Halt:
 class Replay:
     """Feed every record in index order; :meth:`result` is the state they add up to."""
 
-    def __init__(self, now: dt.datetime | None = None) -> None:
+    def __init__(self, now: dt.datetime | None = None, *, keep: int = 10_000) -> None:
         self._now = now or dt.datetime.now(dt.UTC)
+        self._keep = keep  # final decisions kept; the rest are only remembered by id
+        self._gone: set[str] = set()  # ids of final decisions no longer kept
         self._state = Replayed()
         self._before: dict[str, RuntimeState] = {}  # the described state, for plans
         self._rolling: set[str] = set()  # decision ids with a rollback record, no outcome
@@ -141,6 +143,12 @@ class Replay:
         handler = getattr(self, f"_on_{rec.kind}", None)
         if handler is None or rec.decision_id in self._foreign:
             return
+        if rec.decision_id in self._gone:  # final, read back from the ledger when asked for
+            if rec.kind == "rollback":
+                self._rolling.add(rec.decision_id)
+            elif rec.kind == "outcome" and rec.body.get("rollback"):
+                self._rolling.discard(rec.decision_id)
+            return
         try:
             handler(rec)
         except (_Unreadable, AdapterError, ValueError, TypeError, KeyError, AttributeError) as err:
@@ -150,8 +158,20 @@ class Replay:
     def result(self) -> Replayed:
         s = self._state
         s.unfinished = [d for d in s.decisions.values() if d.state == "EXECUTING"]
-        s.rollbacks = [s.decisions[i] for i in sorted(self._rolling)]
+        s.rollbacks = sorted(self._rolling)
         return s
+
+    def _trim(self) -> None:
+        decisions, spared = self._state.decisions, 0
+        while len(decisions) > self._keep and spared < len(decisions):
+            oldest_id, oldest = next(iter(decisions.items()))
+            if oldest.final and oldest.state != "":
+                del decisions[oldest_id]
+                self._before.pop(oldest_id, None)
+                self._gone.add(oldest_id)
+            else:
+                decisions.move_to_end(oldest_id)
+                spared += 1
 
     def _decision(self, rec: Record) -> Decision:
         d = self._state.decisions.get(rec.decision_id)
@@ -202,8 +222,10 @@ class Replay:
             )  # fmt: skip
         s = self._state
         s.decisions[d.decision_id] = d
-        s.by_request[d.request_id] = d.decision_id
+        s.by_request[d.request_id] = (d.decision_id, digest)
         self._before[d.decision_id] = state
+        if len(s.decisions) > 2 * self._keep:  # trimmed in bulk, not on every record
+            self._trim()
         if self._now - at < _RECENT:
             s.recent[str(action.target)].append(at.timestamp())
 
@@ -247,7 +269,7 @@ class Replay:
             self._rolling.discard(d.decision_id)
             if status not in ("failed", "unknown"):
                 d.state = "ROLLED_BACK"
-                self._state.outcomes.pop(d.decision_id, None)
+                d.result = None
             return
         if status in ("failed", "unknown"):
             d.state = "FAILED"
@@ -255,7 +277,7 @@ class Replay:
             d.state = "EXECUTED"
             if d.plan is not None:
                 after = RuntimeState.from_json(b.get("after", {}), "after")
-                self._state.outcomes[d.decision_id] = Outcome(
+                d.result = Outcome(
                     d.plan, OutcomeStatus(status), after, _text(b, "detail"), parse_time(rec.time)
                 )
         d.outcome = dict(b) | {"ledger_index": rec.index}
@@ -284,7 +306,7 @@ async def recover(gw: Gateway, *, page: int = 10_000,
     """
     ledger = gw.ledger
     total = (await ledger.store.snapshot())[0].size
-    replay = Replay()
+    replay = Replay(keep=gw.cache)
     after: int | None = None
     while True:
         batch = await ledger.store.query(RecordQuery(limit=page), after=after)

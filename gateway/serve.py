@@ -117,8 +117,10 @@ async def serve(
             say(f"skipped {line}")
         if len(state.skipped) > _SHOWN:
             say(f"skipped {len(state.skipped) - _SHOWN} more unreadable records")
-        for d in [*state.unfinished, *state.rollbacks]:
+        for d in state.unfinished:
             say(f"finished {d.decision_id} after the restart: {d.state}")
+        for decision_id in state.rollbacks:
+            say(f"finished {decision_id}'s interrupted rollback: its effect is unknown")
         if state.policy_id != policy.id:
             index = await gw.activate_policy(policy, actor="govgate serve")
             say(f"policy {policy.id[:16]} activated (record {index})")

@@ -197,7 +197,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             yield await self._propose(req, context)
 
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
-        return decision_to_proto(self.gw.get(request.decision_id))
+        return decision_to_proto(await self.gw.get(request.decision_id))
 
     async def Rollback(self, request: Any, context: Any) -> types_pb2.Decision:
         d = await self.gw.rollback(request.decision_id, request.reason, caller(context))
@@ -214,7 +214,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         return decision_pb2.ReportIncidentResponse(ledger_index=index)
 
     async def WatchDecision(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        d = self.gw.get(request.decision_id)
+        d = await self.gw.get(request.decision_id)
         while True:
             d.changed.clear()
             sent = decision_to_proto(d)

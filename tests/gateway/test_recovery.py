@@ -208,6 +208,6 @@ async def test_records_it_cannot_read_are_skipped_and_named(runtime: Runtime):
         assert state.skipped[2].startswith("record 3 (halt): scope is not an object")
         assert state.foreign == 1  # not a gateway's decision: left alone, with its outcome
         assert state.halts == []
-        assert state.by_request == {"r-1": d.decision_id}
+        assert state.by_request == {"r-1": (d.decision_id, d.digest)}
         assert state.decisions[d.decision_id].state == "EXECUTED"
         assert state.decisions[d.decision_id].risk == d.risk
