@@ -211,3 +211,48 @@ async def test_records_it_cannot_read_are_skipped_and_named(runtime: Runtime):
         assert state.by_request == {"r-1": (d.decision_id, d.digest)}
         assert state.decisions[d.decision_id].state == "EXECUTED"
         assert state.decisions[d.decision_id].risk == d.risk
+
+
+async def test_decisions_that_left_the_cache_are_read_back_from_the_ledger(runtime: Runtime):
+    async with runtime.gateway() as gw:
+        gw.cache = 2
+        first = await gw.propose("r-0", act("resize", vcpus=3), requester=ENGINE)
+        for n in range(1, 5):
+            await gw.propose(f"r-{n}", act("resize", vcpus=2 + n % 2), requester=ENGINE)
+        assert first.decision_id not in gw.decisions  # only the two newest are kept
+        again = await gw.propose("r-0", act("resize", vcpus=3), requester=ENGINE)
+        assert again is not first  # a fresh object, read back from the records
+        assert (again.decision_id, again.state, again.risk, again.ledger_index) == (
+            first.decision_id, "EXECUTED", first.risk, first.ledger_index
+        )  # fmt: skip
+        assert again.explanation is not None
+        assert first.explanation is not None
+        assert again.explanation.to_record() == first.explanation.to_record()
+        assert [c.text() for c in again.explanation.top(5)] == [
+            c.text() for c in first.explanation.top(5)
+        ]  # the feature values too: re-derived from the recorded action and state
+        assert await kinds(gw, first.decision_id) == ["decision", "outcome"]  # not rerun
+        gw.decisions.pop(first.decision_id)
+        rolled = await gw.rollback(first.decision_id, "read back, then undone", ALICE)
+        assert rolled.state == "ROLLED_BACK"
+        with pytest.raises(Exception, match="no decision 'd-missing'"):
+            await gw.get("d-missing")
+        await verify(gw, runtime)
+
+
+async def test_a_selector_halt_covers_a_target_that_cannot_be_described(runtime: Runtime):
+    async with runtime.gateway() as gw:
+        await gw.halt(Halt(selector=parse_selector("env=production")), "drill", ALICE)
+
+        async def down(*args: Any, **kwargs: Any) -> Any:
+            from adapters.errors import UnavailableError
+
+            raise UnavailableError("libvirt is restarting")
+
+        runtime.lv.describe = down  # type: ignore[method-assign]
+        try:
+            d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        finally:
+            del runtime.lv.describe
+        assert d.state == "HALTED", d.reasons
+        assert await vcpus(runtime) == 2
