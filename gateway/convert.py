@@ -22,7 +22,15 @@ from gateway.pipeline import Decision, Halt
 from gateway.selector import parse_selector
 from ledger.record import Record
 
-__all__ = ["action_from_proto", "decision_to_proto", "halt_from_proto", "record_to_proto"]
+__all__ = [
+    "EXPLAINED",
+    "action_from_proto",
+    "decision_to_proto",
+    "halt_from_proto",
+    "record_to_proto",
+]
+
+EXPLAINED = 5  # contributions that come with a sentence (Contribution.text)
 
 
 def action_from_proto(msg: types_pb2.Action) -> Action:
@@ -83,13 +91,14 @@ def decision_to_proto(d: Decision) -> types_pb2.Decision:
         requester=d.requester,
         request_digest=d.digest,
     )
-    if d.explanation is not None:
-        for c in d.explanation.top(len(d.explanation.contributions)):
+    if d.explanation is not None:  # every feature, largest first; sentences for the top few
+        for n, c in enumerate(d.explanation.top(len(d.explanation.contributions))):
             msg.contributions.append(
                 types_pb2.Contribution(
-                    feature=c.feature, value=c.value, contribution=c.contribution, text=c.text()
+                    feature=c.feature, value=c.value, contribution=c.contribution,
+                    text=c.text() if n < EXPLAINED else "",
                 )
-            )
+            )  # fmt: skip
     if d.outcome is not None:
         msg.outcome.CopyFrom(
             types_pb2.Outcome(

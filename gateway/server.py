@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,13 @@ def caller(context: grpc.aio.ServicerContext) -> str:
     certs = context.auth_context().get("x509_pem_cert") or []
     if not certs:
         raise IdentityError("no client certificate")
-    return identity_of(certs[0])
+    return _identity(certs[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(cert_pem: bytes) -> str:
+    """:func:`identity_of`, parsed once per certificate (TLS has verified it already)."""
+    return identity_of(cert_pem)
 
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
