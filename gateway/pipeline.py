@@ -152,7 +152,7 @@ class Gateway:
         *,
         shadow: bool = False,  # decide and record, never execute
         roles: Roles | None = None,  # None: every identity may do everything (library use)
-        cache: int = 10_000,  # final decisions kept in memory; older ones are read back
+        cache: int = 1_000,  # final decisions kept in memory; older ones are read back
     ) -> None:
         self.ledger = ledger
         self.adapters = dict(adapters)

@@ -129,7 +129,7 @@ def _scope(rec: Record) -> Halt:
 class Replay:
     """Feed every record in index order; :meth:`result` is the state they add up to."""
 
-    def __init__(self, now: dt.datetime | None = None, *, keep: int = 10_000) -> None:
+    def __init__(self, now: dt.datetime | None = None, *, keep: int = 1_000) -> None:
         self._now = now or dt.datetime.now(dt.UTC)
         self._keep = keep  # final decisions kept; the rest are only remembered by id
         self._gone: set[str] = set()  # ids of final decisions no longer kept
