@@ -7,8 +7,7 @@ Start-up, in order (each step says what it does on standard error):
    ``DATA/models``, else the bundled default);
 3. rebuild the gateway's state from the ledger and finish what a crash
    interrupted (:mod:`gateway.recovery`);
-4. activate the policy, writing a ``policy`` record when it differs from the
-   last one recorded;
+4. activate the policy: a ``policy`` record with its id, on every start;
 5. freeze the objects loaded so far out of the garbage collector's reach
    (``gc.freeze``): otherwise full collections walk XGBoost's and NumPy's
    objects and stall the event loop for tens of milliseconds under load;
@@ -121,9 +120,9 @@ async def serve(
             say(f"finished {d.decision_id} after the restart: {d.state}")
         for decision_id in state.rollbacks:
             say(f"finished {decision_id}'s interrupted rollback: its effect is unknown")
-        if state.policy_id != policy.id:
-            index = await gw.activate_policy(policy, actor="govgate serve")
-            say(f"policy {policy.id[:16]} activated (record {index})")
+        index = await gw.activate_policy(policy, actor="govgate serve")  # every load is recorded
+        change = "unchanged" if state.policy_id == policy.id else "changed"
+        say(f"policy {policy.id[:16]} loaded, {change} (record {index})")
         if config.shadow:
             say("shadow mode: decisions are made and recorded, never executed")
         gc.collect()
