@@ -423,6 +423,14 @@ def serve(
             help='libvirt connection URI ("samples": the test driver with sample VMs).',
         ),
     ] = None,
+    reflection: Annotated[
+        bool | None,
+        typer.Option("--reflection/--no-reflection", help="gRPC server reflection (default on)."),
+    ] = None,
+    grace: Annotated[
+        float | None,
+        typer.Option(min=0, help="Seconds in-flight calls get on SIGTERM (default 10)."),
+    ] = None,
     port_file: Annotated[
         Path | None,
         typer.Option(help="Write the bound port here once listening (for --listen :0)."),
@@ -452,7 +460,7 @@ def serve(
             lv = LibvirtConfig(**{**(cfg.libvirt or LibvirtConfig()).__dict__, "uri": libvirt_uri})
         cfg = cfg.with_flags(
             listen=listen, policy=policy and policy.resolve(), roles=roles and roles.resolve(),
-            shadow=shadow, libvirt=lv,
+            shadow=shadow, libvirt=lv, reflection=reflection, grace=grace,
         )  # fmt: skip
         asyncio.run(run(cfg, say=lambda line: err.print(escape(line), soft_wrap=True),
                         ready=ready))  # fmt: skip

@@ -51,6 +51,9 @@ class ServeConfig:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     expiry_interval: float = 1.0  # seconds between sweeps for overdue approvals
     grace: float = 10.0  # seconds in-flight calls get on shutdown
+    reflection: bool = True  # gRPC server reflection (grpcurl, Postman, ...)
+    max_inflight: int = 512  # proposals in flight before RESOURCE_EXHAUSTED
+    health_interval: float = 1.0  # seconds between checks that the ledger can write
 
     def path(self, p: Path) -> Path:
         """``p`` read from the data directory when relative."""
@@ -116,8 +119,10 @@ def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
     _check(doc, _SECTIONS, source)
     out: dict[str, Any] = {}
     server = _table(doc, "server", source)
-    _check(server, ("listen", "shadow", "grace"), f"{source}: server")
-    for key, kind in (("listen", str), ("shadow", bool), ("grace", float)):
+    kinds = {"listen": str, "shadow": bool, "grace": float, "reflection": bool,
+             "max_inflight": int, "health_interval": float}  # fmt: skip
+    _check(server, tuple(kinds), f"{source}: server")
+    for key, kind in kinds.items():
         if key in server:
             out[key] = _get(server, key, kind, f"{source}: server")
     tls = _table(doc, "tls", source)

@@ -8,7 +8,8 @@
     ├── DecisionNotFoundError no such decision (NOT_FOUND)
     ├── ReviewRefusedError    an approval rule refused a review (PERMISSION_DENIED or
     │                         FAILED_PRECONDITION by its code)
-    └── LedgerUnavailableError the decision could not be recorded: nothing ran (UNAVAILABLE)
+    ├── LedgerUnavailableError the decision could not be recorded: nothing ran (UNAVAILABLE)
+    └── OverloadedError       too much in flight; retry later (RESOURCE_EXHAUSTED, RetryInfo)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "GatewayError",
     "InvalidRequestError",
     "LedgerUnavailableError",
+    "OverloadedError",
     "RequestConflictError",
     "ReviewRefusedError",
 ]
@@ -49,3 +51,11 @@ class ReviewRefusedError(GatewayError):
 
 class LedgerUnavailableError(GatewayError):
     pass
+
+
+class OverloadedError(GatewayError):
+    """Refused before anything was recorded, because the gateway is full; retry later."""
+
+    def __init__(self, message: str, retry_after: float = 0.1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

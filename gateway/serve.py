@@ -31,6 +31,8 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
+
 from adapters.errors import AdapterError
 from adapters.kata import KataAdapter
 from adapters.libvirt import LibvirtAdapter, LibvirtConfig
@@ -45,8 +47,8 @@ from gateway.policy import Policy
 from gateway.recovery import recover
 from gateway.roles import Roles
 from gateway.samples import write_node
-from gateway.server import TlsFiles, start_server
-from ledger import DataDir
+from gateway.server import Health, ServerOptions, TlsFiles, start_server
+from ledger import DataDir, Ledger, LedgerError
 
 __all__ = ["EXAMPLE_POLICY", "serve"]
 
@@ -128,23 +130,40 @@ async def serve(
         gc.collect()
         gc.freeze()
         host, _, port = config.listen.rpartition(":")
-        server, bound = await start_server(gw, tls, host=host, port=int(port))
-        say(f"listening on {host}:{bound} (mTLS)")
+        health = Health()
+        options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection)
+        server, bound = await start_server(gw, tls, host=host, port=int(port), options=options,
+                                           health_status=health)  # fmt: skip
+        say(f"listening on {host}:{bound} (mTLS"
+            + (", reflection" if config.reflection else "") + ")")  # fmt: skip
         if ready is not None:
             ready(bound)
-        sweeper = asyncio.create_task(_sweep(gw, config.expiry_interval, say))
-        stop = stop or asyncio.Event()
+        chores = [
+            asyncio.create_task(_sweep(gw, config.expiry_interval, say)),
+            asyncio.create_task(_watch_health(ledger, health, config.health_interval, say)),
+        ]
+        stop, force = stop or asyncio.Event(), asyncio.Event()
+
+        def signalled() -> None:
+            (force if stop.is_set() else stop).set()  # the second signal forces
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signalled)
         try:
             await stop.wait()
-            say(f"stopping: in-flight calls get {config.grace:g}s")
+            for chore in chores:
+                chore.cancel()
+            await health.set(False, "draining")
+            say(f"draining: NOT_SERVING, no new calls; in-flight calls get {config.grace:g}s "
+                "(a second signal stops them now)")  # fmt: skip
+            await _drain(server, config.grace, force, say)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            sweeper.cancel()
-            await server.stop(config.grace)
+            for chore in chores:
+                chore.cancel()
+            await server.stop(None)  # a no-op after a drain; else cancels what is in flight
     say("stopped; the ledger is closed")
 
 
@@ -158,3 +177,35 @@ async def _sweep(gw: Gateway, every: float, say: Say) -> None:
             continue
         if expired:
             say(f"{expired} pending decision(s) expired")
+
+
+async def _drain(server: grpc.aio.Server, grace: float, force: asyncio.Event, say: Say) -> None:
+    """Let in-flight calls finish within ``grace``, or until ``force`` is set.
+
+    Calls cut short lose nothing recorded: a decision recorded without its outcome is
+    finished by the next start-up (docs/serve.md).
+    """
+    draining = asyncio.create_task(server.stop(grace))
+    forced = asyncio.create_task(force.wait())
+    await asyncio.wait({draining, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        say("second signal: cancelling the calls still in flight")
+        await server.stop(None)
+    forced.cancel()
+    await draining
+
+
+async def _watch_health(ledger: Ledger, health: Health, every: float, say: Say) -> None:
+    """``SERVING`` exactly while the ledger can write; said when it changes."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if not ledger.accepting:
+                raise LedgerError("the ledger's writer has stopped")
+            await ledger.store.check_writable()
+        except LedgerError as err:
+            if await health.set(False, str(err)):
+                say(f"NOT_SERVING: {err}")
+        else:
+            if await health.set(True):
+                say("SERVING: the ledger can write again")

@@ -14,15 +14,19 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from adapters.errors import AdapterError, AdapterTimeoutError, UnavailableError
@@ -41,6 +45,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     LedgerUnavailableError,
+    OverloadedError,
     RequestConflictError,
     ReviewRefusedError,
 )
@@ -52,10 +57,13 @@ from ledger.errors import NotFoundError as LedgerNotFoundError
 from ledger.store import RecordQuery
 
 __all__ = [
+    "Admission",
     "DecisionServicer",
     "ErrorMapper",
+    "Health",
     "LedgerServicer",
     "OversightServicer",
+    "ServerOptions",
     "TlsFiles",
     "caller",
     "start_server",
@@ -91,6 +99,8 @@ def _status(err: BaseException) -> status_pb2.Status:
             reason = err.code.upper().replace("-", "_")
         case LedgerUnavailableError() | UnavailableError():
             code, reason = code_pb2.UNAVAILABLE, "UNAVAILABLE"
+        case OverloadedError():
+            code, reason = code_pb2.RESOURCE_EXHAUSTED, "OVERLOADED"
         case AdapterTimeoutError():
             code, reason = code_pb2.DEADLINE_EXCEEDED, "RUNTIME_TIMEOUT"
         case IdentityError():
@@ -106,6 +116,10 @@ def _status(err: BaseException) -> status_pb2.Status:
             field=err.field, description=str(err)
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(err, OverloadedError):
+        delay = Duration()
+        delay.FromMilliseconds(max(1, round(err.retry_after * 1000)))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     info = error_details_pb2.ErrorInfo(reason=reason, domain="govgate")
     decision_id = getattr(err, "decision_id", "")
     if decision_id:
@@ -124,8 +138,18 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authorizes every govgate call by the caller's roles, and turns every domain error a
     handler raises into a status with details."""
 
-    def __init__(self, authorize: Authorize | None = None) -> None:
+    def __init__(
+        self,
+        authorize: Authorize | None = None,
+        on_unavailable: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.authorize = authorize
+        self.on_unavailable = on_unavailable  # health: the ledger or a runtime failed
+
+    async def _abort(self, context: grpc.aio.ServicerContext, err: BaseException) -> None:
+        if isinstance(err, LedgerUnavailableError) and self.on_unavailable is not None:
+            self.on_unavailable(err)
+        await context.abort_with_status(rpc_status.to_status(_status(err)))
 
     async def intercept_service(
         self,
@@ -148,7 +172,7 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await admit(context)
                     return await fn(request, context)
                 except _HANDLED as err:
-                    await context.abort_with_status(rpc_status.to_status(_status(err)))
+                    await self._abort(context, err)
 
             return wrapped
 
@@ -159,7 +183,7 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     async for item in fn(request, context):
                         yield item
                 except _HANDLED as err:
-                    await context.abort_with_status(rpc_status.to_status(_status(err)))
+                    await self._abort(context, err)
 
             return wrapped
 
@@ -186,15 +210,45 @@ def _identity(cert_pem: bytes) -> str:
     return identity_of(cert_pem)
 
 
+class Admission:
+    """The one bound on work in flight: at most ``limit`` proposals between arrival and
+    answer. It caps every stage's queue behind it (describe, scoring, the ledger's), so
+    that overload is a fast ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, not a slow answer."""
+
+    def __init__(self, limit: int = 512, retry_after: float = 0.2) -> None:
+        if limit < 1 or retry_after <= 0:
+            raise ValueError("limit must be >= 1 and retry_after > 0")
+        self.limit, self.retry_after = limit, retry_after
+        self.inflight = 0
+        self.refused = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.inflight >= self.limit:
+            self.refused += 1
+            raise OverloadedError(
+                f"{self.inflight} proposals are in flight (the limit is {self.limit}); "
+                f"retry in {self.retry_after:g}s",
+                self.retry_after,
+            )
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, admission: Admission | None = None) -> None:
         self.gw = gw
+        self.admission = admission or Admission()
 
     async def _propose(self, req: Any, context: Any) -> types_pb2.Decision:
-        action = action_from_proto(req.action)
-        d = await self.gw.propose(req.request_id, action, requester=caller(context),
-                                  dry_run=req.dry_run)  # fmt: skip
-        return decision_to_proto(d)
+        with self.admission():
+            action = action_from_proto(req.action)
+            d = await self.gw.propose(req.request_id, action, requester=caller(context),
+                                      dry_run=req.dry_run)  # fmt: skip
+            return decision_to_proto(d)
 
     async def Propose(self, request: Any, context: Any) -> types_pb2.Decision:
         return await self._propose(request, context)
@@ -299,16 +353,73 @@ class TlsFiles:
     key: Path
 
 
+class Health:
+    """The gateway's ``grpc.health.v1`` status (service ``""``), set from one place.
+
+    ``NOT_SERVING`` while the ledger cannot write (a failed append marks it at once;
+    ``govgate serve`` probes it back) and while draining for shutdown.
+    """
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self.serving: bool | None = None
+        self.why = ""
+
+    async def set(self, serving: bool, why: str = "") -> bool:
+        """Set the status; returns whether it changed."""
+        if serving == self.serving:
+            return False
+        self.serving, self.why = serving, why
+        status = health_pb2.HealthCheckResponse.SERVING if serving else (
+            health_pb2.HealthCheckResponse.NOT_SERVING)  # fmt: skip
+        await self.servicer.set("", status)
+        return True
+
+    def down(self, err: BaseException) -> None:
+        """From synchronous code: mark NOT_SERVING because of ``err``."""
+        asyncio.get_running_loop().create_task(self.set(False, str(err)))
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    max_inflight: int = 512  # proposals in flight before RESOURCE_EXHAUSTED
+    retry_after: float = 0.2  # seconds, in RetryInfo
+    reflection: bool = True  # grpc.reflection.v1alpha, for grpcurl and friends
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()  # run before the error mapper
+
+
 async def start_server(
-    gw: Gateway, tls: TlsFiles, *, host: str = "127.0.0.1", port: int = 0
+    gw: Gateway,
+    tls: TlsFiles,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    options: ServerOptions | None = None,
+    health_status: Health | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start a mTLS gRPC server (client certificates required); returns it and its port."""
-    server = grpc.aio.server(interceptors=[ErrorMapper(gw.authorize)])
-    decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw), server)
+    """Start a mTLS gRPC server (client certificates required); returns it and its port.
+
+    ``health_status`` is the caller's when it reports health itself (``govgate serve``
+    does); a failure to record marks the gateway ``NOT_SERVING`` either way.
+    """
+    options = options or ServerOptions()
+    health_status = health_status or Health()
+    mapper = ErrorMapper(gw.authorize, on_unavailable=health_status.down)
+    server = grpc.aio.server(interceptors=[*options.interceptors, mapper])
+    admission = Admission(options.max_inflight, options.retry_after)
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw, admission), server)
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(gw), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_status.servicer, server)
+    if options.reflection:
+        names = [
+            decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
+            oversight_pb2.DESCRIPTOR.services_by_name["OversightService"].full_name,
+            ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
     creds = grpc.ssl_server_credentials(
         [(tls.key.read_bytes(), tls.cert.read_bytes())],
         root_certificates=tls.ca.read_bytes(),
@@ -316,5 +427,5 @@ async def start_server(
     )
     bound = server.add_secure_port(f"{host}:{port}", creds)
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_status.set(True)
     return server, bound

@@ -148,6 +148,11 @@ class Ledger:
     def store(self) -> LedgerStore:
         return self._store
 
+    @property
+    def accepting(self) -> bool:
+        """Whether appends are taken (open, and its writer alive)."""
+        return not self._closed and self._writer is not None and not self._writer.done()
+
     async def __aenter__(self) -> Ledger:
         await self.start()
         return self

@@ -259,6 +259,23 @@ class SQLiteStore(LedgerStore):
         self._cache = (batch.head, batch.frontier.copy())
         return batch
 
+    async def check_writable(self, wait_ms: int = 1000) -> None:
+        """Take the write lock and let it go: fails while the file is read-only, gone, or
+        locked by another process for longer than ``wait_ms``, without writing anything."""
+
+        def probe(conn: sqlite3.Connection) -> None:
+            conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+
+        try:
+            await self._on_db_thread(probe)
+        except (sqlite3.Error, ValueError, AttributeError) as err:  # closed: no connection
+            raise StoreError(f"the ledger database cannot be written: {err}") from err
+
     async def sequence(self, build: BuildFn, *, prebuilt: Batch | None = None) -> Batch:
         async with self._lock:
             try:

@@ -118,6 +118,10 @@ class LedgerStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Raise :class:`StoreError` unless an append could be written now (health checks)."""
+
+    @abc.abstractmethod
     async def snapshot(self) -> tuple[Head, Frontier]:
         """The head and its frontier, read consistently."""
 

@@ -33,7 +33,7 @@ from gateway._proto.govgate.v1 import (
 from gateway.identity import init_certs
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
-from gateway.server import TlsFiles, start_server
+from gateway.server import ServerOptions, TlsFiles, start_server
 from ledger import DataDir, LedgerConfig
 from ledger.export import export_ledger
 from ledger.merkle import verify_inclusion
@@ -80,7 +80,9 @@ class Clients:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, *, shadow: bool = False) -> AsyncIterator[Clients]:
+async def serving(
+    tmp_path: Path, *, shadow: bool = False, options: ServerOptions | None = None
+) -> AsyncIterator[Clients]:
     """A gateway on loopback with mTLS, and a channel per identity; on a clean exit the
     exported ledger verifies with only the public key."""
     certs = init_certs(tmp_path / "certs", list(IDENTITIES))
@@ -96,7 +98,7 @@ async def serving(tmp_path: Path, *, shadow: bool = False) -> AsyncIterator[Clie
         policy = Policy.load(EXAMPLE_POLICY)
         gw = Gateway(ledger, {"libvirt": lv}, batcher, policy, shadow=shadow)
         tls = TlsFiles(certs["ca"].cert, certs["server"].cert, certs["server"].key)
-        server, port = await start_server(gw, tls)
+        server, port = await start_server(gw, tls, options=options)
         ca = certs["ca"].cert.read_bytes()
         channels = {
             who: grpc.aio.secure_channel(
@@ -545,3 +547,30 @@ async def test_an_approval_after_the_deadline_is_refused_and_expires(clients: Cl
     )
     assert got.state == types_pb2.EXPIRED
     assert await clients.vcpus() == 2
+
+
+async def test_overload_is_refused_fast_with_retry_info_and_the_server_recovers(tmp_path: Path):
+    async with serving(tmp_path, options=ServerOptions(max_inflight=2, retry_after=0.5)) as clients:
+        stub = clients.decisions("engine-1")
+        burst = [stub.Propose(propose(f"r-{n}", vcpus=str(3 + n % 2)), timeout=30)
+                 for n in range(40)]  # fmt: skip
+        results = await asyncio.gather(*burst, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        decided = [r for r in results if not isinstance(r, BaseException)]
+        assert refused, "40 at once against a limit of 2 must be refused in part"
+        assert decided, "and the first ones decided"
+        assert len(refused) + len(decided) == 40
+        for err in refused:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            status = rpc_status.from_call(err)
+            assert status is not None
+            [packed] = [a for a in status.details if a.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            assert retry.retry_delay.ToMilliseconds() == 500
+        # Nothing refused was recorded; everything decided was, once.
+        q = ledger_pb2.QueryRequest(kind="decision", limit=1000)
+        recorded = [r async for r in clients.ledger("alice").Query(q)]
+        assert len(recorded) == len(decided)
+        again = await stub.Propose(propose("r-after", vcpus="4"), timeout=30)  # recovered
+        assert again.state in (types_pb2.EXECUTED, types_pb2.PENDING_APPROVAL)

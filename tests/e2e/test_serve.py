@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway._proto.govgate.v1 import (
     decision_pb2,
@@ -253,3 +256,81 @@ def test_bad_configuration_is_refused_with_a_clear_error(site: Site, setup: str,
     assert done.returncode == 1
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def health_of(served: Served) -> str:
+    stub = health_pb2_grpc.HealthStub(served.channel("alice"))
+    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_health_follows_whether_the_ledger_can_write(site: Site):
+    served = site.serve()
+    assert health_of(served) == "SERVING"
+    locker = sqlite3.connect(site.data / "ledger.db", timeout=0)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        assert wait_for(lambda: health_of(served) == "NOT_SERVING"), served.output()
+    finally:
+        locker.rollback()
+        locker.close()
+    assert wait_for(lambda: health_of(served) == "SERVING"), served.output()
+    log = served.output()
+    assert "NOT_SERVING: the ledger database cannot be written" in log
+    assert "SERVING: the ledger can write again" in log
+    done = served.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert state(done) == "EXECUTED"
+    assert served.stop() == 0
+
+
+def test_reflection_lists_the_services_and_can_be_switched_off(site: Site):
+    def services(served: Served) -> list[str]:
+        stub = reflection_pb2_grpc.ServerReflectionStub(served.channel("alice"))
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = list(stub.ServerReflectionInfo(iter([ask]), timeout=10))
+        return sorted(s.name for s in answer.list_services_response.service)
+
+    on = site.serve()
+    assert {"govgate.v1.DecisionService", "govgate.v1.OversightService",
+            "govgate.v1.LedgerService", "grpc.health.v1.Health"} <= set(services(on))  # fmt: skip
+    assert on.stop() == 0
+    off = site.serve("--no-reflection")
+    with pytest.raises(grpc.RpcError) as info:
+        services(off)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert off.stop() == 0
+
+
+def test_sigterm_drains_and_a_second_one_stops_what_is_still_in_flight(site: Site):
+    served = site.serve("--grace", "60")
+    waiting = served.decisions().Propose(propose("r-1", "reboot", "api-1"), timeout=30)
+    assert state(waiting) == "PENDING_APPROVAL"
+    watch = served.decisions().WatchDecision(
+        decision_pb2.WatchDecisionRequest(decision_id=waiting.decision_id), timeout=120
+    )
+    assert state(next(watch)) == "PENDING_APPROVAL"  # a call in flight until it is decided
+    started = time.monotonic()
+    served.proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: "draining: NOT_SERVING" in served.output())
+    assert served.proc.poll() is None  # the watch holds it within the 60 s grace
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=30) == 0
+    assert time.monotonic() - started < 30
+    assert "second signal: cancelling" in served.output()
+    with pytest.raises(grpc.RpcError):
+        next(watch)
+    served.close()
+    again = site.serve()  # nothing recorded was lost: the decision is still pending
+    pending = again.oversight().ListPending(oversight_pb2.ListPendingRequest(), timeout=30)
+    assert [d.decision_id for d in pending.decisions] == [waiting.decision_id]
+    assert again.stop() == 0
+    site.verify_ledger()

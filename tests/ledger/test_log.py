@@ -381,3 +381,22 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
     await asyncio.wait_for(log.close(), 5)
     with pytest.raises(LedgerClosedError):
         await queued
+
+
+async def test_health_probe_says_whether_an_append_could_be_written(data: DataDir) -> None:
+    async with data.open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
+        assert log.accepting
+        await log.store.check_writable()
+        other = sqlite3.connect(data.db_path, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            with pytest.raises(StoreError, match="cannot be written"):
+                await log.store.check_writable(wait_ms=50)  # type: ignore[call-arg]
+        finally:
+            other.rollback()
+            other.close()
+        await log.store.check_writable()
+        size = (await log.store.snapshot())[0].size
+        await log.append(Draft("halt", {"reason": "the probe wrote nothing before this"}))
+        assert (await log.store.snapshot())[0].size == size + 1
+    assert not log.accepting
