@@ -431,6 +431,9 @@ def serve(
         float | None,
         typer.Option(min=0, help="Seconds in-flight calls get on SIGTERM (default 10)."),
     ] = None,
+    log_format: Annotated[
+        str, typer.Option(help="text (for people) or json (one object a line, for pipelines).")
+    ] = "text",
     port_file: Annotated[
         Path | None,
         typer.Option(help="Write the bound port here once listening (for --listen :0)."),
@@ -443,6 +446,7 @@ def serve(
     """
     from adapters.libvirt import LibvirtConfig
     from gateway.config import ConfigError, ServeConfig
+    from gateway.logs import configure, event
     from gateway.policy import PolicyError
     from gateway.roles import RolesError
     from gateway.serve import serve as run
@@ -462,8 +466,10 @@ def serve(
             listen=listen, policy=policy and policy.resolve(), roles=roles and roles.resolve(),
             shadow=shadow, libvirt=lv, reflection=reflection, grace=grace,
         )  # fmt: skip
-        asyncio.run(run(cfg, say=lambda line: err.print(escape(line), soft_wrap=True),
-                        ready=ready))  # fmt: skip
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format: {log_format!r} is not text or json")
+        configure(log_format)
+        asyncio.run(run(cfg, say=lambda line: event(line), ready=ready))
     except (ConfigError, PolicyError, RolesError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         raise SystemExit(1) from None

@@ -50,7 +50,8 @@ from gateway.errors import (
     ReviewRefusedError,
 )
 from gateway.identity import IdentityError, identity_of
-from gateway.pipeline import Gateway
+from gateway.logs import event
+from gateway.pipeline import Decision, Gateway
 from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
 from ledger.errors import NotFoundError as LedgerNotFoundError
@@ -210,6 +211,13 @@ def _identity(cert_pem: bytes) -> str:
     return identity_of(cert_pem)
 
 
+def _logged(d: Decision) -> None:
+    """One log line per decision state: ids and verdict, never parameters or free text."""
+    event("decision", decision_id=d.decision_id, state=d.state, verb=d.action.verb.value,
+          target=str(d.action.target), requester=d.requester, risk=d.risk,
+          policy_id=d.policy_id[:16], ledger_index=d.ledger_index, trace_id=d.trace_id)  # fmt: skip
+
+
 class Admission:
     """The one bound on work in flight: at most ``limit`` proposals between arrival and
     answer. It caps every stage's queue behind it (describe, scoring, the ledger's), so
@@ -248,6 +256,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             action = action_from_proto(req.action)
             d = await self.gw.propose(req.request_id, action, requester=caller(context),
                                       dry_run=req.dry_run)  # fmt: skip
+            _logged(d)
             return decision_to_proto(d)
 
     async def Propose(self, request: Any, context: Any) -> types_pb2.Decision:
@@ -295,8 +304,11 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
         )
 
     async def _review(self, request: Any, context: Any, approve: bool) -> Any:
-        d = await self.gw.review(request.decision_id, caller(context), approve, request.reason,
+        reviewer = caller(context)
+        d = await self.gw.review(request.decision_id, reviewer, approve, request.reason,
                                  request.request_digest)  # fmt: skip
+        event("review", decision_id=d.decision_id, reviewer=reviewer, approved=approve)
+        _logged(d)
         return decision_to_proto(d)
 
     async def Approve(self, request: Any, context: Any) -> Any:
@@ -306,12 +318,15 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
         return await self._review(request, context, False)
 
     async def Halt(self, request: Any, context: Any) -> Any:
-        index = await self.gw.halt(halt_from_proto(request.scope), request.reason, caller(context))
+        scope, who = halt_from_proto(request.scope), caller(context)
+        index = await self.gw.halt(scope, request.reason, who)
+        event("halt", scope=scope.describe(), actor=who, ledger_index=index)
         return oversight_pb2.HaltResponse(ledger_index=index)
 
     async def Resume(self, request: Any, context: Any) -> Any:
-        index = await self.gw.resume(halt_from_proto(request.scope), request.reason,
-                                     caller(context))  # fmt: skip
+        scope, who = halt_from_proto(request.scope), caller(context)
+        index = await self.gw.resume(scope, request.reason, who)
+        event("resume", scope=scope.describe(), actor=who, ledger_index=index)
         return oversight_pb2.ResumeResponse(ledger_index=index)
 
 

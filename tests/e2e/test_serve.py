@@ -10,6 +10,7 @@ what lets a test see that a recovered decision was *not* run again.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -334,3 +335,30 @@ def test_sigterm_drains_and_a_second_one_stops_what_is_still_in_flight(site: Sit
     assert [d.decision_id for d in pending.decisions] == [waiting.decision_id]
     assert again.stop() == 0
     site.verify_ledger()
+
+
+def test_json_logs_carry_events_but_no_secrets_or_free_text(site: Site):
+    served = site.serve("--log-format", "json")
+    marker = "TOP-SECRET-JUSTIFICATION"
+    request = propose("r-1", "resize", "web-1", vcpus="4")
+    request.action.justification = f"{marker} \x1b[2J"  # refused: a control character
+    with pytest.raises(grpc.RpcError):
+        served.decisions().Propose(request, timeout=30)
+    request.action.justification = marker
+    done = served.decisions().Propose(request, timeout=30)
+    assert served.stop() == 0
+    lines = [json.loads(line) for line in served.output().splitlines() if line.strip()]
+    events = [line["event"] for line in lines]
+    assert any(e.startswith("listening on 127.0.0.1:") for e in events)
+    assert "stopped; the ledger is closed" in events
+    [decision] = [line for line in lines if line["event"] == "decision"]
+    assert decision["decision_id"] == done.decision_id
+    assert (decision["state"], decision["verb"], decision["target"]) == (
+        "EXECUTED", "resize", "libvirt/web-1"
+    )  # fmt: skip
+    assert all({"time", "level", "event"} <= set(line) for line in lines)
+    text = served.output()
+    assert marker not in text
+    for key in (site.data / "keys").glob("*.key"):
+        assert key.read_text().strip().split()[-1] not in text
+    assert "PRIVATE KEY" not in text  # nor any TLS key

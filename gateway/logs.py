@@ -1,0 +1,74 @@
+"""The gateway's log: one line per event on standard error, as text for people or JSON for
+log pipelines (``govgate serve --log-format json``).
+
+Every line is an event name plus fields. What may appear is decided here, not at each
+call: decisions are logged by id, verb, target, state, risk, policy, model and trace id;
+never their parameters, justification, labels or anything read from a key file. Values
+are passed through :func:`_safe`, which keeps only numbers, booleans and short strings
+without control characters, so that a hostile string cannot forge a line.
+
+Example::
+
+    configure("json")
+    event("decision", decision_id="d-1", verb="resize", state="EXECUTED")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from typing import Any
+
+import orjson
+
+__all__ = ["LOG", "configure", "event"]
+
+LOG = logging.getLogger("govgate")
+_MAX_VALUE = 256
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _safe(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _printable(str(value)[:_MAX_VALUE])
+
+
+class _Json(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        return orjson.dumps(line).decode()
+
+
+class _Text(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{record.getMessage()} {tail}".rstrip()
+
+
+def configure(fmt: str = "text", level: str = "INFO") -> None:
+    """Send govgate's events to standard error in ``fmt`` ("text" or "json")."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format must be text or json, not {fmt!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Json() if fmt == "json" else _Text())
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+def event(name: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``name`` with ``fields`` (made safe); cheap when the level is off."""
+    if LOG.isEnabledFor(level):
+        safe = {k: _safe(v) for k, v in fields.items()}
+        LOG.log(level, _printable(name), extra={"fields": safe})
