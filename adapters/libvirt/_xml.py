@@ -18,7 +18,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["LABELS_NS", "count_disks", "domain_xml", "labels_xml", "parse_labels", "snapshot_xml"]
+__all__ = [
+    "LABELS_NS",
+    "count_disks",
+    "domain_xml",
+    "labels_xml",
+    "parse_labels",
+    "read_domain",
+    "snapshot_xml",
+]
 
 LABELS_NS = "https://govgate.dev/xmlns/labels/1"
 LABELS_PREFIX = "govgate"
@@ -42,8 +50,20 @@ def labels_xml(labels: Mapping[str, str]) -> str:
 
 
 def count_disks(domain_xml_text: str) -> int:
+    return read_domain(domain_xml_text)[1]
+
+
+def read_domain(domain_xml_text: str) -> tuple[dict[str, str], int]:
+    """(labels, disks) from a domain's XML, in one parse: the govgate labels in its
+    ``<metadata>``, and its disk devices (not CD-ROMs or floppies)."""
     root = ET.fromstring(domain_xml_text)  # noqa: S314 - libvirt's own XML
-    return sum(1 for d in root.iter("disk") if d.get("device", "disk") == "disk")
+    labels: dict[str, str] = {}
+    for block in root.iterfind(f"metadata/{{{LABELS_NS}}}labels"):
+        for el in block:
+            if el.tag.rsplit("}", 1)[-1] == "label" and el.get("key"):
+                labels[str(el.get("key"))] = (el.text or "").strip()
+    disks = sum(1 for d in root.iterfind("devices/disk") if d.get("device", "disk") == "disk")
+    return labels, disks
 
 
 def domain_xml(

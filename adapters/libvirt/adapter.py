@@ -61,10 +61,9 @@ from adapters.libvirt._errors import CONNECTION_LOST, translate
 from adapters.libvirt._xml import (
     LABELS_NS,
     LABELS_PREFIX,
-    count_disks,
     domain_xml,
     labels_xml,
-    parse_labels,
+    read_domain,
     snapshot_xml,
 )
 from adapters.runtime import (
@@ -354,13 +353,7 @@ class LibvirtAdapter(RuntimeAdapter):
             max_vcpus = dom.vcpusFlags(config_flags | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
         except libvirt.libvirtError:
             max_vcpus = None
-        try:
-            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, LABELS_NS, 0)
-            labels = parse_labels(raw)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-                raise
-            labels = {}
+        labels, disks = read_domain(dom.XMLDesc(0))  # one read and one parse for both
         started = self._started_at.get(dom.name())
         return RuntimeState(
             power=_POWER.get(state, PowerState.UNKNOWN),
@@ -370,7 +363,7 @@ class LibvirtAdapter(RuntimeAdapter):
             max_memory_mib=max_kib // 1024,
             uptime_s=time.monotonic() - started if active and started is not None else None,
             snapshots=dom.snapshotNum(0),
-            disks=count_disks(dom.XMLDesc(0)),
+            disks=disks,
             labels=labels,
             persistent=persistent,
         )
