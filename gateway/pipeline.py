@@ -12,6 +12,15 @@ happens that depends on it. If the decision record cannot be written, nothing
 executes and the caller gets :class:`~gateway.errors.LedgerUnavailableError`
 (fail closed).
 
+Each stage is an OpenTelemetry span (``govgate.validate``, ``govgate.describe``,
+``govgate.score``, ``govgate.policy``, ``govgate.plan``, ``govgate.ledger.append``,
+``govgate.execute``) under one ``govgate.decide`` span per proposal, which carries the
+``govgate.decision.*`` attributes. Every record the pipeline writes carries the current
+trace id unless the caller gave one, so a trace leads to its records and back
+(docs/operations.md). With no tracer provider installed when the gateway is made, the
+stages start no spans at all, and the caller's trace id (continued by the server's
+interceptor) is still recorded.
+
 Approvals, halts and idempotency keys are kept in this process for now. The
 multi-replica issue moves them into the store.
 
@@ -27,12 +36,17 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
 
 from adapters.action import Action, Reversibility, RuntimeState, Target
 from adapters.errors import AdapterError, NotFoundError
@@ -61,6 +75,8 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "Gateway", "Halt"]
 
 _MAX_REQUEST_ID = 128
+_TRACER = "govgate"  # the instrumentation scope (gateway.telemetry.TRACER_NAME)
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 def _utc(t: dt.datetime) -> str:
@@ -72,6 +88,19 @@ def _plan_record(plan: Plan) -> dict[str, Any]:
     it are in the decision record already)."""
     return {"plan_id": plan.id, "desired": dict(plan.desired), "undo": dict(plan.undo),
             "reversibility": plan.reversibility.value}  # fmt: skip
+
+
+def _trace_id() -> str:
+    """The current W3C trace id (32 hex digits), or "" outside any trace."""
+    ctx = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else ""
+
+
+def _failed(span: Span, err: BaseException) -> None:
+    """Mark a stage's span failed by an error the pipeline handles (and so never sees)."""
+    if span.is_recording():
+        span.record_exception(err)
+        span.set_status(trace.StatusCode.ERROR, str(err))
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,34 @@ class Decision:
         return self.state not in ("PENDING_APPROVAL", "EXECUTING")
 
 
+def _annotate(span: Span, d: Decision) -> None:
+    """Put the decision's ``govgate.decision.*`` attributes on ``span``, if it is recorded."""
+    if not span.is_recording():
+        return
+    attributes: dict[str, str | int | float | bool] = {
+        "govgate.decision.id": d.decision_id,
+        "govgate.decision.request_id": d.request_id,
+        "govgate.decision.requester": d.requester,
+        "govgate.decision.verb": d.action.verb.value,
+        "govgate.decision.target": str(d.action.target),
+        "govgate.decision.state": d.state,
+        "govgate.decision.policy_id": d.policy_id,
+        "govgate.decision.dry_run": d.dry_run,
+        "govgate.decision.fallback": d.fallback,
+    }
+    if d.trace_id:  # an overseer's call is a trace of its own: this leads to the proposal's
+        attributes["govgate.decision.trace_id"] = d.trace_id
+    if d.risk is not None:
+        attributes["govgate.decision.risk"] = d.risk
+    if d.explanation is not None:
+        attributes["govgate.decision.model_id"] = d.explanation.model_id
+    if d.ledger_index >= 0:
+        attributes["govgate.decision.ledger_index"] = d.ledger_index
+    if d.approvals_required:
+        attributes["govgate.decision.approvals_required"] = d.approvals_required
+    span.set_attributes(attributes)
+
+
 class Gateway:
     def __init__(
         self,
@@ -153,6 +210,7 @@ class Gateway:
         shadow: bool = False,  # decide and record, never execute
         roles: Roles | None = None,  # None: every identity may do everything (library use)
         cache: int = 1_000,  # final decisions kept in memory; older ones are read back
+        tracer: Tracer | None = None,  # None: from the global provider installed by now
     ) -> None:
         self.ledger = ledger
         self.adapters = dict(adapters)
@@ -168,14 +226,36 @@ class Gateway:
         self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
+        self._tracer = trace.get_tracer(_TRACER) if tracer is None else tracer
+        # Even the API's no-op spans cost microseconds each; with no provider the stages skip
+        # them. The caller's trace id still reaches the records: the server's span is current.
+        self._traced = not isinstance(self._tracer, (trace.NoOpTracer, trace.ProxyTracer))
+
+    def _span(self, name: str) -> AbstractContextManager[Span]:
+        """A stage's span, current inside the block; nothing at all when tracing is off or
+        the sampler left this trace out (its children would be left out too)."""
+        if not self._traced:
+            return _NO_SPAN
+        current = trace.get_current_span()
+        if current.get_span_context().is_valid and not current.is_recording():
+            return _NO_SPAN
+        return self._tracer.start_as_current_span(name)
 
     # -- recording ---------------------------------------------------------------------
 
     async def _record(self, draft: Draft) -> Any:
-        try:
-            return await self.ledger.append(draft)
-        except LedgerError as err:
-            raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+        """Append ``draft``, stamped with the current trace id if it carries none."""
+        if not draft.trace_id and (current := _trace_id()):
+            draft = replace(draft, trace_id=current)
+        with self._span("govgate.ledger.append") as span:
+            try:
+                rec = await self.ledger.append(draft)
+            except LedgerError as err:
+                raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+            if span.is_recording():
+                span.set_attributes({"govgate.ledger.kind": draft.kind,
+                                     "govgate.ledger.index": rec.index})  # fmt: skip
+            return rec
 
     async def authorize(self, identity: str, method: str) -> None:
         """Refuse (and record the refusal) when the identity's roles do not allow ``method``."""
@@ -266,20 +346,22 @@ class Gateway:
         *,
         requester: str,
         dry_run: bool = False,
-        trace_id: str = "",
+        trace_id: str = "",  # "": the current trace's (the caller's, continued by the server)
         now: dt.datetime | None = None,
     ) -> Decision:
-        if not request_id or len(request_id) > _MAX_REQUEST_ID:
-            raise InvalidRequestError(
-                f"must be 1..{_MAX_REQUEST_ID} characters", field="request_id"
-            )
-        if action.target.runtime not in self.adapters:
-            raise InvalidRequestError(
-                f"no adapter for runtime {action.target.runtime!r} here",
-                field="action.target.runtime",
-            )
-        action = replace(action, requester=requester)
-        digest = request_digest(request_id, requester, action)
+        now = now or dt.datetime.now(dt.UTC)
+        with self._span("govgate.decide") as span:
+            return await self._propose(span, request_id, action, requester, dry_run,
+                                       trace_id or _trace_id(), now)  # fmt: skip
+
+    async def _propose(
+        self, span: Span, request_id: str, action: Action, requester: str, dry_run: bool,
+        trace_id: str, now: dt.datetime,
+    ) -> Decision:  # fmt: skip
+        with self._span("govgate.validate"):
+            self._validate(request_id, action)
+            action = replace(action, requester=requester)
+            digest = request_digest(request_id, requester, action)
         async with self._locks[request_id]:  # one decision per request id, even concurrently
             known = self._by_request.get(request_id)
             if known is not None:
@@ -289,15 +371,31 @@ class Gateway:
                         f"request id {request_id!r} was used for another action "
                         f"(decision {first_id})"
                     )
-                return await self.get(first_id)
+                decision = await self.get(first_id)
+                span.set_attribute("govgate.decision.repeated", True)
+                _annotate(span, decision)
+                return decision
             decision = await self._decide(request_id, action, digest, requester, dry_run,
-                                          trace_id, now or dt.datetime.now(dt.UTC))  # fmt: skip
+                                          trace_id, now)  # fmt: skip
             self._by_request[request_id] = (decision.decision_id, digest)
             # From here on the id is known; later callers need no lock to find it.
             self._locks.pop(request_id, None)
+        _annotate(span, decision)  # recorded: from here on the trace leads to the record
         if decision.state == "EXECUTING":
             await self._execute(decision)
+            _annotate(span, decision)
         return decision
+
+    def _validate(self, request_id: str, action: Action) -> None:
+        if not request_id or len(request_id) > _MAX_REQUEST_ID:
+            raise InvalidRequestError(
+                f"must be 1..{_MAX_REQUEST_ID} characters", field="request_id"
+            )
+        if action.target.runtime not in self.adapters:
+            raise InvalidRequestError(
+                f"no adapter for runtime {action.target.runtime!r} here",
+                field="action.target.runtime",
+            )
 
     async def _decide(
         self, request_id: str, action: Action, digest: bytes, requester: str, dry_run: bool,
@@ -319,13 +417,7 @@ class Gateway:
         halt = next((h for h in self._halts if h.covers(target, None)), None)
         state, described = RuntimeState(), False
         if halt is None:
-            try:
-                state = await self.adapters[target.runtime].describe(target)
-                described = True
-            except NotFoundError as err:
-                raise InvalidRequestError(str(err), field="action.target.resource") from err
-            except AdapterError as err:
-                d.reasons.append(f"could not describe the target: {err}")
+            state, described = await self._describe(d)
             halt = next((h for h in self._halts if h.covers(target, state.labels)), None)
             if halt is None and not described:  # fail closed: it may be in a halted scope
                 halt = next((h for h in self._halts if h.selector), None)
@@ -341,31 +433,8 @@ class Gateway:
             d.reasons.append(f"halted: the stop switch for {halt.describe()} is on")
         else:
             await self._score(d, state, now)
-            verdict = self.policy.evaluate(
-                PolicyInput(action.verb.value, target.runtime, state.labels, d.risk,
-                            action.confidence)
-            )  # fmt: skip
-            d.reasons += verdict.reasons
-            d.fallback = verdict.fallback
-            if verdict.kind is VerdictKind.DENY:
-                d.state = "DENIED"
-            elif d.dry_run:
-                d.state = "DRY_RUN"
-                d.approvals_required = verdict.approvals
-                would = ("execute it" if verdict.kind is VerdictKind.EXECUTE
-                         else f"wait for {verdict.approvals} approval(s)")  # fmt: skip
-                mode = "shadow mode" if self.shadow else "dry run"
-                d.reasons.append(f"{mode}: recorded, not executed; enforcing would {would}")
-            elif verdict.kind is VerdictKind.APPROVAL:
-                d.state = "PENDING_APPROVAL"
-                d.approvals_required = verdict.approvals
-                self._pending[d.decision_id] = Pending(
-                    d.decision_id, requester, digest, verdict.approvals,
-                    now + dt.timedelta(seconds=verdict.ttl),
-                    self.policy.defaults.reason_required,
-                )  # fmt: skip
-            else:
-                d.state = "EXECUTING"
+            self._apply_policy(d, state, now)
+            if d.state == "EXECUTING":
                 await self._plan(d, state if described else None)
         body: dict[str, Any] = {
             "request_id": request_id,
@@ -397,16 +466,72 @@ class Gateway:
         self._recent[str(target)].append(now.timestamp())
         return d
 
+    async def _describe(self, d: Decision) -> tuple[RuntimeState, bool]:
+        """The target's state, and whether it could be read at all. A target that does not
+        exist is the caller's mistake."""
+        target = d.action.target
+        with self._span("govgate.describe") as span:
+            try:
+                return await self.adapters[target.runtime].describe(target), True
+            except NotFoundError as err:
+                raise InvalidRequestError(str(err), field="action.target.resource") from err
+            except AdapterError as err:
+                _failed(span, err)
+                d.reasons.append(f"could not describe the target: {err}")
+                return RuntimeState(), False
+
     async def _score(self, d: Decision, state: RuntimeState, now: dt.datetime) -> None:
         if self.batcher is None:
             d.reasons.append("no risk model is loaded")
             return
-        try:
-            d.explanation = await self.batcher.score(featurize(d.action, state, Context(now=now)))
-        except ModelUnavailableError as err:
-            d.reasons.append(f"the model could not score: {err}")
-            return
-        d.risk = d.explanation.risk
+        with self._span("govgate.score") as span:
+            try:
+                d.explanation = await self.batcher.score(
+                    featurize(d.action, state, Context(now=now))
+                )
+            except ModelUnavailableError as err:
+                _failed(span, err)
+                d.reasons.append(f"the model could not score: {err}")
+                return
+            d.risk, model_id = d.explanation.risk, d.explanation.model_id
+            if span.is_recording():
+                span.set_attributes({"govgate.decision.risk": d.risk,
+                                     "govgate.decision.model_id": model_id})  # fmt: skip
+
+    def _apply_policy(self, d: Decision, state: RuntimeState, now: dt.datetime) -> None:
+        """Set ``d``'s state from the policy's verdict (and hold it for approval if need be)."""
+        with self._span("govgate.policy") as span:
+            action = d.action
+            verdict = self.policy.evaluate(
+                PolicyInput(action.verb.value, action.target.runtime, state.labels, d.risk,
+                            action.confidence)
+            )  # fmt: skip
+            d.reasons += verdict.reasons
+            d.fallback = verdict.fallback
+            if verdict.kind is VerdictKind.DENY:
+                d.state = "DENIED"
+            elif d.dry_run:
+                d.state = "DRY_RUN"
+                d.approvals_required = verdict.approvals
+                would = ("execute it" if verdict.kind is VerdictKind.EXECUTE
+                         else f"wait for {verdict.approvals} approval(s)")  # fmt: skip
+                mode = "shadow mode" if self.shadow else "dry run"
+                d.reasons.append(f"{mode}: recorded, not executed; enforcing would {would}")
+            elif verdict.kind is VerdictKind.APPROVAL:
+                d.state = "PENDING_APPROVAL"
+                d.approvals_required = verdict.approvals
+                self._pending[d.decision_id] = Pending(
+                    d.decision_id, d.requester, d.digest, verdict.approvals,
+                    now + dt.timedelta(seconds=verdict.ttl),
+                    self.policy.defaults.reason_required,
+                )  # fmt: skip
+            else:
+                d.state = "EXECUTING"
+            if span.is_recording():
+                span.set_attributes({"govgate.policy.verdict": verdict.kind.value,
+                                     "govgate.decision.policy_id": d.policy_id,
+                                     "govgate.decision.fallback": d.fallback,
+                                     "govgate.decision.state": d.state})  # fmt: skip
 
     def _recent_count(self, key: str, now: dt.datetime) -> int:
         seen = self._recent[key]
@@ -420,10 +545,12 @@ class Gateway:
         """Plan ``d`` before the record that lets it run, so that the record carries the plan
         (a restart reconciles it). A plan the adapter refuses is left out: ``_execute`` then
         records the failure, and nothing runs."""
-        try:
-            d.plan = await self.adapters[d.action.target.runtime].plan(d.action, state)
-        except AdapterError as err:
-            d.plan, self._plan_errors[d.decision_id] = None, err
+        with self._span("govgate.plan") as span:
+            try:
+                d.plan = await self.adapters[d.action.target.runtime].plan(d.action, state)
+            except AdapterError as err:
+                _failed(span, err)
+                d.plan, self._plan_errors[d.decision_id] = None, err
 
     async def _execute(self, d: Decision) -> None:
         adapter = self.adapters[d.action.target.runtime]
@@ -431,7 +558,8 @@ class Gateway:
             if d.plan is None:
                 raise self._plan_errors.pop(d.decision_id)
             plan = d.plan
-            outcome = await adapter.execute(plan)
+            with self._span("govgate.execute"):
+                outcome = await adapter.execute(plan)
         except AdapterError as err:
             d.state = "FAILED"
             d.outcome = {"status": "failed", "detail": str(err), "error": type(err).__name__}
@@ -513,11 +641,22 @@ class Gateway:
         now: dt.datetime | None = None,
     ) -> Decision:
         """An overseer's approval or denial; the review is recorded before it takes effect."""
+        with self._span("govgate.review") as span:
+            span.set_attributes({"govgate.decision.id": decision_id,
+                                 "govgate.review.approve": approve})  # fmt: skip
+            d = await self._review(decision_id, reviewer, approve, reason, digest,
+                                   now or dt.datetime.now(dt.UTC))  # fmt: skip
+            _annotate(span, d)
+            return d
+
+    async def _review(
+        self, decision_id: str, reviewer: str, approve: bool, reason: str, digest: bytes,
+        now: dt.datetime,
+    ) -> Decision:  # fmt: skip
         d = await self.get(decision_id)
         p = self._pending.get(decision_id)
         if p is None or d.state != "PENDING_APPROVAL":
             raise ReviewRefusedError("not-pending", f"decision {decision_id} is {d.state}")
-        now = now or dt.datetime.now(dt.UTC)
         if p.expired(now):
             await self._expire(d, p)
             raise ReviewRefusedError("expired", f"decision {decision_id} expired")
@@ -573,6 +712,13 @@ class Gateway:
 
     async def rollback(self, decision_id: str, reason: str, actor: str) -> Decision:
         """Revert an executed, reversible decision through its adapter; recorded first."""
+        with self._span("govgate.rollback") as span:
+            span.set_attribute("govgate.decision.id", decision_id)
+            d = await self._rollback(decision_id, reason, actor)
+            _annotate(span, d)
+            return d
+
+    async def _rollback(self, decision_id: str, reason: str, actor: str) -> Decision:
         d = await self.get(decision_id)
         outcome = d.result
         if d.state != "EXECUTED" or outcome is None:
@@ -588,7 +734,8 @@ class Gateway:
                   target=str(d.action.target), decision_id=decision_id, trace_id=d.trace_id)
         )  # fmt: skip
         try:
-            reverted = await self.adapters[d.action.target.runtime].revert(outcome)
+            with self._span("govgate.revert"):
+                reverted = await self.adapters[d.action.target.runtime].revert(outcome)
         except AdapterError as err:
             body = {"status": "failed", "detail": str(err), "rollback": True}
         else:
@@ -620,13 +767,16 @@ class Gateway:
         return int(rec.index)
 
     async def _expire(self, d: Decision, p: Pending) -> None:
-        await self._record(
-            Draft("expiry", {"deadline": _utc(p.deadline), "approvals": len(p.approvers)},
-                  target=str(d.action.target), decision_id=d.decision_id, trace_id=d.trace_id)
-        )  # fmt: skip
-        self._pending.pop(d.decision_id, None)
-        d.state = "EXPIRED"
-        d.changed.set()
+        with self._span("govgate.expire") as span:
+            await self._record(
+                Draft("expiry", {"deadline": _utc(p.deadline), "approvals": len(p.approvers)},
+                      target=str(d.action.target), decision_id=d.decision_id,
+                      trace_id=d.trace_id)
+            )  # fmt: skip
+            self._pending.pop(d.decision_id, None)
+            d.state = "EXPIRED"
+            d.changed.set()
+            _annotate(span, d)
 
     async def expire_overdue(self, now: dt.datetime | None = None) -> int:
         """Record EXPIRED for every pending decision past its deadline; returns how many."""
@@ -637,21 +787,27 @@ class Gateway:
         return len(overdue)
 
     async def halt(self, scope: Halt, reason: str, actor: str) -> int:
-        if not reason.strip():
-            raise InvalidRequestError("a halt needs a reason", field="reason")
-        rec = await self._record(
-            Draft("halt", {"scope": scope.to_json(), "reason": reason}, actor=actor)
-        )
-        self._halts.append(scope)
-        return int(rec.index)
+        with self._span("govgate.halt") as span:
+            span.set_attribute("govgate.halt.scope", scope.describe())
+            if not reason.strip():
+                raise InvalidRequestError("a halt needs a reason", field="reason")
+            rec = await self._record(
+                Draft("halt", {"scope": scope.to_json(), "reason": reason}, actor=actor)
+            )
+            self._halts.append(scope)
+            return int(rec.index)
 
     async def resume(self, scope: Halt, reason: str, actor: str) -> int:
-        if not reason.strip():
-            raise InvalidRequestError("a resume needs a reason", field="reason")
-        if scope not in self._halts:
-            raise InvalidRequestError(f"no halt for {scope.describe()} is in force", field="scope")
-        rec = await self._record(
-            Draft("resume", {"scope": scope.to_json(), "reason": reason}, actor=actor)
-        )
-        self._halts = [h for h in self._halts if h != scope]
-        return int(rec.index)
+        with self._span("govgate.resume") as span:
+            span.set_attribute("govgate.halt.scope", scope.describe())
+            if not reason.strip():
+                raise InvalidRequestError("a resume needs a reason", field="reason")
+            if scope not in self._halts:
+                raise InvalidRequestError(
+                    f"no halt for {scope.describe()} is in force", field="scope"
+                )
+            rec = await self._record(
+                Draft("resume", {"scope": scope.to_json(), "reason": reason}, actor=actor)
+            )
+            self._halts = [h for h in self._halts if h != scope]
+            return int(rec.index)

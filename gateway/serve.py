@@ -38,6 +38,7 @@ from adapters.kata import KataAdapter
 from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from adapters.runtime import RuntimeAdapter
 from explain.batcher import MicroBatcher
+from explain.model import Model
 from explain.registry import Registry
 from explain.scorer import Scorer
 from gateway.config import SAMPLE_DOMAINS, ConfigError, ServeConfig
@@ -48,6 +49,7 @@ from gateway.recovery import recover
 from gateway.roles import Roles
 from gateway.samples import write_node
 from gateway.server import Health, ServerOptions, TlsFiles, start_server
+from gateway.telemetry import TracingInterceptor, exporter_names, setup_tracing
 from ledger import DataDir, Ledger, LedgerError
 
 __all__ = ["EXAMPLE_POLICY", "serve"]
@@ -102,6 +104,21 @@ async def serve(
     data = DataDir(config.data)
     data.signer()  # refuse early, with the key file's own error, when there is no key
     model = Registry(config.data / "models").load(config.model or None)
+    tracing_provider = setup_tracing()  # before the Gateway, which takes its tracer
+    try:
+        if tracing_provider is not None:
+            say(f"tracing: {', '.join(exporter_names())} export (OTEL_* environment)")
+        await _run(config, tls, policy, roles, model, data, say, ready, stop)
+    finally:
+        if tracing_provider is not None:
+            await asyncio.to_thread(tracing_provider.shutdown)  # flushes queued spans
+    say("stopped; the ledger is closed")
+
+
+async def _run(
+    config: ServeConfig, tls: TlsFiles, policy: Policy, roles: Roles | None, model: Model,
+    data: DataDir, say: Say, ready: Callable[[int], None] | None, stop: asyncio.Event | None,
+) -> None:  # fmt: skip
     async with (
         data.open_ledger(config.ledger) as ledger,
         _adapters(config, say) as adapters,
@@ -131,9 +148,12 @@ async def serve(
         gc.freeze()
         host, _, port = config.listen.rpartition(":")
         health = Health()
-        options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection)
+        tracing = TracingInterceptor(server_address=host)  # outside the error mapper
+        options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection,
+                                interceptors=(tracing,))  # fmt: skip
         server, bound = await start_server(gw, tls, host=host, port=int(port), options=options,
                                            health_status=health)  # fmt: skip
+        tracing.server_port = bound
         say(f"listening on {host}:{bound} (mTLS"
             + (", reflection" if config.reflection else "") + ")")  # fmt: skip
         if ready is not None:
@@ -164,7 +184,6 @@ async def serve(
             for chore in chores:
                 chore.cancel()
             await server.stop(None)  # a no-op after a drain; else cancels what is in flight
-    say("stopped; the ledger is closed")
 
 
 async def _sweep(gw: Gateway, every: float, say: Say) -> None:

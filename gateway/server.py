@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,9 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return wrapped
 
         def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.isasyncgenfunction(fn):  # writes with context.write (health Watch)
+                return unary(fn)
+
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     await admit(context)

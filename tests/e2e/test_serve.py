@@ -18,13 +18,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from gateway._proto.govgate.v1 import (
     decision_pb2,
@@ -98,7 +101,7 @@ class Site:
     tmp: Path
     runs: list[Served] = field(default_factory=list)
 
-    def serve(self, *args: str, crash: bool = False) -> Served:
+    def serve(self, *args: str, crash: bool = False, env: dict[str, str] | None = None) -> Served:
         port_file = self.data / "port"
         port_file.unlink(missing_ok=True)
         log = self.tmp / f"serve-{len(self.runs)}.log"
@@ -108,7 +111,8 @@ class Site:
                 [*cmd, "serve", "--data", str(self.data), "--listen", "127.0.0.1:0",
                  "--port-file", str(port_file), "--policy", str(self.tmp / "policy.toml"),
                  *args],
-                stdout=subprocess.DEVNULL, stderr=sink, env={**os.environ, "COLUMNS": "200"},
+                stdout=subprocess.DEVNULL, stderr=sink,
+                env={**os.environ, "COLUMNS": "200", **(env or {})},
             )  # fmt: skip
         deadline = time.monotonic() + 60
         while not port_file.exists():
@@ -277,10 +281,16 @@ def wait_for(predicate: Callable[[], bool], seconds: float = 20) -> bool:
 def test_health_follows_whether_the_ledger_can_write(site: Site):
     served = site.serve()
     assert health_of(served) == "SERVING"
+    watch = health_pb2_grpc.HealthStub(served.channel("alice")).Watch(
+        health_pb2.HealthCheckRequest(service=""), timeout=60
+    )
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     locker = sqlite3.connect(site.data / "ledger.db", timeout=0)
     try:
         locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         assert wait_for(lambda: health_of(served) == "NOT_SERVING"), served.output()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
     finally:
         locker.rollback()
         locker.close()
@@ -362,3 +372,52 @@ def test_json_logs_carry_events_but_no_secrets_or_free_text(site: Site):
     for key in (site.data / "keys").glob("*.key"):
         assert key.read_text().strip().split()[-1] not in text
     assert "PRIVATE KEY" not in text  # nor any TLS key
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace collector on loopback: keeps the spans it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str]] = []  # (trace id, parent span id, name)
+
+    def Export(self, request: Any, context: Any) -> Any:
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                self.spans += [(sp.trace_id.hex(), sp.parent_span_id.hex(), sp.name)
+                               for sp in ss.spans]  # fmt: skip
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_serve_exports_the_callers_trace_over_otlp_when_asked(site: Site):
+    collector = Collector()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    try:
+        served = site.serve(env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "100",
+        })  # fmt: skip
+        assert "tracing: otlp export" in served.output()
+        trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        metadata = (("traceparent", f"00-{trace_id}-{parent}-01"),)
+        request = propose("r-1", "resize", "web-1", vcpus="4")
+        done = served.decisions().Propose(request, timeout=30, metadata=metadata)
+        assert state(done) == "EXECUTED"
+        assert served.stop() == 0  # the exporter is flushed on the way out
+        mine = [s for s in collector.spans if s[0] == trace_id]
+        names = {name for _, _, name in mine}
+        assert "govgate.v1.DecisionService/Propose" in names
+        assert "govgate.decide" in names
+        [server_span] = [s for s in mine if s[2] == "govgate.v1.DecisionService/Propose"]
+        assert server_span[1] == parent  # a child of the engine's span
+    finally:
+        receiver.stop(None)
+    site.verify_ledger()
+    run = subprocess.run(  # an operator goes from the trace to the signed records
+        [*GOVGATE, "ledger", "query", "--data", str(site.data), "--trace-id", trace_id],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    kinds = [json.loads(line)["kind"] for line in run.stdout.splitlines()]
+    assert kinds == ["decision", "outcome"]
