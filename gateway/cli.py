@@ -431,6 +431,10 @@ def serve(
         float | None,
         typer.Option(min=0, help="Seconds in-flight calls get on SIGTERM (default 10)."),
     ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for a Prometheus scrape endpoint (/metrics); default none."),
+    ] = None,
     log_format: Annotated[
         str, typer.Option(help="text (for people) or json (one object a line, for pipelines).")
     ] = "text",
@@ -465,6 +469,7 @@ def serve(
         cfg = cfg.with_flags(
             listen=listen, policy=policy and policy.resolve(), roles=roles and roles.resolve(),
             shadow=shadow, libvirt=lv, reflection=reflection, grace=grace,
+            metrics_listen=metrics_listen,
         )  # fmt: skip
         if log_format not in ("text", "json"):
             raise ConfigError(f"--log-format: {log_format!r} is not text or json")

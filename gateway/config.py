@@ -54,6 +54,7 @@ class ServeConfig:
     reflection: bool = True  # gRPC server reflection (grpcurl, Postman, ...)
     max_inflight: int = 512  # proposals in flight before RESOURCE_EXHAUSTED
     health_interval: float = 1.0  # seconds between checks that the ledger can write
+    metrics_listen: str = ""  # HOST:PORT of a Prometheus scrape endpoint; "": none
 
     def path(self, p: Path) -> Path:
         """``p`` read from the data directory when relative."""
@@ -62,13 +63,16 @@ class ServeConfig:
     def with_flags(self, **flags: Any) -> ServeConfig:
         """This configuration with the flags that were given (``None``: not given)."""
         given = {k: v for k, v in flags.items() if v is not None}
-        listen = given.get("listen", self.listen)
-        try:
-            host, port = listen.rsplit(":", 1)
-            if not host or not 0 <= int(port) <= 65535:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"listen: {listen!r} is not HOST:PORT") from None
+        for key in ("listen", "metrics_listen"):
+            address = given.get(key, getattr(self, key))
+            if key == "metrics_listen" and not address:
+                continue
+            try:
+                host, port = address.rsplit(":", 1)
+                if not host or not 0 <= int(port) <= 65535:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{key}: {address!r} is not HOST:PORT") from None
         return replace(self, **given)
 
     @classmethod
@@ -120,7 +124,7 @@ def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
     out: dict[str, Any] = {}
     server = _table(doc, "server", source)
     kinds = {"listen": str, "shadow": bool, "grace": float, "reflection": bool,
-             "max_inflight": int, "health_interval": float}  # fmt: skip
+             "max_inflight": int, "health_interval": float, "metrics_listen": str}  # fmt: skip
     _check(server, tuple(kinds), f"{source}: server")
     for key, kind in kinds.items():
         if key in server:

@@ -38,9 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import uuid
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ from gateway.errors import (
     RequestConflictError,
     ReviewRefusedError,
 )
+from gateway.metrics import Metrics
 from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.roles import AccessDeniedError, Roles
 from gateway.selector import Selector, parse_selector, selector_matches
@@ -88,6 +90,16 @@ def _plan_record(plan: Plan) -> dict[str, Any]:
     it are in the decision record already)."""
     return {"plan_id": plan.id, "desired": dict(plan.desired), "undo": dict(plan.undo),
             "reversibility": plan.reversibility.value}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _timed(span: AbstractContextManager[Span], metrics: Metrics, stage: str) -> Iterator[Span]:
+    started = time.perf_counter()
+    try:
+        with span as current:
+            yield current
+    finally:
+        metrics.stage(stage, time.perf_counter() - started)
 
 
 def _trace_id() -> str:
@@ -211,6 +223,7 @@ class Gateway:
         roles: Roles | None = None,  # None: every identity may do everything (library use)
         cache: int = 1_000,  # final decisions kept in memory; older ones are read back
         tracer: Tracer | None = None,  # None: from the global provider installed by now
+        metrics: Metrics | None = None,  # None: no metrics
     ) -> None:
         self.ledger = ledger
         self.adapters = dict(adapters)
@@ -230,16 +243,20 @@ class Gateway:
         # Even the API's no-op spans cost microseconds each; with no provider the stages skip
         # them. The caller's trace id still reaches the records: the server's span is current.
         self._traced = not isinstance(self._tracer, (trace.NoOpTracer, trace.ProxyTracer))
+        self.metrics = metrics
 
     def _span(self, name: str) -> AbstractContextManager[Span]:
-        """A stage's span, current inside the block; nothing at all when tracing is off or
-        the sampler left this trace out (its children would be left out too)."""
-        if not self._traced:
-            return _NO_SPAN
-        current = trace.get_current_span()
-        if current.get_span_context().is_valid and not current.is_recording():
-            return _NO_SPAN
-        return self._tracer.start_as_current_span(name)
+        """A stage's span, current inside the block, and its time in the stage metric;
+        nothing at all when tracing and metrics are off, and no span when the sampler left
+        this trace out (its children would be left out too)."""
+        span: AbstractContextManager[Span] = _NO_SPAN
+        if self._traced:
+            current = trace.get_current_span()
+            if not current.get_span_context().is_valid or current.is_recording():
+                span = self._tracer.start_as_current_span(name)
+        if self.metrics is None:
+            return span
+        return _timed(span, self.metrics, name.removeprefix("govgate."))
 
     # -- recording ---------------------------------------------------------------------
 
@@ -248,10 +265,13 @@ class Gateway:
         if not draft.trace_id and (current := _trace_id()):
             draft = replace(draft, trace_id=current)
         with self._span("govgate.ledger.append") as span:
+            started = time.perf_counter()
             try:
                 rec = await self.ledger.append(draft)
             except LedgerError as err:
                 raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+            if self.metrics is not None:
+                self.metrics.appended(rec.index, time.perf_counter() - started)
             if span.is_recording():
                 span.set_attributes({"govgate.ledger.kind": draft.kind,
                                      "govgate.ledger.index": rec.index})  # fmt: skip
@@ -384,6 +404,11 @@ class Gateway:
         if decision.state == "EXECUTING":
             await self._execute(decision)
             _annotate(span, decision)
+        if self.metrics is not None:
+            x = decision.explanation
+            self.metrics.decided(decision.state, decision.action.verb.value,
+                                 fallback=decision.fallback,
+                                 features=None if x is None else x.values.values())  # fmt: skip
         return decision
 
     def _validate(self, request_id: str, action: Action) -> None:
@@ -686,6 +711,8 @@ class Gateway:
         p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
         d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
                           "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
+        if self.metrics is not None and result is not ReviewOutcome.WAITING:
+            self.metrics.reviewed((now - d.created).total_seconds())
         if result is ReviewOutcome.DENIED:
             d.state = "DENIED"
             d.reasons.append(f"denied by {reviewer}: {reason}")

@@ -38,18 +38,27 @@ from adapters.kata import KataAdapter
 from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from adapters.runtime import RuntimeAdapter
 from explain.batcher import MicroBatcher
+from explain.drift import Profile
+from explain.errors import ExplainError
 from explain.model import Model
 from explain.registry import Registry
 from explain.scorer import Scorer
 from gateway.config import SAMPLE_DOMAINS, ConfigError, ServeConfig
 from gateway.errors import GatewayError
+from gateway.metrics import Metrics
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.recovery import recover
 from gateway.roles import Roles
 from gateway.samples import write_node
 from gateway.server import Health, ServerOptions, TlsFiles, start_server
-from gateway.telemetry import TracingInterceptor, exporter_names, setup_tracing
+from gateway.telemetry import (
+    TracingInterceptor,
+    exporter_names,
+    metric_exporter_names,
+    setup_metrics,
+    setup_tracing,
+)
 from ledger import DataDir, Ledger, LedgerError
 
 __all__ = ["EXAMPLE_POLICY", "serve"]
@@ -105,19 +114,41 @@ async def serve(
     data.signer()  # refuse early, with the key file's own error, when there is no key
     model = Registry(config.data / "models").load(config.model or None)
     tracing_provider = setup_tracing()  # before the Gateway, which takes its tracer
+    prometheus = None
+    if config.metrics_listen:
+        host, _, port = config.metrics_listen.rpartition(":")
+        prometheus = (host, int(port))
+    meter_provider = setup_metrics(prometheus)
+    metrics = None
+    if meter_provider is not None:
+        metrics = Metrics(meter_provider.get_meter("govgate"), _profile(config, model, say))
+        exporters = [*metric_exporter_names(), *(["prometheus"] if prometheus else [])]
+        scrape = f" (scrape http://{config.metrics_listen}/metrics)" if prometheus else ""
+        say(f"metrics: {', '.join(exporters)}{scrape}")
     try:
         if tracing_provider is not None:
             say(f"tracing: {', '.join(exporter_names())} export (OTEL_* environment)")
-        await _run(config, tls, policy, roles, model, data, say, ready, stop)
+        await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop)
     finally:
-        if tracing_provider is not None:
-            await asyncio.to_thread(tracing_provider.shutdown)  # flushes queued spans
+        for provider in (tracing_provider, meter_provider):
+            if provider is not None:
+                await asyncio.to_thread(provider.shutdown)  # flushes what is queued
     say("stopped; the ledger is closed")
+
+
+def _profile(config: ServeConfig, model: Model, say: Say) -> Profile | None:
+    """The model's training profile, which drift is measured against (from its card)."""
+    try:
+        return Profile.from_json(Registry(config.data / "models").card(model.id)["reference"])
+    except (ExplainError, KeyError, TypeError, ValueError) as err:
+        say(f"no drift metric: model {model.id[:16]} has no readable profile ({err})")
+        return None
 
 
 async def _run(
     config: ServeConfig, tls: TlsFiles, policy: Policy, roles: Roles | None, model: Model,
-    data: DataDir, say: Say, ready: Callable[[int], None] | None, stop: asyncio.Event | None,
+    metrics: Metrics | None, data: DataDir, say: Say, ready: Callable[[int], None] | None,
+    stop: asyncio.Event | None,
 ) -> None:  # fmt: skip
     async with (
         data.open_ledger(config.ledger) as ledger,
@@ -125,7 +156,10 @@ async def _run(
         MicroBatcher(Scorer(model)) as batcher,
     ):
         say(f"ledger {data.db_path} ({ledger.origin}); model {model.id[:16]}")
-        gw = Gateway(ledger, adapters, batcher, policy, shadow=config.shadow, roles=roles)
+        gw = Gateway(ledger, adapters, batcher, policy, shadow=config.shadow, roles=roles,
+                     metrics=metrics)  # fmt: skip
+        if metrics is not None:
+            metrics.watch_pending(lambda: len(gw.pending()))
         state = await recover(gw)
         say(f"rebuilt from {state.records} records: {len(state.decisions)} decisions, "
             f"{len(state.pending)} pending, {len(state.halts)} halts")  # fmt: skip

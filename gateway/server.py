@@ -52,6 +52,7 @@ from gateway.errors import (
 )
 from gateway.identity import IdentityError, identity_of
 from gateway.logs import event
+from gateway.metrics import Metrics
 from gateway.pipeline import Decision, Gateway
 from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
@@ -227,17 +228,22 @@ class Admission:
     answer. It caps every stage's queue behind it (describe, scoring, the ledger's), so
     that overload is a fast ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, not a slow answer."""
 
-    def __init__(self, limit: int = 512, retry_after: float = 0.2) -> None:
+    def __init__(
+        self, limit: int = 512, retry_after: float = 0.2, metrics: Metrics | None = None
+    ) -> None:
         if limit < 1 or retry_after <= 0:
             raise ValueError("limit must be >= 1 and retry_after > 0")
         self.limit, self.retry_after = limit, retry_after
         self.inflight = 0
         self.refused = 0
+        self.metrics = metrics
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
         if self.inflight >= self.limit:
             self.refused += 1
+            if self.metrics is not None:
+                self.metrics.refused.add(1)
             raise OverloadedError(
                 f"{self.inflight} proposals are in flight (the limit is {self.limit}); "
                 f"retry in {self.retry_after:g}s",
@@ -425,7 +431,7 @@ async def start_server(
     health_status = health_status or Health()
     mapper = ErrorMapper(gw.authorize, on_unavailable=health_status.down)
     server = grpc.aio.server(interceptors=[*options.interceptors, mapper])
-    admission = Admission(options.max_inflight, options.retry_after)
+    admission = Admission(options.max_inflight, options.retry_after, gw.metrics)
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw, admission), server)
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(gw), server)

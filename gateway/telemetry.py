@@ -42,6 +42,12 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -49,7 +55,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.config import ConfigError
 
-__all__ = ["TRACER_NAME", "TracingInterceptor", "exporter_names", "setup_tracing"]
+__all__ = [
+    "TRACER_NAME",
+    "TracingInterceptor",
+    "exporter_names",
+    "metric_exporter_names",
+    "setup_metrics",
+    "setup_tracing",
+]
 
 TRACER_NAME = "govgate"  # the instrumentation scope of every govgate span
 
@@ -105,6 +118,66 @@ def setup_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def metric_exporter_names() -> list[str]:
+    """The metric exporters the environment asks for (``OTEL_METRICS_EXPORTER``), by the rule
+    of :func:`exporter_names`; ``prometheus`` is served by ``--metrics-listen`` instead."""
+    raw = os.environ.get("OTEL_METRICS_EXPORTER", "").strip()
+    if not raw:
+        endpoints = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+        return ["otlp"] if any(os.environ.get(v, "").strip() for v in endpoints) else []
+    names = [n.strip().lower() for n in raw.split(",")]
+    return [n for n in names if n and n not in ("none", "prometheus")]
+
+
+def setup_metrics(
+    prometheus: tuple[str, int] | None = None, service_name: str = "govgate"
+) -> MeterProvider | None:
+    """A meter provider read by a Prometheus scrape endpoint on ``prometheus`` (host, port)
+    and/or pushed over OTLP as ``OTEL_*`` says; ``None`` when neither is asked for.
+
+    Raises :class:`~gateway.config.ConfigError` naming what is wrong (a bad exporter, a
+    port that cannot be bound).
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    readers: list[MetricReader] = []
+    for name in metric_exporter_names():
+        if name != "otlp":
+            raise ConfigError(f"OTEL_METRICS_EXPORTER: {name!r} is not one of otlp, "
+                              "prometheus, none")  # fmt: skip
+        readers.append(PeriodicExportingMetricReader(_metric_exporter()))
+    if prometheus is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        host, port = prometheus
+        try:
+            start_http_server(port, addr=host)
+        except OSError as err:
+            raise ConfigError(f"--metrics-listen {host}:{port}: {err.strerror or err}") from None
+        readers.append(PrometheusMetricReader())
+    if not readers:
+        return None
+    return MeterProvider(metric_readers=readers, resource=_resource(service_name))
+
+
+def _metric_exporter() -> MetricExporter:
+    names = ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+    variable = next((v for v in names if os.environ.get(v, "").strip()), "")
+    protocol = os.environ[variable].strip() if variable else "grpc"
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        return HttpMetricExporter()
+    raise ConfigError(f"{variable}: {protocol!r} is not one of grpc, http/protobuf")
 
 
 def _exporter(name: str) -> SpanExporter:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -421,3 +424,47 @@ def test_serve_exports_the_callers_trace_over_otlp_when_asked(site: Site):
     )  # fmt: skip
     kinds = [json.loads(line)["kind"] for line in run.stdout.splitlines()]
     assert kinds == ["decision", "outcome"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text exposition, as {'name{labels}': value}, without otel_scope labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("govgate_"):
+            key, _, value = line.rpartition(" ")
+            key = re.sub(r',?otel_scope_[a-z_]+="[^"]*"', "", key).replace("{,", "{")
+            out[key.replace("{}", "")] = float(value)
+    return out
+
+
+def test_metrics_are_scraped_by_prometheus(site: Site):
+    port = free_port()
+    served = site.serve("--metrics-listen", f"127.0.0.1:{port}")
+    executed = served.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    waiting = served.decisions().Propose(propose("r-2", "reboot", "api-1"), timeout=30)
+    assert (state(executed), state(waiting)) == ("EXECUTED", "PENDING_APPROVAL")
+    before = scrape(port)
+    assert before["govgate_approvals_pending"] == 1
+    review = oversight_pb2.ReviewRequest(decision_id=waiting.decision_id, reason="checked",
+                                         request_digest=waiting.request_digest)  # fmt: skip
+    served.oversight().Approve(review, timeout=30)
+    after = scrape(port)
+    state_verb = 'govgate_decisions_total{{govgate_decision_state="{}",govgate_decision_verb="{}"}}'
+    assert after[state_verb.format("EXECUTED", "resize")] == 1
+    assert after[state_verb.format("PENDING_APPROVAL", "reboot")] == 1
+    assert after["govgate_approvals_pending"] == 0
+    assert after["govgate_approval_wait_seconds_count"] == 1
+    for stage in ("decide", "describe", "score", "policy", "ledger.append", "execute"):
+        assert after[f'govgate_decision_duration_seconds_count{{govgate_stage="{stage}"}}'] >= 1
+    assert after["govgate_ledger_append_duration_seconds_count"] >= 5  # 2 + 1 + review + 1
+    assert after["govgate_ledger_size"] >= 7  # key, policy, then these decisions' records
+    assert served.stop() == 0
+    assert f"metrics: prometheus (scrape http://127.0.0.1:{port}/metrics)" in served.output()
