@@ -9,12 +9,15 @@
     ├── ReviewRefusedError    an approval rule refused a review (PERMISSION_DENIED or
     │                         FAILED_PRECONDITION by its code)
     ├── LedgerUnavailableError the decision could not be recorded: nothing ran (UNAVAILABLE)
+    ├── DeadlineExceededError the caller's deadline passed before the decision was recorded
+    │                         (DEADLINE_EXCEEDED): nothing was recorded or run
     └── OverloadedError       too much in flight; retry later (RESOURCE_EXHAUSTED, RetryInfo)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "DeadlineExceededError",
     "DecisionNotFoundError",
     "GatewayError",
     "InvalidRequestError",
@@ -59,3 +62,7 @@ class OverloadedError(GatewayError):
     def __init__(self, message: str, retry_after: float = 0.1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DeadlineExceededError(GatewayError):
+    """The caller's deadline passed before the decision was recorded; nothing was."""

@@ -50,7 +50,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from adapters.action import Action, Reversibility, RuntimeState, Target
-from adapters.errors import AdapterError, NotFoundError
+from adapters.errors import AdapterError, AdapterTimeoutError, NotFoundError
 from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter
 from explain.batcher import MicroBatcher
 from explain.errors import ModelUnavailableError
@@ -58,6 +58,7 @@ from explain.explanation import Explanation
 from explain.features import Context, featurize
 from gateway.approvals import ApprovalError, Pending, ReviewOutcome, request_digest
 from gateway.errors import (
+    DeadlineExceededError,
     DecisionNotFoundError,
     InvalidRequestError,
     LedgerUnavailableError,
@@ -100,6 +101,22 @@ def _timed(span: AbstractContextManager[Span], metrics: Metrics, stage: str) -> 
             yield current
     finally:
         metrics.stage(stage, time.perf_counter() - started)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _left(d: Decision) -> float | None:
+    """Seconds until the caller's deadline; raises once it has passed."""
+    if d.respond_by is None:
+        return None
+    left = d.respond_by - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise DeadlineExceededError("the caller's deadline passed before the decision was "
+                                    "recorded; nothing was recorded or run")  # fmt: skip
+    return left
 
 
 def _trace_id() -> str:
@@ -175,6 +192,7 @@ class Decision:
     outcome: dict[str, Any] | None = None
     reviews: list[dict[str, Any]] = field(default_factory=list)
     plan: Plan | None = None  # recorded before it runs, so a restart can reconcile it
+    respond_by: float | None = field(default=None, repr=False)  # the caller's deadline (loop time)
     result: Outcome | None = None  # what a rollback needs, once executed
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -368,15 +386,29 @@ class Gateway:
         dry_run: bool = False,
         trace_id: str = "",  # "": the current trace's (the caller's, continued by the server)
         now: dt.datetime | None = None,
+        timeout: float | None = None,  # seconds the caller waits (its gRPC deadline)
     ) -> Decision:
+        """Decide on ``action``, record the decision, and run it if the policy allows.
+
+        Once started, a proposal runs to its end even if the caller stops waiting: a
+        decision that is recorded always gets its outcome recorded too. ``timeout`` bounds
+        the work before the decision record (describe, plan): past it, nothing is recorded
+        and :class:`~gateway.errors.DeadlineExceededError` is raised. The execution itself
+        runs under the adapter's own deadline, since stopping halfway is worse.
+        """
         now = now or dt.datetime.now(dt.UTC)
+        respond_by = None if timeout is None else asyncio.get_running_loop().time() + timeout
         with self._span("govgate.decide") as span:
-            return await self._propose(span, request_id, action, requester, dry_run,
-                                       trace_id or _trace_id(), now)  # fmt: skip
+            work = asyncio.ensure_future(self._propose(
+                span, request_id, action, requester, dry_run, trace_id or _trace_id(), now,
+                respond_by,
+            ))  # fmt: skip
+            work.add_done_callback(_retrieved)  # a caller that left does not read its error
+            return await asyncio.shield(work)
 
     async def _propose(
         self, span: Span, request_id: str, action: Action, requester: str, dry_run: bool,
-        trace_id: str, now: dt.datetime,
+        trace_id: str, now: dt.datetime, respond_by: float | None,
     ) -> Decision:  # fmt: skip
         with self._span("govgate.validate"):
             self._validate(request_id, action)
@@ -396,7 +428,7 @@ class Gateway:
                 _annotate(span, decision)
                 return decision
             decision = await self._decide(request_id, action, digest, requester, dry_run,
-                                          trace_id, now)  # fmt: skip
+                                          trace_id, now, respond_by)  # fmt: skip
             self._by_request[request_id] = (decision.decision_id, digest)
             # From here on the id is known; later callers need no lock to find it.
             self._locks.pop(request_id, None)
@@ -424,7 +456,7 @@ class Gateway:
 
     async def _decide(
         self, request_id: str, action: Action, digest: bytes, requester: str, dry_run: bool,
-        trace_id: str, now: dt.datetime,
+        trace_id: str, now: dt.datetime, respond_by: float | None = None,
     ) -> Decision:  # fmt: skip
         d = Decision(
             decision_id=f"d-{uuid.uuid4().hex}",
@@ -437,6 +469,7 @@ class Gateway:
             trace_id=trace_id,
             dry_run=dry_run or self.shadow,
             policy_id=self.policy.id,
+            respond_by=respond_by,
         )
         target = action.target
         halt = next((h for h in self._halts if h.covers(target, None)), None)
@@ -461,6 +494,7 @@ class Gateway:
             self._apply_policy(d, state, now)
             if d.state == "EXECUTING":
                 await self._plan(d, state if described else None)
+        _left(d)  # the last moment to give up without a trace: nothing is recorded yet
         body: dict[str, Any] = {
             "request_id": request_id,
             "action": action.to_record(),
@@ -497,7 +531,7 @@ class Gateway:
         target = d.action.target
         with self._span("govgate.describe") as span:
             try:
-                return await self.adapters[target.runtime].describe(target), True
+                return await self.adapters[target.runtime].describe(target, timeout=_left(d)), True
             except NotFoundError as err:
                 raise InvalidRequestError(str(err), field="action.target.resource") from err
             except AdapterError as err:
@@ -572,7 +606,9 @@ class Gateway:
         records the failure, and nothing runs."""
         with self._span("govgate.plan") as span:
             try:
-                d.plan = await self.adapters[d.action.target.runtime].plan(d.action, state)
+                d.plan = await self.adapters[d.action.target.runtime].plan(
+                    d.action, state, timeout=_left(d)
+                )
             except AdapterError as err:
                 _failed(span, err)
                 d.plan, self._plan_errors[d.decision_id] = None, err
@@ -585,6 +621,10 @@ class Gateway:
             plan = d.plan
             with self._span("govgate.execute"):
                 outcome = await adapter.execute(plan)
+        except AdapterTimeoutError as err:  # it may yet take effect: say so, do not guess
+            d.state = "FAILED"
+            d.outcome = {"status": "unknown", "error": type(err).__name__,
+                         "detail": f"{err}; its effect is unknown until reconciled"}  # fmt: skip
         except AdapterError as err:
             d.state = "FAILED"
             d.outcome = {"status": "failed", "detail": str(err), "error": type(err).__name__}

@@ -42,6 +42,7 @@ from gateway._proto.govgate.v1 import (
 )
 from gateway.convert import action_from_proto, decision_to_proto, halt_from_proto, record_to_proto
 from gateway.errors import (
+    DeadlineExceededError,
     DecisionNotFoundError,
     GatewayError,
     InvalidRequestError,
@@ -106,6 +107,8 @@ def _status(err: BaseException) -> status_pb2.Status:
             code, reason = code_pb2.RESOURCE_EXHAUSTED, "OVERLOADED"
         case AdapterTimeoutError():
             code, reason = code_pb2.DEADLINE_EXCEEDED, "RUNTIME_TIMEOUT"
+        case DeadlineExceededError():
+            code, reason = code_pb2.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
         case IdentityError():
             code, reason = code_pb2.UNAUTHENTICATED, "NO_IDENTITY"
         case AccessDeniedError():
@@ -264,8 +267,13 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     async def _propose(self, req: Any, context: Any) -> types_pb2.Decision:
         with self.admission():
             action = action_from_proto(req.action)
-            d = await self.gw.propose(req.request_id, action, requester=caller(context),
-                                      dry_run=req.dry_run)  # fmt: skip
+            d = await self.gw.propose(
+                req.request_id,
+                action,
+                requester=caller(context),
+                dry_run=req.dry_run,
+                timeout=context.time_remaining(),  # the caller's deadline, if it set one
+            )
             _logged(d)
             return decision_to_proto(d)
 

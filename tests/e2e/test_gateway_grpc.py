@@ -574,3 +574,20 @@ async def test_overload_is_refused_fast_with_retry_info_and_the_server_recovers(
         assert len(recorded) == len(decided)
         again = await stub.Propose(propose("r-after", vcpus="4"), timeout=30)  # recovered
         assert again.state in (types_pb2.EXECUTED, types_pb2.PENDING_APPROVAL)
+
+
+async def test_a_deadline_that_passes_leaves_no_decision_without_its_outcome(clients: Clients):
+    stub = clients.decisions("engine-1")
+    calls = [stub.Propose(propose(f"r-{n}", vcpus=str(3 + n % 2)), timeout=0.002)
+             for n in range(20)]  # fmt: skip
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    late = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert late, "a 2 ms deadline must pass for some of 20 concurrent proposals"
+    assert {r.code() for r in late} == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    await asyncio.sleep(1.0)  # what was recorded finishes without its callers
+    ledger = clients.ledger("alice")
+    decided = [r async for r in ledger.Query(ledger_pb2.QueryRequest(kind="decision"))]
+    finished = {r.decision_id async for r in ledger.Query(ledger_pb2.QueryRequest(kind="outcome"))}
+    for record in decided:
+        verdict = json.loads(record.body_json)["verdict"]
+        assert verdict != "EXECUTING" or record.decision_id in finished, record.decision_id

@@ -1,0 +1,3 @@
+"""Fixtures shared by the gateway tests."""
+
+from test_pipeline import world  # noqa: F401 - the gateway on real parts, for other modules
