@@ -703,18 +703,8 @@ def halt(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Turn the stop switch on for a scope: proposals there become HALTED until resumed."""
-    if not reason.strip():
-        raise typer.BadParameter("a halt needs a reason", param_hint="--reason")
-    scope = _scope(everything, runtime, selector)
-    with _session(Conn(data, server, identity, ca, cert, key, timeout)) as gw:
-        reply = gw.oversight.Halt(
-            oversight_pb2.HaltRequest(scope=scope, reason=reason), timeout=timeout
-        )
-    out: dict[str, Any] = {"scope": _scope_json(scope), "ledger_index": reply.ledger_index}
-    if reply.halt_id:
-        out["halt_id"] = reply.halt_id
-    print_json(out)
-    err.print(f"[red]halted[/red] {_describe_scope(scope)} (ledger {reply.ledger_index})")
+    _switch(True, reason, _scope(everything, runtime, selector),
+            Conn(data, server, identity, ca, cert, key, timeout))  # fmt: skip
 
 
 def resume(
@@ -731,15 +721,28 @@ def resume(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Turn the stop switch off for a scope halted before (name the scope as the halt did)."""
+    _switch(False, reason, _scope(everything, runtime, selector),
+            Conn(data, server, identity, ca, cert, key, timeout))  # fmt: skip
+
+
+def _switch(on: bool, reason: str, scope: types_pb2.Scope, conn: Conn) -> None:
+    """Halt (``on``) or resume ``scope``, and say so."""
+    what = "halt" if on else "resume"
     if not reason.strip():
-        raise typer.BadParameter("a resume needs a reason", param_hint="--reason")
-    scope = _scope(everything, runtime, selector)
-    with _session(Conn(data, server, identity, ca, cert, key, timeout)) as gw:
-        reply = gw.oversight.Resume(
-            oversight_pb2.ResumeRequest(scope=scope, reason=reason), timeout=timeout
-        )
-    print_json({"scope": _scope_json(scope), "ledger_index": reply.ledger_index})
-    err.print(f"[green]resumed[/green] {_describe_scope(scope)} (ledger {reply.ledger_index})")
+        raise typer.BadParameter(f"a {what} needs a reason", param_hint="--reason")
+    with _session(conn) as gw:
+        if on:
+            reply = gw.oversight.Halt(oversight_pb2.HaltRequest(scope=scope, reason=reason),
+                                      timeout=conn.timeout)  # fmt: skip
+        else:
+            reply = gw.oversight.Resume(oversight_pb2.ResumeRequest(scope=scope, reason=reason),
+                                        timeout=conn.timeout)  # fmt: skip
+    out: dict[str, Any] = {"scope": _scope_json(scope), "ledger_index": reply.ledger_index}
+    if on and reply.halt_id:
+        out["halt_id"] = reply.halt_id
+    print_json(out)
+    done = "[red]halted[/red]" if on else "[green]resumed[/green]"
+    err.print(f"{done} {_describe_scope(scope)} (ledger {reply.ledger_index})")
 
 
 # -- decisions -------------------------------------------------------------------------

@@ -25,16 +25,11 @@ from explain.scorer import Scorer
 from gateway.identity import init_certs
 from gateway.pipeline import Decision, Gateway
 from gateway.policy import Policy
+from gateway.samples import NODE
 from gateway.server import TlsFiles, start_server
 from ledger import DataDir, LedgerConfig
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
-NODE = """<node><domain type='test'><name>web-1</name>
-  <memory unit='MiB'>8192</memory><currentMemory unit='MiB'>4096</currentMemory>
-  <vcpu current='2'>8</vcpu><os><type arch='x86_64'>hvm</type></os>
-  <metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>
-    <label key='environment'>staging</label><label key='criticality'>low</label>
-  </govgate:labels></metadata><devices/></domain></node>"""
 APPROVE_ALL = b"version = 1\n[defaults]\nexecute_below = 0.0\napprove_below = 1.0\napprovals = 1\n"
 RESIZE = ("propose", "resize", "libvirt/web-1", "--confidence", "0.95", "--engine", "autoscaler",
           "--justification", "p95 CPU above 85% for 20 minutes")  # fmt: skip

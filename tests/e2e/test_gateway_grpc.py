@@ -33,6 +33,7 @@ from gateway._proto.govgate.v1 import (
 from gateway.identity import init_certs
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
+from gateway.samples import NODE
 from gateway.server import ServerOptions, TlsFiles, start_server
 from ledger import DataDir, LedgerConfig
 from ledger.export import export_ledger
@@ -40,12 +41,6 @@ from ledger.merkle import verify_inclusion
 from ledger.verify import verify_export
 
 EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
-NODE = """<node><domain type='test'><name>web-1</name>
-  <memory unit='MiB'>8192</memory><currentMemory unit='MiB'>4096</currentMemory>
-  <vcpu current='2'>8</vcpu><os><type arch='x86_64'>hvm</type></os>
-  <metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>
-    <label key='environment'>staging</label><label key='criticality'>low</label>
-  </govgate:labels></metadata><devices/></domain></node>"""
 APPROVE_ALL = b"version = 1\n[defaults]\nexecute_below = 0.0\napprove_below = 1.0\napprovals = 1\n"
 TWO_APPROVERS = APPROVE_ALL.replace(b"approvals = 1", b"approvals = 2")
 ONE_SECOND_TO_APPROVE = APPROVE_ALL + b"approval_ttl = 1\n"

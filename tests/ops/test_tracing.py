@@ -47,18 +47,13 @@ from gateway.config import ConfigError
 from gateway.identity import init_certs
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
+from gateway.samples import NODE
 from gateway.server import ServerOptions, TlsFiles, start_server
 from gateway.telemetry import TRACER_NAME, TracingInterceptor, exporter_names, setup_tracing
 from ledger import DataDir, LedgerConfig, Record
 from ledger.store import RecordQuery
 
 EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "gateway" / "policies" / "default.toml"
-NODE = """<node><domain type='test'><name>web-1</name>
-  <memory unit='MiB'>8192</memory><currentMemory unit='MiB'>4096</currentMemory>
-  <vcpu current='2'>8</vcpu><os><type arch='x86_64'>hvm</type></os>
-  <metadata><govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>
-    <label key='environment'>staging</label><label key='criticality'>low</label>
-  </govgate:labels></metadata><devices/></domain></node>"""
 APPROVE_ALL = b"version = 1\n[defaults]\nexecute_below = 0.0\napprove_below = 1.0\napprovals = 1\n"
 
 # The engine's span: the gateway's server span must be its child.
