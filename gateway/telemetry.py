@@ -67,7 +67,6 @@ __all__ = [
 TRACER_NAME = "govgate"  # the instrumentation scope of every govgate span
 
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-_PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 
 # The codes a server reports as its own failure (RPC semantic conventions); a caller's
 # mistake such as INVALID_ARGUMENT leaves the span's status unset.
@@ -163,21 +162,31 @@ def setup_metrics(
     return MeterProvider(metric_readers=readers, resource=_resource(service_name))
 
 
-def _metric_exporter() -> MetricExporter:
-    names = ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+def _protocol(signal: str) -> str:
+    """The OTLP protocol for ``signal`` (TRACES, METRICS): its own variable, then the shared
+    one, then grpc; :class:`ConfigError` naming the variable for anything else."""
+    names = (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
     variable = next((v for v in names if os.environ.get(v, "").strip()), "")
     protocol = os.environ[variable].strip() if variable else "grpc"
-    if protocol == "grpc":
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError(f"{variable}: {protocol!r} is not one of grpc, http/protobuf")
+    return protocol
+
+
+# With no arguments the OTLP exporters read OTEL_EXPORTER_OTLP_* themselves: endpoint,
+# headers, certificates, compression, timeout.
+
+
+def _metric_exporter() -> MetricExporter:
+    if _protocol("METRICS") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         return OTLPMetricExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetricExporter,
-        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
 
-        return HttpMetricExporter()
-    raise ConfigError(f"{variable}: {protocol!r} is not one of grpc, http/protobuf")
+    return HttpMetricExporter()
 
 
 def _exporter(name: str) -> SpanExporter:
@@ -187,21 +196,15 @@ def _exporter(name: str) -> SpanExporter:
         return ConsoleSpanExporter()
     if name != "otlp":
         raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not one of otlp, console, none")
-    variable = next((v for v in _PROTOCOLS if os.environ.get(v, "").strip()), "")
-    protocol = os.environ[variable].strip() if variable else "grpc"
-    # With no arguments the exporters read OTEL_EXPORTER_OTLP_* themselves: endpoint,
-    # headers, certificates, compression, timeout.
-    if protocol == "grpc":
+    if _protocol("TRACES") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
-        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
 
-        return HttpSpanExporter()
-    raise ConfigError(f"{variable}: {protocol!r} is not one of grpc, http/protobuf")
+    return HttpSpanExporter()
 
 
 def _resource(service_name: str) -> Resource:
