@@ -341,6 +341,9 @@ def decision_json(d: Any) -> dict[str, Any]:
         "contributions": [c.text for c in d.contributions[:_TOP]],
         "outcome": outcome,
         "created": d.created.ToJsonString() if d.HasField("created") else None,
+        "approval_deadline": (
+            d.approval_deadline.ToJsonString() if d.HasField("approval_deadline") else None
+        ),  # fmt: skip
     }
 
 

@@ -99,6 +99,8 @@ def decision_to_proto(d: Decision) -> types_pb2.Decision:
                     text=c.text() if n < EXPLAINED else "",
                 )
             )  # fmt: skip
+    if d.approval_deadline is not None:
+        msg.approval_deadline.CopyFrom(_ts(d.approval_deadline))
     if d.outcome is not None:
         msg.outcome.CopyFrom(
             types_pb2.Outcome(

@@ -193,6 +193,7 @@ class Decision:
     reviews: list[dict[str, Any]] = field(default_factory=list)
     plan: Plan | None = None  # recorded before it runs, so a restart can reconcile it
     respond_by: float | None = field(default=None, repr=False)  # the caller's deadline (loop time)
+    approval_deadline: dt.datetime | None = None  # pending: EXPIRED after this
     result: Outcome | None = None  # what a rollback needs, once executed
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -579,10 +580,10 @@ class Gateway:
             elif verdict.kind is VerdictKind.APPROVAL:
                 d.state = "PENDING_APPROVAL"
                 d.approvals_required = verdict.approvals
+                d.approval_deadline = now + dt.timedelta(seconds=verdict.ttl)
                 self._pending[d.decision_id] = Pending(
                     d.decision_id, d.requester, d.digest, verdict.approvals,
-                    now + dt.timedelta(seconds=verdict.ttl),
-                    self.policy.defaults.reason_required,
+                    d.approval_deadline, self.policy.defaults.reason_required,
                 )  # fmt: skip
             else:
                 d.state = "EXECUTING"

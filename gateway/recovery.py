@@ -216,6 +216,7 @@ class Replay:
             d.plan = _plan(action, state, b["plan"])
         if verdict == "PENDING_APPROVAL":
             deadline = parse_time(_text(b, "deadline"))
+            d.approval_deadline = deadline
             self._state.pending[d.decision_id] = Pending(
                 d.decision_id, d.requester, digest, max(d.approvals_required, 1), deadline,
                 bool(b.get("reason_required", True)),

@@ -272,6 +272,8 @@ async def test_approval_over_grpc_with_watch(clients: Clients):
     await clients.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
     d = await clients.decisions("engine-1").Propose(propose("r-4", vcpus="3"), timeout=10)
     assert d.state == types_pb2.PENDING_APPROVAL
+    ttl = d.approval_deadline.ToDatetime() - d.created.ToDatetime()
+    assert abs(ttl.total_seconds() - 3600) < 1  # the default approval_ttl, one hour
     pending = await clients.oversight("alice").ListPending(oversight_pb2.ListPendingRequest())
     assert [p.decision_id for p in pending.decisions] == [d.decision_id]
 

@@ -103,7 +103,7 @@ class Outcome(_message.Message):
     def __init__(self, status: _Optional[str] = ..., detail: _Optional[str] = ..., ledger_index: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("decision_id", "state", "risk", "contributions", "model_id", "policy_id", "reasons", "ledger_index", "leaf_hash", "request_id", "action", "base_value", "schema_version", "created", "outcome", "reviews", "approvals_required", "trace_id", "fallback", "requester", "request_digest")
+    __slots__ = ("decision_id", "state", "risk", "contributions", "model_id", "policy_id", "reasons", "ledger_index", "leaf_hash", "request_id", "action", "base_value", "schema_version", "created", "outcome", "reviews", "approvals_required", "trace_id", "fallback", "requester", "request_digest", "approval_deadline")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RISK_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class Decision(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     state: DecisionState
     risk: float
@@ -146,7 +147,8 @@ class Decision(_message.Message):
     fallback: bool
     requester: str
     request_digest: bytes
-    def __init__(self, decision_id: _Optional[str] = ..., state: _Optional[_Union[DecisionState, str]] = ..., risk: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., model_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., ledger_index: _Optional[int] = ..., leaf_hash: _Optional[bytes] = ..., request_id: _Optional[str] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., base_value: _Optional[float] = ..., schema_version: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., reviews: _Optional[_Iterable[_Union[Review, _Mapping]]] = ..., approvals_required: _Optional[int] = ..., trace_id: _Optional[str] = ..., fallback: _Optional[bool] = ..., requester: _Optional[str] = ..., request_digest: _Optional[bytes] = ...) -> None: ...
+    approval_deadline: _timestamp_pb2.Timestamp
+    def __init__(self, decision_id: _Optional[str] = ..., state: _Optional[_Union[DecisionState, str]] = ..., risk: _Optional[float] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., model_id: _Optional[str] = ..., policy_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., ledger_index: _Optional[int] = ..., leaf_hash: _Optional[bytes] = ..., request_id: _Optional[str] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., base_value: _Optional[float] = ..., schema_version: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., reviews: _Optional[_Iterable[_Union[Review, _Mapping]]] = ..., approvals_required: _Optional[int] = ..., trace_id: _Optional[str] = ..., fallback: _Optional[bool] = ..., requester: _Optional[str] = ..., request_digest: _Optional[bytes] = ..., approval_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Scope(_message.Message):
     __slots__ = ("all", "runtime", "selector")
