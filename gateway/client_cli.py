@@ -343,7 +343,7 @@ def decision_json(d: Any) -> dict[str, Any]:
         "created": d.created.ToJsonString() if d.HasField("created") else None,
         "approval_deadline": (
             d.approval_deadline.ToJsonString() if d.HasField("approval_deadline") else None
-        ),  # fmt: skip
+        ),
     }
 
 
