@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -102,7 +103,7 @@ class VerbInfo:
     parameters: Mapping[str, str] = field(default_factory=dict)  # name -> type
     required: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def runtimes(self) -> tuple[str, ...]:
         return tuple(rt for rt, op in (("libvirt", self.libvirt_api), ("kata", self.kata)) if op)
 

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -51,7 +50,7 @@ from opentelemetry.trace import Span, Tracer
 
 from adapters.action import Action, Reversibility, RuntimeState, Target
 from adapters.errors import AdapterError, AdapterTimeoutError, NotFoundError
-from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter
+from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter, new_id
 from explain.batcher import MicroBatcher
 from explain.errors import ModelUnavailableError
 from explain.explanation import Explanation
@@ -460,7 +459,7 @@ class Gateway:
         trace_id: str, now: dt.datetime, respond_by: float | None = None,
     ) -> Decision:  # fmt: skip
         d = Decision(
-            decision_id=f"d-{uuid.uuid4().hex}",
+            decision_id=f"d-{new_id()}",
             request_id=request_id,
             requester=requester,
             action=action,

@@ -341,3 +341,11 @@ def test_record_forms_are_float_free_and_read_back():
     assert srec["uptime_s"] == 13
     assert isinstance(srec["uptime_s"], int)
     assert RuntimeState.from_json(srec).vcpus == 2
+
+
+def test_ids_are_128_random_bits_in_hex_and_do_not_repeat():
+    from adapters.runtime import new_id
+
+    ids = [new_id() for _ in range(5000)]  # several refills of the pool
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
