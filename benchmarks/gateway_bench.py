@@ -15,6 +15,19 @@ gateway issue's targets:
   queueing); how late the client fired is reported next to it;
 * the gateway's peak RSS (the kernel's high-water mark, VmHWM) < 600 MB.
 
+``--tracing`` measures what tracing costs (the Operations issue's target: < 10%
+throughput loss with tracing on). ``on`` starts the gateway with the OTLP
+variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, gRPC) pointing at a collector in a
+process of its own, which counts the spans it receives (decoding them does not
+count against the gateway, though it shares the machine's CPUs, as a collector
+agent on the host would); ``both`` makes every run twice, tracing off and on, in
+alternating order (off, on, then on, off), each on a fresh gateway, and reports the
+change in decisions/s (the loss, for the closed-loop phases), p99, and gateway CPU
+per decision. With ``on`` or ``both``
+every call carries a sampled W3C ``traceparent`` with a fresh trace id, in both
+modes, so that the only difference is the exporter: a unary call is one trace, a
+stream one trace for all its messages. The default (``off``) sends none.
+
 The actions are low-risk resizes of the staging and development domains,
 alternating between two vCPU counts, each with a unique request id. By default
 the gateway runs a permissive benchmark policy (execute below 0.99, no
@@ -29,6 +42,7 @@ Usage::
 
     .venv/bin/python benchmarks/gateway_bench.py                  # 10 s per phase, 3 runs
     .venv/bin/python benchmarks/gateway_bench.py --seconds 5 --runs 1 --json
+    .venv/bin/python benchmarks/gateway_bench.py --tracing both --seconds 8 --runs 2 --phases stream
 
 Each figure is the median of ``--runs`` runs, each against a fresh gateway. The
 machine is shared and noisy: compare ratios, not absolute numbers, across runs.
@@ -41,6 +55,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -51,6 +66,7 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent import futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +78,7 @@ TARGETS = {
     "unary_rate": 600.0,  # decisions/s
     "open_p99_ms": 50.0,  # at 300/s offered
     "rss_mb": 600.0,
+    "tracing_loss": 0.10,  # throughput lost with tracing on, as a fraction of off
 }
 TARGET_RATE = 300.0  # the open-loop rate the p99 target is set for
 
@@ -76,6 +93,8 @@ min_confidence = 0.0
 DOMAINS = "web-1,web-2,dev-1"  # staging and development domains of gateway/samples.py
 CALL_TIMEOUT = 30.0  # seconds; a call slower than this is an error, not a latency
 PHASES = ("unary", "stream", "open")
+TRACING = ("off", "on", "both")
+MIN_SPANS_PER_DECISION = 9  # decide and its eight stages, plus a server span per call/stream
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -129,6 +148,9 @@ class RunResult:
     ledger_ok: bool
     ledger_detail: str
     server_exit: int
+    tracing: str = "off"  # "on": the gateway exported spans over OTLP
+    spans: int = 0  # spans the collector received from this gateway
+    collector_cpu_s: float = 0.0  # CPU the collector process used during the run
 
     @property
     def decisions(self) -> int:
@@ -250,6 +272,12 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
             ),
         )
 
+    def context() -> tuple[tuple[str, str], ...] | None:
+        """The engine's span, as a sampled W3C trace context with a fresh trace id."""
+        if not config["traceparent"]:
+            return None
+        return (("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"),)
+
     state_name = types_pb2.DecisionState.Name
     creds = grpc.ssl_channel_credentials(
         (data / "certs" / "ca.pem").read_bytes(),
@@ -266,7 +294,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                 request = make()
                 start = time.perf_counter()
                 try:
-                    d = await stub.Propose(request, timeout=CALL_TIMEOUT)
+                    d = await stub.Propose(request, timeout=CALL_TIMEOUT, metadata=context())
                 except grpc.aio.AioRpcError as err:
                     tally.errors[err.code().name] += 1
                     continue
@@ -279,7 +307,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
         window = int(config["window"])
 
         async def one() -> None:
-            call = stub.ProposeStream(timeout=seconds + CALL_TIMEOUT)
+            call = stub.ProposeStream(timeout=seconds + CALL_TIMEOUT, metadata=context())
             sent: deque[float] = deque()  # the gateway answers one stream in order
             slots = asyncio.Semaphore(window)
 
@@ -314,7 +342,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
         async def one(due: float) -> None:
             try:
-                d = await stub.Propose(make(), timeout=CALL_TIMEOUT)
+                d = await stub.Propose(make(), timeout=CALL_TIMEOUT, metadata=context())
             except grpc.aio.AioRpcError as err:
                 tally.errors[err.code().name] += 1
                 return
@@ -341,7 +369,9 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
         warm = _Tally("warmup")
         warm_end = time.perf_counter() + float(config["warmup"])
         while time.perf_counter() < warm_end:  # TLS handshake, first XGBoost calls, caches
-            batch = [stub.Propose(make(), timeout=CALL_TIMEOUT) for _ in range(8)]
+            batch = [
+                stub.Propose(make(), timeout=CALL_TIMEOUT, metadata=context()) for _ in range(8)
+            ]
             for d in await asyncio.gather(*batch):
                 warm.answer(d, 0.0, state_name)
         out["warmup"] = len(warm.latencies)
@@ -372,16 +402,81 @@ def client_main(config_path: Path) -> None:
     Path(config["out"]).write_text(json.dumps(result))
 
 
+# -- a trace collector (a separate process) ------------------------------------------------
+
+
+def _collector_main(port_out: Any, spans: Any, stop: Any) -> None:
+    """An OTLP/gRPC trace collector on loopback that counts the spans it is sent."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    class Counter(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            with spans.get_lock():
+                spans.value += n
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Counter(), server)
+    port_out.put(server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    stop.wait()
+    server.stop(None)
+
+
+class Collector:
+    """The collector process, shared by the traced runs: its endpoint and its span count."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no copy of this process's state
+        self.spans = ctx.Value("q", 0)
+        self._stop = ctx.Event()
+        ports = ctx.Queue()
+        self.proc = ctx.Process(
+            target=_collector_main, args=(ports, self.spans, self._stop), daemon=True
+        )
+        self.proc.start()
+        self.endpoint = f"http://127.0.0.1:{ports.get(timeout=120)}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def received(self) -> int:
+        with self.spans.get_lock():
+            return int(self.spans.value)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+@contextlib.contextmanager
+def _collector(wanted: bool) -> Iterator[Collector | None]:
+    collector = Collector() if wanted else None
+    try:
+        yield collector
+    finally:
+        if collector is not None:
+            collector.close()
+
+
 # -- the gateway under test ----------------------------------------------------------------
 
 
 class Gateway:
     """``govgate serve`` in a fresh data directory, as a child process."""
 
-    def __init__(self, base: Path, args: argparse.Namespace) -> None:
+    def __init__(self, base: Path, args: argparse.Namespace, otlp_endpoint: str = "") -> None:
         self.data = Path(tempfile.mkdtemp(dir=base, prefix="run-"))
         self.govgate = str(Path(sys.executable).with_name("govgate"))
         self.args = args
+        self.otlp_endpoint = otlp_endpoint  # "": tracing off
         self.proc: subprocess.Popen[bytes] | None = None
         self.verifier_key = ""
         self.port = 0
@@ -406,8 +501,18 @@ class Gateway:
             cmd += ["--policy", str(policy)]
         if self.args.libvirt_uri:
             cmd += ["--libvirt-uri", self.args.libvirt_uri]
+        # Tracing is on exactly when an OTLP endpoint is set (docs/operations.md); the
+        # caller's OTEL_* variables are dropped so that "off" is off. Metrics stay off: an
+        # endpoint would turn their push on too, and this measures the cost of tracing.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        if self.otlp_endpoint:
+            env |= {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_METRICS_EXPORTER": "none",
+            }
         with (self.data / "serve.log").open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         port_file = self.data / "port"
         deadline = time.monotonic() + 120
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -456,8 +561,8 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def _gateway(base: Path, args: argparse.Namespace) -> Iterator[Gateway]:
-    gw = Gateway(base, args)
+def _gateway(base: Path, args: argparse.Namespace, otlp_endpoint: str = "") -> Iterator[Gateway]:
+    gw = Gateway(base, args, otlp_endpoint)
     try:
         gw.start()
         yield gw
@@ -465,8 +570,15 @@ def _gateway(base: Path, args: argparse.Namespace) -> Iterator[Gateway]:
         gw.stop()
 
 
-def run_once(base: Path, args: argparse.Namespace, k: int) -> RunResult:
-    with _gateway(base, args) as gw:
+def run_once(
+    base: Path, args: argparse.Namespace, k: int, collector: Collector | None = None
+) -> RunResult:
+    """One run on a fresh gateway; traced, exporting to ``collector``, when one is given."""
+    spans0 = collector.received() if collector else 0
+    collector_cpu0 = _proc_cpu_s(collector.pid) if collector else 0.0
+    with _gateway(base, args, collector.endpoint if collector else "") as gw:
+        if collector and "tracing: otlp export" not in gw.log_tail(50):
+            raise RuntimeError(f"govgate serve did not turn tracing on:\n{gw.log_tail()}")
         out = gw.data / "client.json"
         config = {
             "data": str(gw.data), "port": gw.port, "server_pid": gw.pid, "run": f"r{k}",
@@ -474,6 +586,7 @@ def run_once(base: Path, args: argparse.Namespace, k: int) -> RunResult:
             "streams": args.streams, "window": args.window, "warmup": args.warmup,
             "phases": args.phases, "domains": args.domains.split(","),
             "vcpus": args.vcpus.split(","), "out": str(out),
+            "traceparent": args.tracing != "off",
         }  # fmt: skip
         config_path = gw.data / "client-config.json"
         config_path.write_text(json.dumps(config))
@@ -485,6 +598,9 @@ def run_once(base: Path, args: argparse.Namespace, k: int) -> RunResult:
             raise RuntimeError(f"the load client failed ({done.returncode}):\n{gw.log_tail()}")
         measured = json.loads(out.read_text())
         peak = _proc_mem_mb(gw.pid, "VmHWM")
+    # The gateway flushed its spans on the way out (SIGTERM): the count is this run's.
+    spans = collector.received() - spans0 if collector else 0
+    collector_cpu = _proc_cpu_s(collector.pid) - collector_cpu0 if collector else 0.0
     exit_code = gw.proc.returncode if gw.proc is not None else 0
     size, ok, detail = gw.verify_ledger() if args.verify else (0, True, "not checked")
     result = RunResult(
@@ -496,6 +612,9 @@ def run_once(base: Path, args: argparse.Namespace, k: int) -> RunResult:
         ledger_ok=ok,
         ledger_detail=detail,
         server_exit=exit_code,
+        tracing="on" if collector else "off",
+        spans=spans,
+        collector_cpu_s=collector_cpu,
     )
     if measured["warmup_states"].keys() - {"EXECUTED"}:
         print(f"  warm-up answers: {measured['warmup_states']}")
@@ -512,8 +631,8 @@ def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if ok else "MISSED"
 
 
-def _print_run(k: int, r: RunResult) -> None:
-    print(f"run {k + 1}: {r.decisions:,} decisions (warm-up {r.warmup}), gateway RSS "
+def _print_run(k: int, r: RunResult, label: str = "") -> None:
+    print(f"run {k + 1}{label}: {r.decisions:,} decisions (warm-up {r.warmup}), gateway RSS "
           f"{r.warm_rss_mb:.0f} MB after the warm-up, peak {r.peak_rss_mb:.0f} MB")  # fmt: skip
     for p in r.phases.values():
         line = (
@@ -534,6 +653,10 @@ def _print_run(k: int, r: RunResult) -> None:
     if r.ledger_size and r.ledger_size != expected:
         ledger += f" (expected {expected:,} = 2 + 2 x decisions)"
     print(ledger)
+    if r.tracing == "on":
+        print(f"  spans: {r.spans:,} received by the collector, "
+              f"{r.spans / max(r.decisions, 1):.1f} per decision; collector CPU "
+              f"{r.collector_cpu_s / max(r.decisions, 1) * 1e3:.2f} ms per decision")  # fmt: skip
     if r.server_exit != 0:
         print(f"  govgate serve exited with {r.server_exit}")
 
@@ -549,6 +672,10 @@ def _problems(r: RunResult, args: argparse.Namespace) -> list[str]:
         out.append(f"the ledger has {r.ledger_size} records for {r.decisions} decisions")
     if r.server_exit != 0:
         out.append(f"govgate serve exited with {r.server_exit}")
+    # Each traced decision makes about ten spans; far fewer means the spans were dropped
+    # (the batch processor's queue overflowed) and the run understates tracing's cost.
+    if r.tracing == "on" and r.spans < MIN_SPANS_PER_DECISION * r.decisions:
+        out.append(f"the collector received {r.spans:,} spans for {r.decisions:,} decisions")
     return out
 
 
@@ -605,6 +732,42 @@ def _report(runs: list[RunResult], args: argparse.Namespace) -> dict[str, Any]:
     return med
 
 
+def _compare(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dict[str, float]:
+    """Tracing off against on, phase by phase: the change in each figure, as a fraction."""
+    off = [r.figures() for r in runs["off"]]
+    on = [r.figures() for r in runs["on"]]
+    rows = []
+    for name in args.phases:
+        rows += [(f"{name}_rate", f"{name} decisions/s"), (f"{name}_p99_ms", f"{name} p99 ms"),
+                 (f"{name}_server_cpu_ms", f"{name} gateway CPU ms/decision")]  # fmt: skip
+    print(f"\ntracing cost: median of {len(off)} run(s) each, off and on alternating on fresh "
+          "gateways")  # fmt: skip
+    print(f"{'figure':<34} {'off':>8} {'on':>8} {'change':>8}  {'pairs':<18} target")
+    change: dict[str, float] = {}
+    for key, label in rows:
+        if key not in off[0]:
+            continue
+        a = statistics.median(f[key] for f in off)
+        b = statistics.median(f[key] for f in on)
+        change[key] = (b - a) / a if a else 0.0
+        pairs = ", ".join(f"{(y[key] - x[key]) / x[key]:+.0%}" for x, y in zip(off, on, strict=True)
+                          if x[key])  # fmt: skip
+        fmt = "{:>8.1f}" if key.endswith("_ms") else "{:>8,.0f}"
+        target = ""
+        # The target is a throughput loss, so it applies to the closed-loop phases; in
+        # the open loop the offered rate sets the throughput, and the cost shows as CPU.
+        if key in ("unary_rate", "stream_rate"):
+            ok = -change[key] < TARGETS["tracing_loss"]
+            target = f"loss < {TARGETS['tracing_loss']:.0%}: {'met' if ok else 'MISSED'}"
+        print(f"{label:<34} {fmt.format(a)} {fmt.format(b)} {change[key]:>+8.1%}  {pairs:<18} "
+              f"{target}")  # fmt: skip
+    spans = sum(r.spans for r in runs["on"]) / max(1, sum(r.decisions for r in runs["on"]))
+    collector = statistics.median(r.collector_cpu_s / max(r.decisions, 1) * 1e3 for r in runs["on"])
+    print(f"spans per decision: {spans:.1f}; the collector used {collector:.2f} ms CPU per "
+          "decision on the same machine")  # fmt: skip
+    return change
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per phase")
@@ -629,6 +792,11 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    ap.add_argument(
+        "--tracing", choices=TRACING, default="off",
+        help="off: as govgate serve runs by default; on: OTLP export to a collector process;\n"
+        "both: each run twice, tracing off and on, and the cost (target < 10%% loss)",
+    )  # fmt: skip
     ap.add_argument("--client", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client is not None:
@@ -648,25 +816,48 @@ def main() -> None:
         f"(libvirt {args.libvirt_uri or 'samples'}), policy: {policy}\n"
         f"unary: {args.concurrency} callers; stream: {args.streams} streams x {args.window} "
         f"in flight; open loop: {args.rate:g}/s; client and gateway are separate processes\n"
+        f"tracing: {args.tracing}"
+        + (" (every call carries a sampled traceparent)\n" if args.tracing != "off" else "\n")
     )
-    runs: list[RunResult] = []
+    modes = ["off", "on"] if args.tracing == "both" else [args.tracing]
+    runs_by_mode: dict[str, list[RunResult]] = {m: [] for m in modes}
     try:
-        for k in range(args.runs):
-            runs.append(run_once(base, args, k))
-            _print_run(k, runs[-1])
+        with _collector("on" in modes) as collector:
+            for k in range(args.runs):
+                # off, on, then on, off: a machine that slows down over time hurts both alike
+                for mode in modes if k % 2 == 0 else modes[::-1]:
+                    r = run_once(base, args, k, collector if mode == "on" else None)
+                    runs_by_mode[mode].append(r)
+                    _print_run(k, r, f", tracing {mode}" if len(modes) > 1 else "")
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    med = _report(runs, args)
-    invalid = [f"run {k + 1}: {p}" for k, r in enumerate(runs) for p in _problems(r, args)]
+    meds: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        if len(modes) > 1:
+            print(f"\n== tracing {mode}")
+        meds[mode] = _report(runs_by_mode[mode], args)
+    change = _compare(runs_by_mode, args) if len(modes) > 1 else {}
+    invalid = [
+        f"run {k + 1}{f' (tracing {m})' if len(modes) > 1 else ''}: {p}"
+        for m, runs in runs_by_mode.items()
+        for k, r in enumerate(runs)
+        for p in _problems(r, args)
+    ]
     if invalid:
         print("\nINVALID: " + "; ".join(invalid))
     else:
         verified = " and the ledger verified" if args.verify else ""
         print(f"\nvalid: every answer was EXECUTED{verified} in every run")
     if args.json:
-        doc = {"median": med, "valid": not invalid,
-               "runs": [asdict(r) | {"figures": r.figures()} for r in runs]}  # fmt: skip
+        doc: dict[str, Any] = {
+            "tracing": args.tracing, "valid": not invalid,
+            "median": meds[modes[0]] if len(modes) == 1 else meds,
+            "runs": [asdict(r) | {"figures": r.figures()}
+                     for m in modes for r in runs_by_mode[m]],
+        }  # fmt: skip
+        if change:
+            doc["tracing_change"] = change
         print(json.dumps(doc, indent=2))
     if invalid:
         sys.exit(1)

@@ -43,9 +43,11 @@ class _Json(logging.Formatter):
         line = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
+            "event": _printable(record.getMessage()),
             **getattr(record, "fields", {}),
         }
+        if record.name != LOG.name:  # a library's message
+            line["logger"] = record.name
         return orjson.dumps(line).decode()
 
 
@@ -53,11 +55,14 @@ class _Text(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
-        return f"{record.getMessage()} {tail}".rstrip()
+        who = "" if record.name == LOG.name else f"{record.name}: "
+        return f"{who}{_printable(record.getMessage())} {tail}".rstrip()
 
 
 def configure(fmt: str = "text", level: str = "INFO") -> None:
-    """Send govgate's events to standard error in ``fmt`` ("text" or "json")."""
+    """Send govgate's events, and the warnings of the libraries it uses (OpenTelemetry's
+    exporters, gRPC), to standard error in ``fmt`` ("text" or "json"): one format for
+    every line."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
@@ -65,6 +70,8 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
+    logging.root.handlers[:] = [handler]
+    logging.root.setLevel(logging.WARNING)
 
 
 def event(name: str, *, level: int = logging.INFO, **fields: Any) -> None:

@@ -129,10 +129,13 @@ async def serve(
         if tracing_provider is not None:
             say(f"tracing: {', '.join(exporter_names())} export (OTEL_* environment)")
         await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop)
-    finally:
-        for provider in (tracing_provider, meter_provider):
-            if provider is not None:
-                await asyncio.to_thread(provider.shutdown)  # flushes what is queued
+    finally:  # flush what is queued, both at once and bounded: a collector may be down
+        flushes = []
+        if tracing_provider is not None:
+            flushes.append(asyncio.to_thread(tracing_provider.shutdown))
+        if meter_provider is not None:
+            flushes.append(asyncio.to_thread(meter_provider.shutdown, timeout_millis=5000))
+        await asyncio.gather(*flushes)
     say("stopped; the ledger is closed")
 
 

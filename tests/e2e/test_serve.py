@@ -351,7 +351,12 @@ def test_sigterm_drains_and_a_second_one_stops_what_is_still_in_flight(site: Sit
 
 
 def test_json_logs_carry_events_but_no_secrets_or_free_text(site: Site):
-    served = site.serve("--log-format", "json")
+    dead = free_port()  # a collector that is down: OpenTelemetry complains, in JSON too
+    served = site.serve("--log-format", "json", env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{dead}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1", "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRICS_EXPORTER": "none",
+    })  # fmt: skip
     marker = "TOP-SECRET-JUSTIFICATION"
     request = propose("r-1", "resize", "web-1", vcpus="4")
     request.action.justification = f"{marker} \x1b[2J"  # refused: a control character
@@ -370,6 +375,7 @@ def test_json_logs_carry_events_but_no_secrets_or_free_text(site: Site):
         "EXECUTED", "resize", "libvirt/web-1"
     )  # fmt: skip
     assert all({"time", "level", "event"} <= set(line) for line in lines)
+    assert any(line.get("logger", "").startswith("opentelemetry") for line in lines), events
     text = served.output()
     assert marker not in text
     for key in (site.data / "keys").glob("*.key"):
@@ -401,6 +407,7 @@ def test_serve_exports_the_callers_trace_over_otlp_when_asked(site: Site):
         served = site.serve(env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRICS_EXPORTER": "none",  # this collector takes traces only
         })  # fmt: skip
         assert "tracing: otlp export" in served.output()
         trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
