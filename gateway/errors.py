@@ -31,6 +31,8 @@ __all__ = [
 class GatewayError(Exception):
     """Root of what the gateway core refuses or cannot do."""
 
+    decision_id: str = ""  # the decision it concerns, when there is one (for ErrorInfo)
+
 
 class InvalidRequestError(GatewayError):
     def __init__(self, message: str, field: str = "") -> None:

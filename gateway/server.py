@@ -71,6 +71,7 @@ __all__ = [
     "TlsFiles",
     "caller",
     "start_server",
+    "status_of",
 ]
 
 _LIVE_STATES = (types_pb2.PENDING_APPROVAL, types_pb2.EXECUTING)  # a watch goes on past these
@@ -88,7 +89,7 @@ _REVIEW_CODES = {
 }
 
 
-def _status(err: BaseException) -> status_pb2.Status:
+def status_of(err: BaseException) -> status_pb2.Status:
     """The one table from domain errors to gRPC status codes, with rich details."""
     code, reason = code_pb2.INTERNAL, "INTERNAL"
     match err:
@@ -155,7 +156,7 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _abort(self, context: grpc.aio.ServicerContext, err: BaseException) -> None:
         if isinstance(err, LedgerUnavailableError) and self.on_unavailable is not None:
             self.on_unavailable(err)
-        await context.abort_with_status(rpc_status.to_status(_status(err)))
+        await context.abort_with_status(rpc_status.to_status(status_of(err)))
 
     async def intercept_service(
         self,
@@ -217,6 +218,16 @@ def caller(context: grpc.aio.ServicerContext) -> str:
 def _identity(cert_pem: bytes) -> str:
     """:func:`identity_of`, parsed once per certificate (TLS has verified it already)."""
     return identity_of(cert_pem)
+
+
+@contextlib.contextmanager
+def _about(decision_id: str) -> Iterator[None]:
+    """Name the decision in the ``ErrorInfo`` of whatever goes wrong with it."""
+    try:
+        yield
+    except GatewayError as err:
+        err.decision_id = err.decision_id or decision_id
+        raise
 
 
 def _logged(d: Decision) -> None:
@@ -285,24 +296,28 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             yield await self._propose(req, context)
 
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
-        return decision_to_proto(await self.gw.get(request.decision_id))
+        with _about(request.decision_id):
+            return decision_to_proto(await self.gw.get(request.decision_id))
 
     async def Rollback(self, request: Any, context: Any) -> types_pb2.Decision:
-        d = await self.gw.rollback(request.decision_id, request.reason, caller(context))
+        with _about(request.decision_id):
+            d = await self.gw.rollback(request.decision_id, request.reason, caller(context))
         return decision_to_proto(d)
 
     async def ReportIncident(self, request: Any, context: Any) -> Any:
-        index = await self.gw.report_incident(
-            request.decision_id,
-            request.harmful,
-            request.severity,
-            request.description,
-            caller(context),
-        )
+        with _about(request.decision_id):
+            index = await self.gw.report_incident(
+                request.decision_id,
+                request.harmful,
+                request.severity,
+                request.description,
+                caller(context),
+            )
         return decision_pb2.ReportIncidentResponse(ledger_index=index)
 
     async def WatchDecision(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        d = await self.gw.get(request.decision_id)
+        with _about(request.decision_id):
+            d = await self.gw.get(request.decision_id)
         while True:
             d.changed.clear()
             sent = decision_to_proto(d)
@@ -323,8 +338,9 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
 
     async def _review(self, request: Any, context: Any, approve: bool) -> Any:
         reviewer = caller(context)
-        d = await self.gw.review(request.decision_id, reviewer, approve, request.reason,
-                                 request.request_digest)  # fmt: skip
+        with _about(request.decision_id):
+            d = await self.gw.review(request.decision_id, reviewer, approve, request.reason,
+                                     request.request_digest)  # fmt: skip
         event("review", decision_id=d.decision_id, reviewer=reviewer, approved=approve)
         _logged(d)
         return decision_to_proto(d)
@@ -419,6 +435,20 @@ class ServerOptions:
     retry_after: float = 0.2  # seconds, in RetryInfo
     reflection: bool = True  # grpc.reflection.v1alpha, for grpcurl and friends
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()  # run before the error mapper
+    # Keepalive (docs/serve.md): ping a connection idle this long to find dead peers ...
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0  # ... and drop it when the ping is not answered in this
+    min_client_ping_interval: float = 10.0  # clients pinging more often get GOAWAY
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", round(self.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", round(self.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms",
+             round(self.min_client_ping_interval * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]  # fmt: skip
 
 
 async def start_server(
@@ -438,7 +468,9 @@ async def start_server(
     options = options or ServerOptions()
     health_status = health_status or Health()
     mapper = ErrorMapper(gw.authorize, on_unavailable=health_status.down)
-    server = grpc.aio.server(interceptors=[*options.interceptors, mapper])
+    server = grpc.aio.server(
+        interceptors=[*options.interceptors, mapper], options=options.grpc_options()
+    )
     admission = Admission(options.max_inflight, options.retry_after, gw.metrics)
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw, admission), server)
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)

@@ -424,6 +424,8 @@ async def test_an_approval_cannot_be_replayed_onto_another_decision(clients: Cli
         await clients.oversight("alice").Approve(replayed, timeout=10)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_reason(info.value) == "DIGEST_MISMATCH"
+    [errinfo] = [d for d in details(info.value) if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert errinfo.metadata["decision_id"] == a.decision_id  # which decision refused it
 
     still = await clients.decisions("alice").GetDecision(
         decision_pb2.GetDecisionRequest(decision_id=a.decision_id), timeout=10
