@@ -17,8 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from adapters.action import Action
 from adapters.errors import InvalidActionError
 from gateway._proto.govgate.v1 import ledger_pb2, types_pb2
+from gateway.decision import Decision, Halt
 from gateway.errors import InvalidRequestError
-from gateway.pipeline import Decision, Halt
 from gateway.selector import parse_selector
 from ledger.record import Record
 

@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -53,9 +53,9 @@ from adapters.errors import AdapterError, AdapterTimeoutError, NotFoundError
 from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter, new_id
 from explain.batcher import MicroBatcher
 from explain.errors import ModelUnavailableError
-from explain.explanation import Explanation
 from explain.features import Context, featurize
 from gateway.approvals import ApprovalError, Pending, ReviewOutcome, request_digest
+from gateway.decision import Decision, Halt
 from gateway.errors import (
     DeadlineExceededError,
     DecisionNotFoundError,
@@ -67,14 +67,13 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.roles import AccessDeniedError, Roles
-from gateway.selector import Selector, parse_selector, selector_matches
 from ledger import Draft, Ledger, LedgerError
 from ledger.store import RecordQuery
 
 if TYPE_CHECKING:
     from gateway.recovery import Replayed
 
-__all__ = ["Decision", "Gateway", "Halt"]
+__all__ = ["Gateway"]
 
 _MAX_REQUEST_ID = 128
 _TRACER = "govgate"  # the instrumentation scope (gateway.telemetry.TRACER_NAME)
@@ -129,76 +128,6 @@ def _failed(span: Span, err: BaseException) -> None:
     if span.is_recording():
         span.record_exception(err)
         span.set_status(trace.StatusCode.ERROR, str(err))
-
-
-@dataclass(frozen=True)
-class Halt:
-    """A stop switch in force: everything, one runtime, or a label selector."""
-
-    all: bool = False
-    runtime: str = ""
-    selector: Selector = ()
-
-    def covers(self, target: Target, labels: Mapping[str, str] | None) -> bool:
-        if self.all:
-            return True
-        if self.runtime:
-            return target.runtime == self.runtime
-        if labels is None:
-            return False
-        return selector_matches(self.selector, labels)
-
-    def describe(self) -> str:
-        if self.all:
-            return "everything"
-        if self.runtime:
-            return f"runtime {self.runtime}"
-        return ",".join(f"{k}={v}" for k, v in self.selector)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"all": self.all, "runtime": self.runtime,
-                "selector": ",".join(f"{k}={v}" for k, v in self.selector)}  # fmt: skip
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Halt:
-        """The scope as :meth:`to_json` wrote it in a ``halt`` or ``resume`` record."""
-        selector = str(obj.get("selector") or "")
-        return cls(all=bool(obj.get("all")), runtime=str(obj.get("runtime") or ""),
-                   selector=parse_selector(selector) if selector else ())  # fmt: skip
-
-
-@dataclass
-class Decision:
-    """What the gateway decided about one proposal, and what became of it."""
-
-    decision_id: str
-    request_id: str
-    requester: str
-    action: Action
-    digest: bytes
-    state: str  # a DecisionState name: EXECUTED, PENDING_APPROVAL, DENIED, ...
-    created: dt.datetime
-    trace_id: str = ""
-    dry_run: bool = False
-    risk: float | None = None
-    explanation: Explanation | None = None
-    fallback: bool = False
-    policy_id: str = ""
-    reasons: list[str] = field(default_factory=list)
-    approvals_required: int = 0
-    ledger_index: int = -1
-    leaf_hash: bytes = b""
-    outcome: dict[str, Any] | None = None
-    reviews: list[dict[str, Any]] = field(default_factory=list)
-    plan: Plan | None = None  # recorded before it runs, so a restart can reconcile it
-    respond_by: float | None = field(default=None, repr=False)  # the caller's deadline (loop time)
-    approval_deadline: dt.datetime | None = None  # pending: EXPIRED after this
-    result: Outcome | None = None  # what a rollback needs, once executed
-    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def final(self) -> bool:
-        return self.state not in ("PENDING_APPROVAL", "EXECUTING")
 
 
 def _annotate(span: Span, d: Decision) -> None:

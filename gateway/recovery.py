@@ -45,7 +45,8 @@ from adapters.runtime import Outcome, OutcomeStatus, Plan
 from explain.explanation import Explanation
 from explain.features import FEATURE_NAMES, Context, featurize
 from gateway.approvals import ApprovalError, Pending, ReviewOutcome
-from gateway.pipeline import Decision, Gateway, Halt
+from gateway.decision import Decision, Halt
+from gateway.pipeline import Gateway
 from ledger.record import Record, parse_time
 from ledger.store import RecordQuery
 

@@ -41,6 +41,7 @@ from gateway._proto.govgate.v1 import (
     types_pb2,
 )
 from gateway.convert import action_from_proto, decision_to_proto, halt_from_proto, record_to_proto
+from gateway.decision import Decision
 from gateway.errors import (
     DeadlineExceededError,
     DecisionNotFoundError,
@@ -54,7 +55,7 @@ from gateway.errors import (
 from gateway.identity import IdentityError, identity_of
 from gateway.logs import event
 from gateway.metrics import Metrics
-from gateway.pipeline import Decision, Gateway
+from gateway.pipeline import Gateway
 from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
 from ledger.errors import NotFoundError as LedgerNotFoundError

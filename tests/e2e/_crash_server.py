@@ -18,7 +18,8 @@ import signal
 import sys
 
 from gateway.cli import main
-from gateway.pipeline import Decision, Gateway
+from gateway.decision import Decision
+from gateway.pipeline import Gateway
 
 
 async def _die(self: Gateway, d: Decision) -> None:

@@ -22,8 +22,9 @@ from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
 from explain.scorer import Scorer
+from gateway.decision import Decision
 from gateway.identity import init_certs
-from gateway.pipeline import Decision, Gateway
+from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.samples import NODE
 from gateway.server import TlsFiles, start_server

@@ -15,13 +15,14 @@ from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
 from explain.scorer import Scorer
+from gateway.decision import Halt
 from gateway.errors import (
     InvalidRequestError,
     LedgerUnavailableError,
     RequestConflictError,
     ReviewRefusedError,
 )
-from gateway.pipeline import Gateway, Halt
+from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from ledger import DataDir, LedgerConfig
 from ledger.export import export_ledger

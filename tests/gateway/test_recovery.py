@@ -22,7 +22,8 @@ from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
 from explain.scorer import Scorer
-from gateway.pipeline import Gateway, Halt
+from gateway.decision import Halt
+from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.recovery import Replay, recover
 from gateway.selector import parse_selector
