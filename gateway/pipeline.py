@@ -588,6 +588,18 @@ class Gateway:
         self._remember(d)
         return d
 
+    async def read(self, decision_id: str, reader: str) -> Decision:
+        """:meth:`get` for a caller: an engine may read only the decisions it proposed (the
+        refusal is recorded)."""
+        d = await self.get(decision_id)
+        if self.roles is not None:
+            try:
+                self.roles.check_read(reader, decision_id, d.requester)
+            except AccessDeniedError as err:
+                await self._refused(err)
+                raise
+        return d
+
     async def _read_back(self, decision_id: str) -> Decision | None:
         from gateway.recovery import Replay  # here: gateway.recovery imports this module
 

@@ -160,6 +160,17 @@ class Roles:
             needs = " or ".join(sorted(allowed))
             raise AccessDeniedError(identity, f"call {method}", f"it needs the role {needs}")
 
+    def check_read(self, identity: str, decision_id: str, requester: str) -> None:
+        """May ``identity`` read this decision? An engine reads only what it proposed."""
+        grant = self.grants.get(identity)
+        if grant is None:
+            raise AccessDeniedError(identity, f"read {decision_id}", "the identity has no role")
+        if grant.roles & {"approver", "auditor", "admin"} or identity == requester:
+            return
+        raise AccessDeniedError(
+            identity, f"read {decision_id}", "an engine reads only the decisions it proposed"
+        )
+
     def check_action(self, identity: str, action: Action, labels: Mapping[str, str]) -> None:
         """May this engine propose this action on a target with these labels?"""
         grant = self.grants.get(identity)

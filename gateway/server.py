@@ -298,7 +298,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
 
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
         with _about(request.decision_id):
-            return decision_to_proto(await self.gw.get(request.decision_id))
+            return decision_to_proto(await self.gw.read(request.decision_id, caller(context)))
 
     async def Rollback(self, request: Any, context: Any) -> types_pb2.Decision:
         with _about(request.decision_id):
@@ -318,7 +318,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
 
     async def WatchDecision(self, request: Any, context: Any) -> AsyncIterator[Any]:
         with _about(request.decision_id):
-            d = await self.gw.get(request.decision_id)
+            d = await self.gw.read(request.decision_id, caller(context))
         while True:
             d.changed.clear()
             sent = decision_to_proto(d)

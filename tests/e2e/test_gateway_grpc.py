@@ -354,10 +354,14 @@ async def test_roles_refuse_and_record(clients: Clients):
         b'version = 1\n[identities."spiffe://govgate.local/engine-1"]\nroles = ["engine"]\n'
         b'verbs = ["resize"]\nselectors = ["env=staging"]\n'
         b'[identities."spiffe://govgate.local/alice"]\nroles = ["approver", "auditor"]\n'
+        b'[identities."spiffe://govgate.local/bob"]\nroles = ["engine"]\n'
     )
     d = await clients.decisions("engine-1").Propose(propose("r-7", vcpus="3"), timeout=10)
     assert d.state == types_pb2.EXECUTED
+    mine = decision_pb2.GetDecisionRequest(decision_id=d.decision_id)
+    assert (await clients.decisions("engine-1").GetDecision(mine)).decision_id == d.decision_id
     refused = [
+        (clients.decisions("bob").GetDecision(mine), "read"),  # another engine's decision
         (clients.decisions("engine-1").Propose(propose("r-8", verb="suspend")), "suspend"),
         (clients.decisions("alice").Propose(propose("r-9", vcpus="3")), "Propose"),
         (clients.oversight("engine-1").Halt(oversight_pb2.HaltRequest(
@@ -380,6 +384,7 @@ async def test_roles_refuse_and_record(clients: Clients):
     assert {r.actor for r in access} == {
         "spiffe://govgate.local/engine-1",
         "spiffe://govgate.local/alice",
+        "spiffe://govgate.local/bob",
     }
 
 
