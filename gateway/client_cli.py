@@ -232,8 +232,16 @@ class Client:
         return self.decisions.GetDecision(req, timeout=self.timeout)
 
     def pending(self) -> list[Any]:
-        reply = self.oversight.ListPending(oversight_pb2.ListPendingRequest(), timeout=self.timeout)
-        return list(reply.decisions)
+        """Every pending decision, oldest first, page by page."""
+        out: list[Any] = []
+        token = ""
+        while True:
+            req = oversight_pb2.ListPendingRequest(page_token=token)
+            reply = self.oversight.ListPending(req, timeout=self.timeout)
+            out += reply.decisions
+            token = reply.next_page_token
+            if not token:
+                return out
 
     def watch(self, decision_id: str) -> Iterator[Any]:
         """The decision now, then each change until it is final (no deadline)."""

@@ -75,6 +75,8 @@ __all__ = [
     "status_of",
 ]
 
+_PAGE = 500  # pending decisions per ListPending page, at most
+
 _LIVE_STATES = (types_pb2.PENDING_APPROVAL, types_pb2.EXECUTING)  # a watch goes on past these
 
 _REVIEW_CODES = {
@@ -333,8 +335,24 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
         self.gw = gw
 
     async def ListPending(self, request: Any, context: Any) -> Any:
+        """Oldest first, ``page_size`` at a time (default and most: 500). The page token is
+        the id of the last decision sent, so a page stays right as decisions come and go."""
+        size = min(request.page_size or _PAGE, _PAGE)
+        waiting = sorted(self.gw.pending(), key=lambda d: (d.created, d.decision_id))
+        if request.page_token:
+            after = next((i for i, d in enumerate(waiting)
+                          if d.decision_id == request.page_token), None)  # fmt: skip
+            if after is None:  # decided since, or never pending
+                raise InvalidRequestError(
+                    "unknown page token (the decision it names is no longer pending); "
+                    "start again without one", field="page_token",
+                )  # fmt: skip
+            waiting = waiting[after + 1 :]
+        page = waiting[:size]
+        more = len(waiting) > size
         return oversight_pb2.ListPendingResponse(
-            decisions=[decision_to_proto(d) for d in self.gw.pending()]
+            decisions=[decision_to_proto(d) for d in page],
+            next_page_token=page[-1].decision_id if more else "",
         )
 
     async def _review(self, request: Any, context: Any, approve: bool) -> Any:

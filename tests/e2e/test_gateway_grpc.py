@@ -595,3 +595,23 @@ async def test_a_deadline_that_passes_leaves_no_decision_without_its_outcome(cli
     for record in decided:
         verdict = json.loads(record.body_json)["verdict"]
         assert verdict != "EXECUTING" or record.decision_id in finished, record.decision_id
+
+
+async def test_pending_decisions_are_listed_a_page_at_a_time(clients: Clients):
+    await clients.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    made = [await clients.decisions("engine-1").Propose(propose(f"p-{n}", vcpus=str(3 + n % 2)))
+            for n in range(5)]  # fmt: skip
+    ov = clients.oversight("alice")
+    seen, token, pages = [], "", 0
+    while True:
+        page = await ov.ListPending(oversight_pb2.ListPendingRequest(page_size=2, page_token=token))
+        seen += [d.decision_id for d in page.decisions]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert seen == [d.decision_id for d in made]  # oldest first, each once
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ov.ListPending(oversight_pb2.ListPendingRequest(page_token="d-nope"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
