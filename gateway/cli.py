@@ -378,7 +378,8 @@ def certs_init(
 ) -> None:
     """Create a CA, a server certificate for localhost and one client certificate per identity.
 
-    Private keys are written 0600; existing files are never overwritten. Each client's
+    Where the directory already holds a CA, only the named identities are issued, by that
+    CA. Private keys are written 0600; existing files are never overwritten. Each client's
     identity is its URI SAN, spiffe://govgate.local/NAME.
     """
     from gateway.identity import IdentityError, identity_of, init_certs

@@ -200,8 +200,8 @@ class Conn:
         names = sorted(p.stem for p in certs.glob("*.pem") if p.stem not in ("ca", "server"))
         _fail(
             f"no certificate for identity {self.identity!r} (missing {missing}); identities in "
-            f"{escape(str(certs))}: {', '.join(names) or 'none'}. Issue one from that CA and pass "
-            f"--cert and --key (`govgate certs init` makes identities only with a new CA)"
+            f"{escape(str(certs))}: {', '.join(names) or 'none'}. Issue it from that CA with "
+            f"`govgate certs init --data {escape(str(self.data))} --identity {self.identity}`"
         )
 
 

@@ -122,12 +122,7 @@ def _cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def init_certs(directory: Path, identities: Iterable[str]) -> dict[str, CertPaths]:
-    """Create ``ca``, ``server`` and one client certificate per identity in ``directory``.
-
-    Returns the paths by name (``ca``, ``server``, then each identity). Refuses
-    to overwrite any existing file.
-    """
+def _checked(identities: Iterable[str]) -> list[str]:
     names = list(identities)
     for n in names:
         if not _NAME.fullmatch(n) or n in ("ca", "server"):
@@ -136,6 +131,19 @@ def init_certs(directory: Path, identities: Iterable[str]) -> dict[str, CertPath
             )
     if len(set(names)) != len(names):
         raise IdentityError("identity names must be distinct")
+    return names
+
+
+def init_certs(directory: Path, identities: Iterable[str]) -> dict[str, CertPaths]:
+    """Create ``ca``, ``server`` and one client certificate per identity in ``directory``.
+
+    When ``directory`` already holds the CA (``ca.pem`` and ``ca.key``), only the named
+    identities are issued, by that CA: this is how identities are added later. Returns
+    the paths of what it wrote, by name. Never overwrites a file.
+    """
+    if (directory / "ca.pem").exists() and (directory / "ca.key").exists():
+        return add_identities(directory, identities)
+    names = _checked(identities)
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[str, CertPaths] = {}
     targets = ["ca", "server", *names]
@@ -167,4 +175,31 @@ def init_certs(directory: Path, identities: Iterable[str]) -> dict[str, CertPath
     for n in names:
         uri = f"spiffe://{TRUST_DOMAIN}/{n}"
         issue(n, [x509.UniformResourceIdentifier(uri)], ExtendedKeyUsageOID.CLIENT_AUTH)
+    return out
+
+
+def add_identities(directory: Path, identities: Iterable[str]) -> dict[str, CertPaths]:
+    """Issue client certificates for ``identities`` from the CA already in ``directory``."""
+    names = _checked(identities)
+    for n in names:
+        for suffix in (".pem", ".key"):
+            if (directory / f"{n}{suffix}").exists():
+                raise IdentityError(f"{directory / (n + suffix)} already exists; refusing")
+    try:
+        ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    except (OSError, ValueError, TypeError) as err:
+        raise IdentityError(f"cannot read the CA in {directory}: {err}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise IdentityError(f"{directory / 'ca.key'} is not an ECDSA key")
+    out: dict[str, CertPaths] = {}
+    for n in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        uri = x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}/{n}")
+        cert = _cert(n, key, ca.subject, ca_key, sans=[uri],
+                     usage=[ExtendedKeyUsageOID.CLIENT_AUTH])  # fmt: skip
+        paths = CertPaths(directory / f"{n}.pem", directory / f"{n}.key")
+        _write(paths.key, _key_pem(key), 0o600)
+        _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        out[n] = paths
     return out

@@ -19,7 +19,11 @@ def test_certs_init_creates_keys_0600_and_refuses_to_overwrite(gg: Govgate, tmp_
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert key.read_text().strip().splitlines()[1] not in r.out + r.err
     assert "identity spiffe://govgate.local/alice" in r.msg
-    again = gg("certs", "init", "--data", tmp_path, "--identity", "bob")
+    again = gg("certs", "init", "--data", tmp_path, "--identity", "alice")
     assert again.code == 2
     assert "already exists" in again.msg
-    assert not (certs / "bob.pem").exists()
+    added = gg("certs", "init", "--data", tmp_path, "--identity", "bob")  # same CA, new identity
+    assert added.code == 0, added
+    assert (certs / "bob.pem").exists()
+    assert stat.S_IMODE((certs / "bob.key").stat().st_mode) == 0o600
+    assert "identity spiffe://govgate.local/bob" in added.msg

@@ -23,8 +23,13 @@ def test_init_certs_files_modes_and_chain(tmp_path: Path):
         cert.verify_directly_issued_by(ca)
     assert identity_of(paths["alice"].cert.read_bytes()) == "spiffe://govgate.local/alice"
     assert identity_of(paths["server"].cert.read_bytes()) == "localhost"
+    added = init_certs(tmp_path / "certs", ["bob"])  # the CA is there: only bob is issued
+    assert set(added) == {"bob"}
+    assert stat.S_IMODE(added["bob"].key.stat().st_mode) == 0o600
+    x509.load_pem_x509_certificate(added["bob"].cert.read_bytes()).verify_directly_issued_by(ca)
+    assert identity_of(added["bob"].cert.read_bytes()) == "spiffe://govgate.local/bob"
     with pytest.raises(IdentityError, match="already exists"):
-        init_certs(tmp_path / "certs", ["bob"])
+        init_certs(tmp_path / "certs", ["alice"])
     with pytest.raises(IdentityError, match="not a usable identity"):
         init_certs(tmp_path / "other", ["Bad Name"])
     with pytest.raises(IdentityError, match="not a PEM certificate"):
