@@ -15,7 +15,7 @@ from typing import Any
 from adapters.action import Action, Target
 from adapters.runtime import Outcome, Plan
 from explain.explanation import Explanation
-from gateway.selector import Selector, parse_selector, selector_matches
+from gateway.selector import Selector, canonical, parse_selector, selector_matches
 
 __all__ = ["Decision", "Halt"]
 
@@ -27,6 +27,9 @@ class Halt:
     all: bool = False
     runtime: str = ""
     selector: Selector = ()
+
+    def __post_init__(self) -> None:  # "environment=prod,tier=web" is "tier=web,env=prod"
+        object.__setattr__(self, "selector", canonical(self.selector))
 
     def covers(self, target: Target, labels: Mapping[str, str] | None) -> bool:
         if self.all:

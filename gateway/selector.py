@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["Selector", "label_value", "parse_selector", "selector_matches"]
+__all__ = ["Selector", "canonical", "label_value", "parse_selector", "selector_matches"]
 
 Selector = tuple[tuple[str, str], ...]
 _ALIASES = {"env": ("env", "environment"), "environment": ("environment", "env")}
@@ -49,3 +49,9 @@ def label_value(labels: Mapping[str, str], key: str) -> str | None:
 
 def selector_matches(selector: Selector, labels: Mapping[str, str]) -> bool:
     return all(label_value(labels, k) == v for k, v in selector)
+
+
+def canonical(selector: Selector) -> Selector:
+    """The same conditions in one spelling (``environment`` as ``env``, sorted, once each),
+    so that two selectors that match the same labels compare equal."""
+    return tuple(sorted({("env" if k == "environment" else k, v) for k, v in selector}))

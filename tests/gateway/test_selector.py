@@ -29,3 +29,13 @@ def test_allowed_pattern():
     assert parse_selector("env=prod", allowed=strict) == (("env", "prod"),)
     with pytest.raises(ValueError, match="'env=pr od'"):
         parse_selector("env=pr od", allowed=strict)
+
+
+def test_halts_on_the_same_scope_are_equal_however_spelled():
+    from gateway.decision import Halt
+
+    a = Halt(selector=parse_selector("environment=PROD,tier=web"))
+    b = Halt(selector=parse_selector("tier=web,env=prod"))
+    assert a == b
+    assert a.describe() == "env=prod,tier=web"
+    assert Halt.from_json(a.to_json()) == b
