@@ -811,8 +811,8 @@ class Gateway:
             if not reason.strip():
                 raise InvalidRequestError("a resume needs a reason", field="reason")
             if scope not in self._halts:
-                raise InvalidRequestError(
-                    f"no halt for {scope.describe()} is in force", field="scope"
+                raise ReviewRefusedError(
+                    "not-halted", f"no halt for {scope.describe()} is in force"
                 )
             rec = await self._record(
                 Draft("resume", {"scope": scope.to_json(), "reason": reason}, actor=actor)

@@ -89,6 +89,7 @@ _REVIEW_CODES = {
     "not-executed": code_pb2.FAILED_PRECONDITION,
     "irreversible": code_pb2.FAILED_PRECONDITION,
     "halted": code_pb2.FAILED_PRECONDITION,
+    "not-halted": code_pb2.FAILED_PRECONDITION,
 }
 
 

@@ -224,8 +224,8 @@ async def test_halt_by_selector_then_resume(govgate: Cli):
 
     again = await govgate("resume", "--all", "--reason", "nothing to resume", identity="alice")
     assert again.code == 1
-    assert "INVALID_ARGUMENT" in again.msg
-    assert "scope: no halt for everything is in force" in again.msg
+    assert "FAILED_PRECONDITION" in again.msg
+    assert "no halt for everything is in force" in again.msg
     two = await govgate("halt", "--all", "--runtime", "libvirt", "--reason", "x", identity="alice")
     assert two.code == 2
     assert "choose one of --all" in two.msg

@@ -53,6 +53,7 @@ def details(status: object) -> dict[str, object]:
         (ReviewRefusedError("not-executed", "x"), code_pb2.FAILED_PRECONDITION, "NOT_EXECUTED"),
         (ReviewRefusedError("irreversible", "x"), code_pb2.FAILED_PRECONDITION, "IRREVERSIBLE"),
         (ReviewRefusedError("halted", "stop"), code_pb2.FAILED_PRECONDITION, "HALTED"),
+        (ReviewRefusedError("not-halted", "x"), code_pb2.FAILED_PRECONDITION, "NOT_HALTED"),
         (LedgerUnavailableError("disk"), code_pb2.UNAVAILABLE, "UNAVAILABLE"),
         (UnavailableError("libvirt down"), code_pb2.UNAVAILABLE, "UNAVAILABLE"),
         (OverloadedError("full", 0.25), code_pb2.RESOURCE_EXHAUSTED, "OVERLOADED"),
