@@ -9,6 +9,7 @@ Sub-commands::
     govgate serve                           the gateway (gRPC with mTLS)
     govgate propose | approvals list|approve|deny | halt | resume | decisions get|watch
                                             clients of a running gateway
+    govgate report                          compliance evidence (EU AI Act, NIST AI RMF)
     govgate demo                            the embedded-defaults walkthrough
 
 Machine-readable results go to standard output (JSON, or JSON lines for
@@ -32,6 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from adapters.errors import AdapterError
+from compliance.cli import report_command
 from explain.errors import ExplainError
 from gateway._cli import DataOpt, err, print_json, progress
 from gateway.client_cli import register as register_client_commands
@@ -66,6 +68,7 @@ certs_app = typer.Typer(help="Certificates for mTLS (a local CA for demos and te
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(certs_app, name="certs")
 register_client_commands(app)  # propose, approvals, halt, resume, decisions: gRPC clients
+app.command("report")(report_command)  # compliance evidence from the ledger
 
 # For commands that open the ledger for one job: no background checkpoints, and
 # nothing signed on the way out beyond what the command itself asks for.

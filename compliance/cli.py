@@ -1,0 +1,107 @@
+"""``govgate report``: the compliance report as a typer sub-command.
+
+Registered in ``gateway/cli.py`` with ``app.command("report")(report_command)``.
+Progress goes to standard error; the report is written to ``--out`` (RFC 8785
+JSON, the digest printed on standard error). Exit 1 with one line on a bad
+argument; a ledger that does not verify still gives a report (it says so
+first) and exits 2, so scripts notice.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from compliance.errors import ReportError
+from compliance.report import build_report, report_bytes
+
+__all__ = ["report_command"]
+
+_err = Console(stderr=True)
+
+
+class FrameworkName(enum.StrEnum):
+    EU_AI_ACT = "eu-ai-act"
+    NIST_AI_RMF = "nist-ai-rmf"
+
+
+class Format(enum.StrEnum):
+    JSON = "json"
+    HTML = "html"
+    PDF = "pdf"
+
+
+def report_command(
+    framework: Annotated[FrameworkName, typer.Option(help="Framework to map the evidence to.")],
+    start: Annotated[str, typer.Option("--from", help="Period start (YYYY-MM-DD or RFC 3339).")],
+    end: Annotated[str, typer.Option("--to", help="Period end, exclusive.")],
+    out: Annotated[Path, typer.Option(help="Report file.")],
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.JSON,
+    data: Annotated[Path | None, typer.Option(help="Data directory to report on.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Ledger export to report on.")] = None,
+    key: Annotated[str | None, typer.Option(help="Verifier key (required with --export).")] = None,
+    models: Annotated[Path | None, typer.Option(help="Model registry for model cards.")] = None,
+    policy: Annotated[
+        list[Path] | None, typer.Option(help="Policy file(s), matched by SHA-256.")
+    ] = None,
+    signatures: Annotated[
+        bool, typer.Option(help="Check every record signature (off: chain, roots, checkpoints).")
+    ] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Compliance evidence (EU AI Act, NIST AI RMF) from the ledger, for a period."""
+    if fmt is not Format.JSON:
+        _err.print(f"[red]error:[/red] --format {fmt.value} is not yet available; use json")
+        raise typer.Exit(1)
+    if (data is None) == (export is None):
+        raise typer.BadParameter("give exactly one of --data DIR or --export FILE")
+    if not out.parent.is_dir():
+        raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
+    source = data if data is not None else export
+    assert source is not None
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=_err,
+        disable=quiet,
+    )
+    tasks: dict[str, object] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
+
+    try:
+        with bar:
+            report = build_report(
+                source,
+                framework.value,
+                start,
+                end,
+                key=key,
+                progress=update,
+                signatures=signatures,
+                models=models,
+                policies=policy or (),
+            )
+    except ReportError as err:
+        _err.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_bytes(report_bytes(report))
+    tmp.replace(out)
+    integrity = report["integrity"]
+    if not integrity["verified"]:
+        _err.print(
+            f"[red]UNVERIFIED[/red] the ledger does not verify: "
+            f"{integrity['error']['message']}; report written to {out}"
+        )
+        raise typer.Exit(2)
+    _err.print(f"report written to {out}; sha-256 {report['digest']['value']}")

@@ -1,0 +1,331 @@
+"""The compliance report: integrity statement, evidence and framework mapping, as JSON.
+
+:func:`build_report` reads a ledger (a data directory, or an export and its
+verifier key) twice, streaming: once to verify it (:func:`ledger.verify.verify_export`:
+signatures, chain, Merkle roots, checkpoints), once to aggregate the evidence
+(:class:`compliance.evidence.Evidence`). A data directory is first exported to
+a temporary file, which signs a checkpoint for the current size if none exists
+(the only write; records are never touched).
+
+The report is a JSON value in the ``govgate-compliance-report/1`` format
+(``compliance/schema/report-v1.json``). It is reproducible: the same ledger
+and period give the same RFC 8785 bytes, because nothing in it depends on the
+clock or the file system paths. ``digest`` is the SHA-256 of the canonical
+JSON of the report without ``digest`` (:func:`report_digest` recomputes it).
+
+If the ledger does not verify, the report says so first
+(``integrity.verified: false`` with the error and the record it names), every
+evidence section carries ``verified: false``, and no requirement is
+``evidenced``.
+
+Example::
+
+    report = build_report(Path("ledger.jsonl"), "eu-ai-act", "2026-11-01", "2026-12-01",
+                          key="govgate.local/ledger+1234abcd+AU...")
+    Path("report.json").write_bytes(report_bytes(report))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from compliance.errors import ReportError, SourceError
+from compliance.evidence import Evidence, ModelCard, Period, PolicyText
+from compliance.frameworks import FRAMEWORKS, assess
+from ledger import DataDir, LedgerConfig, LedgerError, NoteVerifier, VerificationError
+from ledger.canonical import canonical_json
+from ledger.errors import RecordError
+from ledger.export import EXPORT_FORMAT, export_ledger
+from ledger.record import open_record
+from ledger.verify import verify_export
+
+__all__ = ["FORMAT", "Progress", "build_report", "report_bytes", "report_digest"]
+
+FORMAT = "govgate-compliance-report/1"
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+_ONE_JOB = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
+_MAX_POLICY = 1 << 20
+_PROGRESS_EVERY = 10_000
+
+
+def report_bytes(report: dict[str, Any]) -> bytes:
+    """The report's RFC 8785 bytes (what ``--out`` writes, plus a final newline)."""
+    return canonical_json(report) + b"\n"
+
+
+def report_digest(report: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``report`` without its ``digest`` field."""
+    body = {k: v for k, v in report.items() if k != "digest"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def build_report(
+    source: Path,
+    framework: str,
+    start: str,
+    end: str,
+    *,
+    key: str | None = None,
+    progress: Progress | None = None,
+    signatures: bool = True,
+    models: Path | None = None,
+    policies: Iterable[Path] = (),
+) -> dict[str, Any]:
+    """The report for ``[start, end)`` over the ledger at ``source``.
+
+    ``source`` is a data directory (its own key verifies it unless ``key`` is
+    given) or an export file (``key`` required). ``models`` is a model registry
+    directory (default: the data directory's ``models``, plus the bundled models);
+    ``policies`` are policy files to look up thresholds by their SHA-256.
+    """
+    if framework not in FRAMEWORKS:
+        raise ReportError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})")
+    try:
+        period = Period.parse(start, end)
+    except ValueError as err:
+        raise ReportError(str(err)) from None
+    if source.is_dir():
+        data = DataDir(source)
+        try:
+            trusted = _verifier(key) if key else data.signer().verifier
+        except LedgerError as err:
+            raise SourceError(f"cannot read the data directory's key: {err}") from err
+        with tempfile.TemporaryDirectory(prefix="govgate-report-") as tmp:
+            export = Path(tmp) / "ledger.jsonl"
+            try:
+                asyncio.run(_export(data, export, progress))
+            except LedgerError as err:
+                raise SourceError(f"cannot export the ledger of {source}: {err}") from err
+            return _build(
+                export,
+                "data-dir",
+                trusted,
+                framework,
+                period,
+                progress,
+                signatures,
+                models or source / "models",
+                [source, *policies],
+            )
+    if not source.is_file():
+        raise SourceError(f"{source} is neither a data directory nor an export file")
+    if not key:
+        raise SourceError("an export needs the log's verifier key (--key)")
+    return _build(
+        source,
+        "export",
+        _verifier(key),
+        framework,
+        period,
+        progress,
+        signatures,
+        models,
+        list(policies),
+    )
+
+
+def _verifier(key: str) -> NoteVerifier:
+    try:
+        return NoteVerifier.from_key_string(key)
+    except LedgerError as err:
+        raise SourceError(f"bad verifier key: {err}") from err
+
+
+async def _export(data: DataDir, out: Path, progress: Progress | None) -> None:
+    def update(done: int, total: int) -> None:
+        if progress is not None:
+            progress("exporting", done, total)
+
+    async with data.open_ledger(_ONE_JOB) as log:
+        await export_ledger(log, out, progress=update)
+
+
+def _build(
+    export: Path,
+    kind: str,
+    trusted: NoteVerifier,
+    framework: str,
+    period: Period,
+    progress: Progress | None,
+    signatures: bool,
+    models: Path | None,
+    policy_places: list[Path],
+) -> dict[str, Any]:
+    integrity = _integrity(export, trusted, progress, signatures)
+    evidence = Evidence(
+        period, policy_text=_policy_finder(policy_places), model_card=_card_finder(models)
+    )
+    header = _aggregate(export, evidence, progress)
+    verified = bool(integrity["verified"])
+    integrity["origin"] = str(header.get("origin", ""))
+    integrity["covering_checkpoint"] = evidence.covering
+    if integrity["covering_checkpoint"] is None and verified:
+        integrity["covering_note"] = "no signed checkpoint covers the period"
+    sections = {name: {"verified": verified, **body} for name, body in evidence.result().items()}
+    fw = FRAMEWORKS[framework]
+    report: dict[str, Any] = {
+        "format": FORMAT,
+        "framework": {"id": fw.id, "title": fw.title, "reference": fw.reference},
+        "period": period.to_json(),
+        "source": {"kind": kind, "export_format": EXPORT_FORMAT},
+        "integrity": integrity,
+        "evidence_status": "verified" if verified else "unverified",
+        "evidence": sections,
+        "requirements": assess(framework, sections, verified=verified),
+    }
+    report["digest"] = {
+        "algorithm": "sha-256",
+        "value": report_digest(report),
+        "over": "RFC 8785 canonical JSON of this report without 'digest'",
+    }
+    return report
+
+
+def _integrity(
+    export: Path, trusted: NoteVerifier, progress: Progress | None, signatures: bool
+) -> dict[str, Any]:
+    def update(done: int, total: int) -> None:
+        if progress is not None:
+            progress("verifying", done, total)
+
+    checks = (
+        "signatures, hash chain, Merkle roots and signed checkpoints"
+        if signatures
+        else "hash chain, Merkle roots and signed checkpoints (record signatures not checked)"
+    )
+    out: dict[str, Any] = {
+        "verified": False,
+        "checks": checks,
+        "signatures_checked": signatures,
+        "verifier_key": trusted.key_string,
+        "export_sha256": _sha256_file(export),
+        "reverify": f"govgate ledger verify ledger.jsonl --key {trusted.key_string} "
+        "(for a data directory, first: govgate ledger export --data DIR "
+        "--out ledger.jsonl)",
+        "error": None,
+    }
+    try:
+        result = verify_export(export, trusted, signatures=signatures, progress=update)
+    except VerificationError as err:
+        out["error"] = {"message": str(err), "record_index": err.index, "line": err.line}
+        out.update(records=None, checkpoints=None, root=None, key_ids=[], final_checkpoint=None)
+        return out
+    out.update(
+        verified=True,
+        records=result.size,
+        checkpoints=result.checkpoints,
+        root=base64.b64encode(result.root).decode(),
+        key_ids=list(result.key_ids),
+        final_checkpoint=result.last_checkpoint,
+    )
+    return out
+
+
+def _aggregate(export: Path, evidence: Evidence, progress: Progress | None) -> dict[str, Any]:
+    """Feed every record and checkpoint line of ``export`` to ``evidence``; return the header."""
+    header: dict[str, Any] = {}
+    total = 0
+    with export.open("rb") as f:
+        first = f.readline()
+        try:
+            parsed = orjson.loads(first)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            header = parsed
+            total = int(header.get("size", 0)) if isinstance(header.get("size"), int) else 0
+        seen = 0
+        for raw in f:
+            line = raw.rstrip(b"\n")
+            if line.startswith(b'{"checkpoint"'):
+                _checkpoint_line(evidence, line)
+                continue
+            try:
+                rec = open_record(line).record
+            except RecordError:
+                evidence.unreadable_record()
+                continue
+            evidence.feed(rec)
+            seen += 1
+            if progress is not None and seen % _PROGRESS_EVERY == 0:
+                progress("reading", seen, max(total, seen))
+    evidence.finish()
+    if progress is not None:
+        progress("reading", seen, max(total, seen))
+    return header
+
+
+def _checkpoint_line(evidence: Evidence, line: bytes) -> None:
+    """Size and root of a checkpoint line (its signature is the verifier's business)."""
+    try:
+        note = orjson.loads(line)["checkpoint"]
+        _origin, size, root = str(note).split("\n", 3)[:3]
+        evidence.checkpoint(int(size), root, str(note))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        evidence.unreadable_record()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _policy_finder(places: list[Path]) -> Callable[[str, str], PolicyText | None]:
+    """Look a policy up by its recorded source path (absolute, or under a data directory)
+    and among the given files; only bytes whose SHA-256 is the policy id count."""
+
+    def find(policy_id: str, source: str) -> PolicyText | None:
+        candidates: list[Path] = []
+        if source:
+            src = Path(source)
+            candidates.append(src)
+            candidates += [p / src for p in places if p.is_dir() and not src.is_absolute()]
+        candidates += [p for p in places if p.is_file()]
+        for path in candidates:
+            try:
+                if path.is_file() and path.stat().st_size <= _MAX_POLICY:
+                    raw = path.read_bytes()
+                    if hashlib.sha256(raw).hexdigest() == policy_id:
+                        return PolicyText(policy_id, raw)
+            except OSError:
+                continue
+        return None
+
+    return find
+
+
+def _card_finder(models: Path | None) -> Callable[[str], ModelCard | None]:
+    """Model cards from ``models`` and the bundled models, by full model id."""
+
+    def find(model_id: str) -> ModelCard | None:
+        from explain.drift import Profile
+        from explain.errors import ExplainError
+        from explain.registry import Registry
+
+        registry = Registry(models if models is not None else Path("/nonexistent"))
+        try:
+            entry = registry.resolve(model_id)
+            if entry.id != model_id:
+                return None
+            card = registry.card(model_id)
+            raw = entry.card_path.read_bytes()
+        except (ExplainError, OSError, ValueError):
+            return None
+        try:
+            profile: Any = Profile.from_json(card.get("reference"))
+        except ExplainError:
+            profile = None
+        return ModelCard(model_id, card, hashlib.sha256(raw).hexdigest(), profile)
+
+    return find

@@ -1,0 +1,79 @@
+"""``govgate report`` through typer, as gateway/cli.py registers it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from conftest import Built
+from typer.testing import CliRunner
+
+from compliance.cli import report_command
+
+app = typer.Typer()
+app.command("report")(report_command)
+app.command("other", hidden=True)(lambda: None)  # a group, so "report" is a sub-command
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["report", *args])
+    return result.exit_code, result.output
+
+
+def test_json_report_from_an_export(built: Built, tmp_path: Path):
+    out = tmp_path / "r.json"
+    code, output = run(
+        "--framework",
+        "nist-ai-rmf",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--export",
+        str(built.export),
+        "--key",
+        built.key,
+        "--out",
+        str(out),
+    )
+    assert code == 0, output
+    report = json.loads(out.read_bytes())
+    assert report["framework"]["id"] == "nist-ai-rmf"
+    assert report["digest"]["value"] in output
+
+
+def test_html_and_pdf_are_not_yet_available(built: Built, tmp_path: Path):
+    for fmt in ("html", "pdf"):
+        code, output = run(
+            "--framework",
+            "eu-ai-act",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2100-01-01",
+            "--data",
+            str(built.data),
+            "--format",
+            fmt,
+            "--out",
+            str(tmp_path / "r"),
+        )
+        assert code == 1
+        assert "not yet available" in output
+        assert not (tmp_path / "r").exists()
+
+
+def test_source_must_be_given_once(built: Built, tmp_path: Path):
+    code, output = run(
+        "--framework",
+        "eu-ai-act",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--out",
+        str(tmp_path / "r.json"),
+    )
+    assert code != 0
+    assert "exactly one" in output
