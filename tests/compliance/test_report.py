@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from conftest import Built
+from compliance_scenario import Built
 
 from compliance.evidence import Period
 from compliance.frameworks import FRAMEWORKS

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from conftest import Built
+from compliance_scenario import Built
 from typer.testing import CliRunner
 
 from compliance.cli import report_command
