@@ -70,6 +70,18 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
         yield Runtime(data, lv, batcher, tmp_path)
 
 
+def crash_before_outcome(gw: Gateway) -> None:
+    """Make ``gw`` die (:class:`Crash`) when it is about to write an outcome record."""
+    real_record = gw._record
+
+    async def record(draft: Draft) -> Any:
+        if draft.kind == "outcome":
+            raise Crash
+        return await real_record(draft)
+
+    gw._record = record  # type: ignore[method-assign]
+
+
 async def kinds(gw: Gateway, decision_id: str) -> list[str]:
     return [r.kind for r in await gw.ledger.store.query(RecordQuery(decision_id=decision_id))]
 
@@ -113,14 +125,7 @@ async def test_a_restarted_gateway_keeps_request_ids_pending_reviews_and_halts(r
 
 async def test_a_decision_interrupted_after_it_ran_is_reconciled_not_rerun(runtime: Runtime):
     async with runtime.gateway() as gw:
-        real_record = gw._record
-
-        async def crash_before_outcome(draft: Draft) -> Any:
-            if draft.kind == "outcome":
-                raise Crash
-            return await real_record(draft)
-
-        gw._record = crash_before_outcome  # type: ignore[method-assign]
+        crash_before_outcome(gw)
         with pytest.raises(Crash):
             await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
     assert await vcpus(runtime) == 4  # it ran; the outcome was never written
@@ -172,14 +177,7 @@ async def test_an_approval_that_completed_a_decision_carries_its_plan(runtime: R
     async with runtime.gateway(APPROVE_ALL) as gw:
         d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
         await gw.review(d.decision_id, ALICE, True, "fine", d.digest)
-        real_record = gw._record
-
-        async def crash_before_outcome(draft: Draft) -> Any:
-            if draft.kind == "outcome":
-                raise Crash
-            return await real_record(draft)
-
-        gw._record = crash_before_outcome  # type: ignore[method-assign]
+        crash_before_outcome(gw)
         with pytest.raises(Crash):
             await gw.review(d.decision_id, BOB, True, "agreed", d.digest)
 
