@@ -2,16 +2,16 @@
 
 Registered in ``gateway/cli.py`` with ``app.command("report")(report_command)``.
 Progress goes to standard error; the report is written to ``--out`` (RFC 8785
-JSON, the digest printed on standard error). Exit 1 with one line on a bad
-argument; a ledger that does not verify still gives a report (it says so
-first) and exits 2, so scripts notice.
+JSON, or its HTML or PDF rendering; the digest printed on standard error).
+Exit 1 with one line on a bad argument; a ledger that does not verify still
+gives a report (it says so first) and exits 2, so scripts notice.
 """
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,9 +55,6 @@ def report_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Compliance evidence (EU AI Act, NIST AI RMF) from the ledger, for a period."""
-    if fmt is not Format.JSON:
-        _err.print(f"[red]error:[/red] --format {fmt.value} is not yet available; use json")
-        raise typer.Exit(1)
     if (data is None) == (export is None):
         raise typer.BadParameter("give exactly one of --data DIR or --export FILE")
     if not out.parent.is_dir():
@@ -94,8 +91,13 @@ def report_command(
     except ReportError as err:
         _err.print(f"[red]error:[/red] {err}")
         raise typer.Exit(1) from None
+    try:
+        body = _render(report, fmt)
+    except ReportError as err:
+        _err.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
     tmp = out.with_name(out.name + ".partial")
-    tmp.write_bytes(report_bytes(report))
+    tmp.write_bytes(body)
     tmp.replace(out)
     integrity = report["integrity"]
     if not integrity["verified"]:
@@ -105,3 +107,16 @@ def report_command(
         )
         raise typer.Exit(2)
     _err.print(f"report written to {out}; sha-256 {report['digest']['value']}")
+
+
+def _render(report: dict[str, Any], fmt: Format) -> bytes:
+    """The bytes ``--out`` gets; weasyprint is imported only for PDF."""
+    if fmt is Format.HTML:
+        from compliance.html import render_html
+
+        return render_html(report).encode("utf-8")
+    if fmt is Format.PDF:
+        from compliance.pdf import render_pdf
+
+        return render_pdf(report)
+    return report_bytes(report)

@@ -43,25 +43,28 @@ def test_json_report_from_an_export(built: Built, tmp_path: Path):
     assert report["digest"]["value"] in output
 
 
-def test_html_and_pdf_are_not_yet_available(built: Built, tmp_path: Path):
-    for fmt in ("html", "pdf"):
-        code, output = run(
-            "--framework",
-            "eu-ai-act",
-            "--from",
-            "2000-01-01",
-            "--to",
-            "2100-01-01",
-            "--data",
-            str(built.data),
-            "--format",
-            fmt,
-            "--out",
-            str(tmp_path / "r"),
-        )
-        assert code == 1
-        assert "not yet available" in output
-        assert not (tmp_path / "r").exists()
+def test_html_report_from_a_data_directory(built: Built, tmp_path: Path):
+    out = tmp_path / "r.html"
+    code, output = run(
+        "--framework",
+        "eu-ai-act",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--data",
+        str(built.data),
+        "--format",
+        "html",
+        "--out",
+        str(out),
+    )
+    assert code == 0, output
+    html = out.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    digest = output.split("sha-256")[-1].split()[0]
+    assert digest in html
+    assert "Art. 14: Human oversight" in html
 
 
 def test_source_must_be_given_once(built: Built, tmp_path: Path):
