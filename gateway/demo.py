@@ -243,5 +243,7 @@ def run_demo(data: Path, records: int, writers: int, con: Console, pace: float =
     table.add_row(f"{exe} ledger verify {export} --key '{vkey}'")
     table.add_row(f"{exe} model explain --action examples/actions/delete-production-high-risk.json")
     table.add_row(f"{exe} model train --data {data} --from-ledger --horizon-days 0")
+    table.add_row(f"{exe} report --framework eu-ai-act --from 2000-01-01 --to 2100-01-01 "
+                  f"--format html --out report.html --data {data}")  # fmt: skip
     con.print(table)
     return 0
