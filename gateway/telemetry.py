@@ -66,7 +66,6 @@ __all__ = [
 
 TRACER_NAME = "govgate"  # the instrumentation scope of every govgate span
 
-_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 # The codes a server reports as its own failure (RPC semantic conventions); a caller's
 # mistake such as INVALID_ARGUMENT leaves the span's status unset.
@@ -87,9 +86,16 @@ def exporter_names() -> list[str]:
     else does: unlike the SDK's own default, a gateway never sends spans to a collector
     nobody configured.
     """
-    raw = os.environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    return _wanted("TRACES")
+
+
+def _wanted(signal: str) -> list[str]:
+    """The exporters ``OTEL_{signal}_EXPORTER`` names (without ``none``), or ``otlp`` when it
+    is unset and an OTLP endpoint for the signal is, or nothing."""
+    raw = os.environ.get(f"OTEL_{signal}_EXPORTER", "").strip()
     if not raw:
-        return ["otlp"] if any(os.environ.get(v, "").strip() for v in _ENDPOINTS) else []
+        endpoints = (f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+        return ["otlp"] if any(os.environ.get(v, "").strip() for v in endpoints) else []
     names = [n.strip().lower() for n in raw.split(",")]
     return [n for n in names if n and n != "none"]
 
@@ -122,12 +128,7 @@ def setup_tracing(
 def metric_exporter_names() -> list[str]:
     """The metric exporters the environment asks for (``OTEL_METRICS_EXPORTER``), by the rule
     of :func:`exporter_names`; ``prometheus`` is served by ``--metrics-listen`` instead."""
-    raw = os.environ.get("OTEL_METRICS_EXPORTER", "").strip()
-    if not raw:
-        endpoints = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-        return ["otlp"] if any(os.environ.get(v, "").strip() for v in endpoints) else []
-    names = [n.strip().lower() for n in raw.split(",")]
-    return [n for n in names if n and n not in ("none", "prometheus")]
+    return [n for n in _wanted("METRICS") if n != "prometheus"]
 
 
 def setup_metrics(
