@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from gateway.errors import (
     ReviewRefusedError,
 )
 from gateway.identity import IdentityError, identity_of
-from gateway.logs import event
+from gateway.logs import LOG, event
 from gateway.metrics import Metrics
 from gateway.pipeline import Gateway
 from gateway.roles import AccessDeniedError
@@ -236,6 +237,8 @@ def _about(decision_id: str) -> Iterator[None]:
 
 def _logged(d: Decision) -> None:
     """One log line per decision state: ids and verdict, never parameters or free text."""
+    if not LOG.isEnabledFor(logging.INFO):  # on the hot path: build nothing for nobody
+        return
     event("decision", decision_id=d.decision_id, state=d.state, verb=d.action.verb.value,
           target=str(d.action.target), requester=d.requester, risk=d.risk,
           policy_id=d.policy_id[:16], ledger_index=d.ledger_index, trace_id=d.trace_id)  # fmt: skip
