@@ -401,11 +401,11 @@ class Gateway:
             respond_by=respond_by,
         )
         target = action.target
-        halt = next((h for h in self._halts if h.covers(target, None)), None)
+        halt = self._halted(target, None)
         state, described = RuntimeState(), False
         if halt is None:
             state, described = await self._describe(d)
-            halt = next((h for h in self._halts if h.covers(target, state.labels)), None)
+            halt = self._halted(target, state.labels)
             if halt is None and not described:  # fail closed: it may be in a halted scope
                 halt = next((h for h in self._halts if h.selector), None)
         if self.roles is not None:
@@ -706,8 +706,12 @@ class Gateway:
         d.changed.set()
         return d
 
+    def _halted(self, target: Target, labels: Mapping[str, str] | None) -> Halt | None:
+        """The first halt in force that covers ``target`` (``labels`` None: not yet known)."""
+        return next((h for h in self._halts if h.covers(target, labels)), None)
+
     async def _halt_covering(self, target: Target) -> Halt | None:
-        halt = next((h for h in self._halts if h.covers(target, None)), None)
+        halt = self._halted(target, None)
         if halt is None and any(h.selector for h in self._halts):
             try:
                 labels = (await self.adapters[target.runtime].describe(target)).labels
@@ -715,7 +719,7 @@ class Gateway:
                 raise ReviewRefusedError(
                     "halted", f"cannot read {target}'s labels to check the stop switch: {err}"
                 ) from err
-            halt = next((h for h in self._halts if h.covers(target, labels)), None)
+            halt = self._halted(target, labels)
         return halt
 
     async def rollback(self, decision_id: str, reason: str, actor: str) -> Decision:
