@@ -15,9 +15,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ledger.datadir import default_data_dir
 
-__all__ = ["DataOpt", "err", "print_json", "progress"]
+__all__ = ["DataOpt", "UrlOpt", "err", "print_json", "progress"]
 
 err = Console(stderr=True)  # messages and progress; results go to standard output
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger-url",
+        envvar="GOVGATE_LEDGER_URL",
+        help="A postgresql:// ledger database instead of the data directory's SQLite file "
+        "(keys still come from --data).",
+        show_default=False,
+    ),
+]
 
 DataOpt = Annotated[
     Path,

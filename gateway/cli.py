@@ -6,6 +6,7 @@ Sub-commands::
     govgate ledger append|query|checkpoint|proof|consistency|export|verify|hmac
     govgate model train|list|activate|verify|card|explain   the risk model
     govgate certs init                       a local CA and mTLS certificates
+    govgate db migrate                       the PostgreSQL ledger schema
     govgate serve                           the gateway (gRPC with mTLS)
     govgate propose | approvals list|approve|deny | halt | resume | decisions get|watch
                                             clients of a running gateway
@@ -35,7 +36,7 @@ from rich.markup import escape
 from adapters.errors import AdapterError
 from compliance.cli import report_command
 from explain.errors import ExplainError
-from gateway._cli import DataOpt, err, print_json, progress
+from gateway._cli import DataOpt, UrlOpt, err, print_json, progress
 from gateway.client_cli import register as register_client_commands
 from gateway.model_cli import model_app
 from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, VerificationError
@@ -67,6 +68,8 @@ app.add_typer(model_app, name="model")
 certs_app = typer.Typer(help="Certificates for mTLS (a local CA for demos and tests).",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(certs_app, name="certs")
+db_app = typer.Typer(help="The PostgreSQL ledger database (many replicas).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 register_client_commands(app)  # propose, approvals, halt, resume, decisions: gRPC clients
 app.command("report")(report_command)  # compliance evidence from the ledger
 
@@ -154,6 +157,7 @@ def ledger_append(
         list[str] | None,
         typer.Option(help="Dotted body path to store as a salted HMAC (repeatable)."),
     ] = None,
+    url: UrlOpt = None,
 ) -> None:
     """Append one record and print it (JSON) once it is durable."""
     try:
@@ -173,7 +177,7 @@ def ledger_append(
     )
 
     async def go() -> dict[str, Any]:
-        async with DataDir(data).open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
+        async with DataDir(data, url).open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
             return (await log.append(draft)).to_json()
 
     print_json(_run(go()))
@@ -202,6 +206,7 @@ def ledger_query(
     trace_id: Annotated[str | None, typer.Option(help="W3C trace id.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Stop after this many records.")] = 1000,
     page_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per read.")] = 1000,
+    url: UrlOpt = None,
 ) -> None:
     """Print matching records as JSON lines, oldest first (needs no key)."""
     if end is not None and end < start:
@@ -221,7 +226,7 @@ def ledger_query(
 
     async def go() -> None:
         printed, after = 0, None
-        async with DataDir(data).store() as store:
+        async with DataDir(data, url).store() as store:
             while printed < limit:
                 page = await store.query(q, after=after)
                 for rec in page[: limit - printed]:
@@ -231,7 +236,7 @@ def ledger_query(
                     break
                 after = page[-1].index
 
-    if not DataDir(data).db_path.exists():
+    if not DataDir(data, url).has_ledger():
         raise LedgerError(f"no ledger in {data}")
     _run(go())
 
@@ -242,11 +247,12 @@ def ledger_checkpoint(
     size: Annotated[
         int | None, typer.Option(min=1, help="Print the one stored for size N.")
     ] = None,
+    url: UrlOpt = None,
 ) -> None:
     """Print the signed checkpoint note for the current size (signing one if needed)."""
 
     async def go() -> str:
-        async with DataDir(data).open_ledger(_ONE_JOB) as log:
+        async with DataDir(data, url).open_ledger(_ONE_JOB) as log:
             return (await log.checkpoint(size)).note
 
     sys.stdout.write(_run(go()))
@@ -259,11 +265,12 @@ def ledger_proof(
     size: Annotated[
         int | None, typer.Option(min=1, help="Tree size (default: checkpoint).")
     ] = None,
+    url: UrlOpt = None,
 ) -> None:
     """Print an RFC 9162 inclusion proof as JSON."""
 
     async def go() -> dict[str, Any]:
-        async with DataDir(data).open_ledger(_ONE_JOB) as log:
+        async with DataDir(data, url).open_ledger(_ONE_JOB) as log:
             p = await log.inclusion_proof(index, size)
         return {
             "index": p.index,
@@ -283,11 +290,12 @@ def ledger_consistency(
     size: Annotated[
         int | None, typer.Option(min=1, help="Newer size (default: checkpoint).")
     ] = None,
+    url: UrlOpt = None,
 ) -> None:
     """Print an RFC 9162 consistency proof as JSON."""
 
     async def go() -> dict[str, Any]:
-        async with DataDir(data).open_ledger(_ONE_JOB) as log:
+        async with DataDir(data, url).open_ledger(_ONE_JOB) as log:
             p = await log.consistency_proof(old, size)
         return {
             "old_size": p.old_size,
@@ -302,6 +310,7 @@ def ledger_consistency(
 def ledger_export(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Export file (JSON lines).")],
+    url: UrlOpt = None,
 ) -> None:
     """Write every record and checkpoint to FILE, ending with a fresh signed checkpoint."""
     if not out.parent.is_dir():
@@ -310,7 +319,7 @@ def ledger_export(
     async def go() -> None:
         bar, update = progress("exporting")
         with bar:
-            async with DataDir(data).open_ledger(_ONE_JOB) as log:
+            async with DataDir(data, url).open_ledger(_ONE_JOB) as log:
                 summary = await export_ledger(log, out, progress=update)
         err.print(f"exported {summary.size} records and {summary.checkpoints} checkpoints to {out}")
 
@@ -367,6 +376,31 @@ def ledger_hmac(
     except ValueError as e:
         raise typer.BadParameter(f"VALUE is not JSON: {e}") from e
     typer.echo(hmac_value(DataDir(data).salt(create=False), parsed))
+
+
+@db_app.command("migrate")
+def db_migrate(
+    url: Annotated[
+        str,
+        typer.Option(
+            "--ledger-url",
+            envvar="GOVGATE_LEDGER_URL",
+            help="The postgresql:// database to create or upgrade.",
+        ),
+    ],
+) -> None:
+    """Create or upgrade the ledger schema (versioned; refuses a newer schema)."""
+    from ledger.postgres import SCHEMA_VERSION, migrate, redact
+
+    def said(version: int, description: str) -> None:
+        err.print(f"applying migration {version}: {description}")
+
+    applied = _run(migrate(url, progress=said))
+    where = redact(url)
+    if applied:
+        err.print(f"{where} is now at schema version {SCHEMA_VERSION}")
+    else:
+        err.print(f"{where} is already at schema version {SCHEMA_VERSION}; nothing to do")
 
 
 @certs_app.command("init")
@@ -446,6 +480,19 @@ def serve(
         Path | None,
         typer.Option(help="Write the bound port here once listening (for --listen :0)."),
     ] = None,
+    ledger_url: Annotated[
+        str | None,
+        typer.Option(
+            "--ledger-url",
+            envvar="GOVGATE_LEDGER_URL",
+            show_default=False,
+            help="A postgresql:// ledger shared by replicas (default DATA/ledger.db).",
+        ),
+    ] = None,
+    replica: Annotated[
+        str | None,
+        typer.Option(help="This replica's stable name (needed with --ledger-url)."),
+    ] = None,
 ) -> None:
     """Run the gateway: the gRPC API with mTLS over the configured runtimes (docs/serve.md).
 
@@ -473,7 +520,7 @@ def serve(
         cfg = cfg.with_flags(
             listen=listen, policy=policy and policy.resolve(), roles=roles and roles.resolve(),
             shadow=shadow, libvirt=lv, reflection=reflection, grace=grace,
-            metrics_listen=metrics_listen,
+            metrics_listen=metrics_listen, ledger_url=ledger_url, replica=replica,
         )  # fmt: skip
         if log_format not in ("text", "json"):
             raise ConfigError(f"--log-format: {log_format!r} is not text or json")

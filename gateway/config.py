@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,8 @@ class ServeConfig:
     libvirt: LibvirtConfig | None = field(default_factory=lambda: LibvirtConfig(SAMPLE_DOMAINS))
     kata: KataConfig | None = None
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    ledger_url: str = ""  # postgresql://...: a ledger shared by replicas; "": DATA/ledger.db
+    replica: str = ""  # this replica's stable name (required with ledger_url)
     expiry_interval: float = 1.0  # seconds between sweeps for overdue approvals
     grace: float = 10.0  # seconds in-flight calls get on shutdown
     reflection: bool = True  # gRPC server reflection (grpcurl, Postman, ...)
@@ -73,7 +76,17 @@ class ServeConfig:
                     raise ValueError
             except ValueError:
                 raise ConfigError(f"{key}: {address!r} is not HOST:PORT") from None
-        return replace(self, **given)
+        out = replace(self, **given)
+        if out.ledger_url and not out.ledger_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("ledger.url: must be a postgresql:// URL")
+        if out.ledger_url and not out.replica:
+            raise ConfigError(
+                "replica: a gateway on a shared PostgreSQL ledger needs a stable replica name "
+                "(--replica or [server] replica), the same after every restart"
+            )
+        if out.replica and not _REPLICA_RE.fullmatch(out.replica):
+            raise ConfigError(f"replica: {out.replica!r} must match {_REPLICA_RE.pattern}")
+        return out
 
     @classmethod
     def load(cls, path: Path | None, *, data: Path) -> ServeConfig:
@@ -94,6 +107,9 @@ class ServeConfig:
 
 
 _SECTIONS = ("server", "tls", "gateway", "ledger", "runtimes")
+
+
+_REPLICA_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -124,7 +140,8 @@ def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
     out: dict[str, Any] = {}
     server = _table(doc, "server", source)
     kinds = {"listen": str, "shadow": bool, "grace": float, "reflection": bool,
-             "max_inflight": int, "health_interval": float, "metrics_listen": str}  # fmt: skip
+             "max_inflight": int, "health_interval": float, "metrics_listen": str,
+             "replica": str}  # fmt: skip
     _check(server, tuple(kinds), f"{source}: server")
     for key, kind in kinds.items():
         if key in server:
@@ -143,7 +160,11 @@ def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
         out["model"] = _get(gw, "model", str, f"{source}: gateway")
     if "expiry_interval" in gw:
         out["expiry_interval"] = _get(gw, "expiry_interval", float, f"{source}: gateway")
-    out["ledger"] = _ledger(_table(doc, "ledger", source), f"{source}: ledger")
+    ledger = dict(_table(doc, "ledger", source))
+    if "url" in ledger:
+        out["ledger_url"] = _get(ledger, "url", str, f"{source}: ledger")
+        del ledger["url"]
+    out["ledger"] = _ledger(ledger, f"{source}: ledger")
     runtimes = _table(doc, "runtimes", source)
     _check(runtimes, ("libvirt", "kata"), f"{source}: runtimes")
     if runtimes:  # naming runtimes replaces the default (libvirt with sample domains)

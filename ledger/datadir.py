@@ -31,6 +31,7 @@ from ledger.errors import KeyFormatError, LedgerError
 from ledger.log import Ledger, LedgerConfig
 from ledger.note import NoteSigner
 from ledger.sqlite import SQLiteStore
+from ledger.store import LedgerStore
 
 __all__ = ["DEFAULT_ORIGIN", "DataDir", "default_data_dir"]
 
@@ -92,8 +93,11 @@ def _load_signer(path: Path) -> NoteSigner:
 class DataDir:
     """One log's files. Methods raise :class:`LedgerError` with what to do next."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, ledger_url: str | None = None) -> None:
+        """``ledger_url``: a ``postgresql://`` database holding the log instead of
+        ``ledger.db`` (the keys and the salt stay in this directory)."""
         self.path = Path(path)
+        self.ledger_url = ledger_url or None
 
     @property
     def db_path(self) -> Path:
@@ -141,8 +145,16 @@ class DataDir:
             raise KeyFormatError(f"{self.salt_path} must hold {_SALT_BYTES} bytes")
         return data
 
-    def store(self) -> SQLiteStore:
-        return SQLiteStore(self.db_path)
+    def store(self) -> LedgerStore:
+        if self.ledger_url is None:
+            return SQLiteStore(self.db_path)
+        from ledger.postgres import PostgresStore  # asyncpg only where it is used
+
+        return PostgresStore(self.ledger_url)
+
+    def has_ledger(self) -> bool:
+        """Whether there is a ledger to read (a database URL always counts)."""
+        return self.ledger_url is not None or self.db_path.exists()
 
     def open_ledger(self, config: LedgerConfig | None = None) -> Ledger:
         """A :class:`Ledger` on this directory (use as ``async with``)."""
@@ -181,6 +193,12 @@ class DataDir:
         if not self.next_key_path.exists():
             return
         pending = _load_signer(self.next_key_path)
+        if self.ledger_url is not None:
+            raise LedgerError(
+                f"{self.next_key_path} is left from an interrupted key rotation; with a "
+                "PostgreSQL ledger, compare its key id with the log head's and keep the one "
+                "the log names before starting again"
+            )
         if self._head_key_id() == pending.key_id:
             self._retire(ledger_key_id=pending.key_id)
         else:

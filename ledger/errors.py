@@ -84,6 +84,18 @@ class NotFoundError(LedgerError):
     """The requested index, tree size or checkpoint does not exist."""
 
 
+class ClaimedError(LedgerError):
+    """A key the draft claims (or needs free) is already taken by another record.
+
+    Claims are how replicas sharing one store agree without talking to each other:
+    one request id, one decision per review round, one halt per halt version.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key!r} is already claimed by another record")
+        self.key = key
+
+
 class LedgerClosedError(LedgerError):
     """The ledger is closed or has failed; it accepts no more appends."""
 

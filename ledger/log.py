@@ -38,6 +38,7 @@ from typing import Any
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.errors import (
     CheckpointError,
+    ClaimedError,
     LedgerClosedError,
     LedgerError,
     NotFoundError,
@@ -72,6 +73,8 @@ class LedgerConfig:
     max_batch: int = 1024  # records per transaction
     max_pending: int = 65_536  # appends waiting; beyond this append() waits for room
     checkpoint_on_close: bool = True  # sign the final size when closing
+    # A process that is not the elected signer waits this long for one to sign.
+    follow_timeout: float = 3.0
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0 or self.checkpoint_interval < 0:
@@ -182,9 +185,12 @@ class Ledger:
             self._ticker = asyncio.create_task(self._tick_loop(), name="ledger-checkpoints")
         if head.size == 0:
             loop = asyncio.get_running_loop()
-            genesis = Draft("key", self._key_body(self._signer, "genesis"))
+            # One genesis even when several replicas start on one new store together.
+            genesis = Draft("key", self._key_body(self._signer, "genesis"), claims=("genesis",))
             try:
                 await self._submit(_Pending(genesis, loop.create_future()))
+            except ClaimedError:
+                pass  # another process wrote it
             except BaseException:
                 await self.close()  # nothing half-started is left running
                 raise
@@ -208,7 +214,7 @@ class Ledger:
                 await self._writer
             if self._config.checkpoint_on_close:
                 with contextlib.suppress(LedgerError):
-                    await self.checkpoint()
+                    await self._sign()
         await self._store.close()
 
     def _fail_queued(self) -> None:
@@ -283,7 +289,8 @@ class Ledger:
                 rotating = any(i.new_signer for i in live)
                 if predicted is not None and not rotating and not predicted.rotated:
                     base = predicted.batch
-                    args = (live, base.head, base.frontier.copy(), self._signer)
+                    nothing: frozenset[str] = frozenset()
+                    args = (live, base.head, base.frontier.copy(), self._signer, nothing)
                     try:
                         # A few records seal faster than a hop to a thread and back.
                         if len(live) <= _INLINE_SEAL:
@@ -304,9 +311,17 @@ class Ledger:
                 await inflight
 
     def _build(
-        self, live: list[_Pending], head: Head, frontier: Frontier, signer: NoteSigner
+        self,
+        live: list[_Pending],
+        head: Head,
+        frontier: Frontier,
+        signer: NoteSigner,
+        taken: frozenset[str],
     ) -> _Built:
-        """Seal ``live`` after ``head``: CPU only, safe to run off the event loop."""
+        """Seal ``live`` after ``head``: CPU only, safe to run off the event loop.
+
+        A draft whose claims are in ``taken``, or taken by an earlier draft of the
+        batch, is left out and fails with :class:`ClaimedError`."""
         if head.key_id and head.key_id != signer.key_id:
             raise StoreConflictError(
                 f"the log's key changed to {head.key_id} in another process; restart"
@@ -319,8 +334,19 @@ class Ledger:
         records: list[Record] = []
         nodes: list[tuple[int, int, bytes]] = []
         results: list[Record | Exception] = []
+        claims: list[tuple[str, int]] = []
+        claimed: set[str] = set(taken)
+        checked: set[str] = set()
         rotated = False
         for item in live:
+            draft = item.draft
+            if draft.claims or draft.unclaimed:
+                keys = (*draft.claims, *draft.unclaimed)
+                checked.update(keys)
+                clash = next((k for k in keys if k in claimed), None)
+                if clash is not None or len(set(draft.claims)) != len(draft.claims):
+                    results.append(ClaimedError(clash or draft.claims[0]))
+                    continue
             try:
                 rec = seal(
                     item.draft,
@@ -334,13 +360,16 @@ class Ledger:
                 results.append(e)
                 continue
             results.append(rec)
+            claims.extend((k, rec.index) for k in draft.claims)
+            claimed.update(draft.claims)
             records.append(rec)
             nodes.extend(frontier.append(rec.leaf_hash))
             prev = rec.leaf_hash
             if item.new_signer is not None:
                 signer, rotated = item.new_signer, True
         new_head = Head(head.size + len(records), prev, when, signer.key_id)
-        return _Built(head, Batch(records, nodes, new_head, frontier), results, signer, rotated)
+        batch = Batch(records, nodes, new_head, frontier, claims, frozenset(checked))
+        return _Built(head, batch, results, signer, rotated)
 
     async def _commit(
         self, items: list[_Pending], live: list[_Pending], built: _Built | None
@@ -351,11 +380,11 @@ class Ledger:
                 return None
             done = built
 
-            def in_transaction(head: Head, frontier: Frontier) -> Batch:
-                # Called only when there is no pre-sealed batch or it does not
-                # start at the head the transaction found: seal on that head.
+            def in_transaction(head: Head, frontier: Frontier, taken: frozenset[str]) -> Batch:
+                # Called only when there is no pre-sealed batch, it does not start at
+                # the head the transaction found, or a key it claims is taken.
                 nonlocal done
-                done = self._build(live, head, frontier, self._signer)
+                done = self._build(live, head, frontier, self._signer, taken)
                 return done.batch
 
             try:
@@ -380,7 +409,7 @@ class Ledger:
             if every and batch.head.size - self._last_checkpoint_size >= every:
                 # A failed checkpoint must not stop appends; the next trigger retries.
                 with contextlib.suppress(Exception):
-                    await self.checkpoint()
+                    await self._sign()
             return done
         finally:
             for _ in items:
@@ -390,26 +419,49 @@ class Ledger:
         while True:
             await asyncio.sleep(self._config.checkpoint_interval)
             with contextlib.suppress(Exception):  # retried at the next tick
-                await self.checkpoint()
+                await self._sign()
 
     # -- checkpoints and proofs ------------------------------------------------
 
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint:
         """The signed checkpoint for the current size (signing it if needed), or
-        the stored one for ``size``."""
+        the stored one for ``size``.
+
+        Where several processes share the store, only the elected one signs
+        (:meth:`LedgerStore.lead`); the others wait up to ``follow_timeout`` for a
+        checkpoint that covers the size they saw, then answer with the latest."""
         if size is not None:
             found = await self._store.checkpoint(size)
             if found is None:
                 raise NotFoundError(f"no checkpoint was signed for size {size}")
             return found
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._config.follow_timeout
+        wanted = 0
+        while True:
+            signed, latest, size_now = await self._sign()
+            if signed is not None:
+                return signed
+            wanted = wanted or size_now
+            if latest is not None and (latest.size >= wanted or loop.time() >= give_up):
+                return latest
+            if loop.time() >= give_up:
+                raise NotFoundError("no checkpoint has been signed yet; try again shortly")
+            await asyncio.sleep(0.05)
+
+    async def _sign(self) -> tuple[StoredCheckpoint | None, StoredCheckpoint | None, int]:
+        """Sign the current size if this process is the signer: (the checkpoint for the
+        current size or None, the latest stored, the current size)."""
         async with self._checkpoint_lock:
             head, frontier = await self._store.snapshot()
             if head.size == 0:
                 raise NotFoundError("the log is empty; there is nothing to checkpoint")
             latest = await self._store.checkpoint()
-            if latest is not None and latest.size == head.size:
+            if latest is not None and latest.size >= head.size:
                 self._last_checkpoint_size = latest.size
-                return latest
+                return latest, latest, head.size
+            if not await self._store.lead():
+                return None, latest, head.size
             if head.key_id and head.key_id != self._signer.key_id:
                 raise StoreConflictError("the log's key changed in another process; restart")
             root = frontier.root()
@@ -427,7 +479,7 @@ class Ledger:
                 StoredCheckpoint(head.size, root, note, format_time(utc_now()))
             )
             self._last_checkpoint_size = kept.size
-            return kept
+            return kept, kept, head.size
 
     async def _hashes(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Hashes of leaf ranges, from one read of the stored nodes."""

@@ -181,6 +181,12 @@ class Draft:
 
     ``sensitive`` lists dotted paths in ``body`` (``"parameters.password"``) whose
     values are replaced by salted HMACs before anything is stored.
+
+    ``claims`` are keys this record takes for good (a request id, a review round):
+    the store refuses the append (:class:`~ledger.errors.ClaimedError`) if any is
+    taken already. ``unclaimed`` are keys that must still be free, without taking
+    them (a decision that runs needs the next halt's key free). Both are checked in
+    the append's transaction; neither is part of the signed payload.
     """
 
     kind: str
@@ -190,6 +196,8 @@ class Draft:
     target: str = ""
     decision_id: str = ""
     sensitive: tuple[str, ...] = field(default=())
+    claims: tuple[str, ...] = field(default=())
+    unclaimed: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not _KIND_RE.fullmatch(self.kind):
@@ -202,6 +210,9 @@ class Draft:
             value = getattr(self, name)
             if not isinstance(value, str) or len(value) > _MAX_TEXT:
                 raise RecordError(f"{name} must be a string of at most {_MAX_TEXT} characters")
+        for key in (*self.claims, *self.unclaimed):
+            if not isinstance(key, str) or not 0 < len(key) <= _MAX_TEXT:
+                raise RecordError(f"claim keys must be 1..{_MAX_TEXT} characters")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ open the same file (a CLI append while a gateway runs) queue behind it.
 
 Tables: ``log_head`` (one row), ``records`` (envelope bytes plus the columns
 auditors query by), ``nodes`` (every complete Merkle subtree hash, keyed by
-:func:`ledger.merkle.node_key`), ``checkpoints`` and ``meta``.
+:func:`ledger.merkle.node_key`), ``checkpoints``, ``claims`` (the keys records
+took: :attr:`ledger.record.Draft.claims`) and ``meta``. Schema version 2 added
+``claims``; a version-1 file is upgraded when it is opened.
 
 Example::
 
@@ -41,7 +43,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,6 +77,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     note TEXT NOT NULL,
     signed_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, idx INTEGER NOT NULL);
 INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
 """
 
@@ -136,15 +139,15 @@ class SQLiteStore(LedgerStore):
             await db.execute("PRAGMA journal_size_limit = 67108864")
             await db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             row = await self._one("SELECT value FROM meta WHERE key = 'schema_version'")
-            if row is None:
-                await db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row[0]) > SCHEMA_VERSION:
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self._path} has schema version {row[0]}, newer than this govgate "
                     f"understands ({SCHEMA_VERSION}); upgrade govgate"
+                )
+            if row is None or int(row[0]) < SCHEMA_VERSION:  # the script above upgraded it
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
                 )
         except sqlite3.Error as e:
             await self.close()
@@ -202,6 +205,18 @@ class SQLiteStore(LedgerStore):
                 out[keys[k]] = bytes(h)
         return out
 
+    @staticmethod
+    def _taken(conn: sqlite3.Connection, keys: Collection[str]) -> frozenset[str]:
+        """Which of ``keys`` records have claimed already."""
+        found: set[str] = set()
+        key_list = list(keys)
+        for i in range(0, len(key_list), _IN_CHUNK):
+            chunk = key_list[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key FROM claims WHERE key IN ({marks})"  # noqa: S608
+            found.update(k for (k,) in conn.execute(sql, chunk))
+        return frozenset(found)
+
     def _frontier_at(self, conn: sqlite3.Connection, head: Head) -> Frontier:
         """The frontier for ``head``, from the cache when it is still that head's.
 
@@ -228,7 +243,9 @@ class SQLiteStore(LedgerStore):
             frontier = self._frontier_at(conn, head)
             batch = prebuilt if prebuilt is not None and _starts_at(prebuilt, head) else None
             if batch is None:
-                batch = build(head, frontier)
+                batch = build(head, frontier.copy(), frozenset())
+            if batch.checked and (taken := self._taken(conn, batch.checked)):
+                batch = build(head, frontier, taken)
             if batch.records and batch.records[0].index != head.size:
                 raise StoreConflictError("batch does not start at the head")
             conn.executemany(
@@ -243,6 +260,7 @@ class SQLiteStore(LedgerStore):
                 "INSERT INTO nodes VALUES (?, ?)",
                 [(node_key(level, index), h) for level, index, h in batch.nodes],
             )
+            conn.executemany("INSERT INTO claims VALUES (?, ?)", batch.claims)
             h = batch.head
             conn.execute(
                 "UPDATE log_head SET size = ?, last_leaf = ?, last_time = ?, key_id = ? "

@@ -8,13 +8,17 @@ one process or many, can therefore never assign the same index or fork the
 chain; in-process caches (the frontier) are checked against the head inside
 that transaction.
 
-Stores: :class:`ledger.sqlite.SQLiteStore` (embedded default). A PostgreSQL
-store for many replicas implements the same interface.
+The same transaction checks the batch's claims (:attr:`ledger.record.Draft.claims`)
+against every claim stored before: when one is taken, ``build`` is called again
+with the taken keys, and leaves out the records that needed them.
+
+Stores: :class:`ledger.sqlite.SQLiteStore` (embedded default) and
+:class:`ledger.postgres.PostgresStore` (many replicas on one PostgreSQL).
 
 Example::
 
     async with SQLiteStore(path) as store:
-        batch = await store.sequence(build)   # build(head, frontier) -> Batch
+        batch = await store.sequence(build)   # build(head, frontier, taken) -> Batch
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Batch:
     nodes: Sequence[tuple[int, int, bytes]]
     head: Head
     frontier: Frontier
+    claims: Sequence[tuple[str, int]] = ()  # (key, index of the record that takes it)
+    checked: frozenset[str] = frozenset()  # every key the build assumed free
 
 
 @dataclass(frozen=True)
@@ -80,11 +86,14 @@ class RecordQuery:
             raise ValueError("limit must be between 1 and 100000")
 
 
-BuildFn = Callable[[Head, Frontier], Batch]
+# build(head, frontier, taken): ``taken`` holds keys found claimed already.
+BuildFn = Callable[[Head, Frontier, frozenset[str]], Batch]
 
 
 class LedgerStore(abc.ABC):
     """Durable storage for one log. Every method may raise :class:`StoreError`."""
+
+    shared = False  # whether other processes append to it while we run (replicas)
 
     async def __aenter__(self) -> LedgerStore:
         await self.open()
@@ -113,9 +122,14 @@ class LedgerStore(abc.ABC):
         and a private copy of the frontier at that head. Whatever it raises
         aborts the transaction and propagates. ``prebuilt`` is a batch sealed
         in advance: it is written as it is when it starts at the head the
-        transaction finds (its ``records[0].prev`` and index match), and
-        ``build`` is called only otherwise.
+        transaction finds (its ``records[0].prev`` and index match) and none of
+        its ``checked`` keys is taken, and ``build`` is called only otherwise.
         """
+
+    async def lead(self) -> bool:
+        """Whether this process is the log's checkpoint signer now (taking the role if
+        it is free). A store only one process writes always says yes."""
+        return True
 
     @abc.abstractmethod
     async def check_writable(self) -> None:

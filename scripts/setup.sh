@@ -24,11 +24,14 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
 # Compliance reports: Pango and HarfBuzz for weasyprint (PDF output; see its docs'
 # Debian instructions), DejaVu fonts for the PDF's text, and for the rendering
 # tests headless Chromium (the HTML) and poppler-utils (pdftotext on the PDF).
+# PostgreSQL: the server binaries (initdb, postgres; /usr/lib/postgresql/*/bin) and the
+# postgres system user; the tests start servers of their own (tests/postgres_server.py).
 APT_PACKAGES=(python3 python3-venv python3-dev build-essential sqlite3 ca-certificates
     libvirt-dev pkg-config
     libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils busybox-static
     containerd runc golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
-    libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core chromium poppler-utils)
+    libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core chromium poppler-utils
+    postgresql)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

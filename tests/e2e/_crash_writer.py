@@ -2,7 +2,7 @@
 
 Usage::
 
-    python _crash_writer.py DATA_DIR [--writers N] [--count N]
+    python _crash_writer.py DATA_DIR [--writers N] [--count N] [--ledger-url URL]
 
 Opens the ledger in DATA_DIR (whose key must exist) with frequent count- and
 time-triggered checkpoints and runs N concurrent asyncio writers. Each time
@@ -27,11 +27,11 @@ from pathlib import Path
 from ledger import DataDir, Draft, LedgerConfig
 
 
-async def run(data: Path, writers: int, count: int | None) -> None:
+async def run(data: Path, writers: int, count: int | None, url: str | None) -> None:
     config = LedgerConfig(checkpoint_every=50, checkpoint_interval=0.05)
     pid = os.getpid()
     tickets = itertools.count()
-    async with DataDir(data).open_ledger(config) as log:
+    async with DataDir(data, url).open_ledger(config) as log:
 
         async def writer(w: int) -> None:
             while True:
@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--count", type=int, default=None)
+    parser.add_argument("--ledger-url", default=None, help="a PostgreSQL ledger instead")
     args = parser.parse_args()
-    asyncio.run(run(args.data, args.writers, args.count))
+    asyncio.run(run(args.data, args.writers, args.count, args.ledger_url))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ records and closes normally. Then:
   before it (consistency proofs from the log);
 * ``govgate ledger export`` followed by ``govgate ledger verify`` exits 0.
 
-The kill delays come from a seeded RNG. The seed is printed (and attached to
+It runs on both stores: the SQLite file and a PostgreSQL database (a real server the
+test setup starts). The kill delays come from a seeded RNG. The seed is printed (and attached to
 any failure); set ``GOVGATE_CRASH_SEED`` to replay one.
 """
 
@@ -36,8 +37,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from ledger import DataDir, LedgerConfig, NoteVerifier, open_checkpoint
 from ledger.merkle import Frontier, leaf_hash, verify_consistency
+from ledger.postgres import migrate
 from ledger.record import ZERO_HASH, open_record
 from ledger.store import StoredCheckpoint
 
@@ -59,10 +63,14 @@ READ_ONLY = LedgerConfig(checkpoint_every=0, checkpoint_interval=0, checkpoint_o
 class Child:
     """One writer process; a thread collects its acknowledgement lines until EOF."""
 
-    def __init__(self, data: Path, stderr_path: Path, count: int | None = None) -> None:
+    def __init__(
+        self, data: Path, stderr_path: Path, url: str | None, count: int | None = None
+    ) -> None:
         args = [sys.executable, str(WRITER), str(data), "--writers", str(WRITERS)]
         if count is not None:
             args += ["--count", str(count)]
+        if url is not None:
+            args += ["--ledger-url", url]
         self.stderr_path = stderr_path
         self.lines: list[bytes] = []
         self.first_ack = threading.Event()
@@ -131,11 +139,13 @@ def _merge(acked: dict[int, str], new: list[tuple[int, str]], who: str) -> None:
         )
 
 
-async def _read_back(data: Path) -> tuple[list[bytes], list[StoredCheckpoint], list[str]]:
+async def _read_back(
+    data: Path, url: str | None
+) -> tuple[list[bytes], list[StoredCheckpoint], list[str]]:
     """All stored envelopes and checkpoints, and one problem string per failed
     consistency proof between consecutive checkpoints."""
     problems: list[str] = []
-    async with DataDir(data).open_ledger(READ_ONLY) as log:
+    async with DataDir(data, url).open_ledger(READ_ONLY) as log:
         head, _ = await log.store.snapshot()
         envelopes = await log.store.envelopes(0, head.size + 1_000_000)
         assert len(envelopes) == head.size, (
@@ -162,17 +172,24 @@ def _govgate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_acknowledged_appends_survive_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_acknowledged_appends_survive_sigkill(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    url = None
+    if store == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        asyncio.run(migrate(url))
     seed = int(os.environ.get("GOVGATE_CRASH_SEED") or random.randrange(2**32))
     print(f"crash test seed {seed}; replay with GOVGATE_CRASH_SEED={seed}")
     try:
-        _crash_loop(tmp_path, seed)
+        _crash_loop(tmp_path, seed, url)
     except BaseException as e:
         e.add_note(f"crash test seed {seed}; replay with GOVGATE_CRASH_SEED={seed}")
         raise
 
 
-def _crash_loop(tmp_path: Path, seed: int) -> None:
+def _crash_loop(tmp_path: Path, seed: int, url: str | None) -> None:
     rng = random.Random(seed)
     data = tmp_path / "data"
     signer = DataDir(data).generate_key(ORIGIN)
@@ -183,7 +200,7 @@ def _crash_loop(tmp_path: Path, seed: int) -> None:
     try:
         # -- crash rounds ------------------------------------------------------------
         for n in range(ROUNDS):
-            child = Child(data, tmp_path / f"child-{n}.stderr")
+            child = Child(data, tmp_path / f"child-{n}.stderr", url)
             children.append(child)
             assert child.wait_first_ack(FIRST_ACK_TIMEOUT), (
                 f"round {n}: no acknowledgement within {FIRST_ACK_TIMEOUT}s "
@@ -210,7 +227,7 @@ def _crash_loop(tmp_path: Path, seed: int) -> None:
             _merge(acked, acks, f"round {n}")
 
         # -- a last run that closes normally --------------------------------------------
-        last = Child(data, tmp_path / "child-final.stderr", count=FINAL_COUNT)
+        last = Child(data, tmp_path / "child-final.stderr", url, count=FINAL_COUNT)
         children.append(last)
         code = last.finish(timeout=60)
         assert code == 0, f"clean run exited {code}; stderr:\n{last.stderr()}"
@@ -226,7 +243,7 @@ def _crash_loop(tmp_path: Path, seed: int) -> None:
     print(f"{ROUNDS} kill rounds and a clean run in {time.monotonic() - started:.1f}s")
 
     # -- the store holds every acknowledged record, in one chain -------------------------
-    envelopes, checkpoints, problems = asyncio.run(_read_back(data))
+    envelopes, checkpoints, problems = asyncio.run(_read_back(data, url))
     size = len(envelopes)
     print(f"{len(acked)} acknowledged of {size} stored records, {len(checkpoints)} checkpoints")
     leaves = [leaf_hash(env) for env in envelopes]
@@ -275,7 +292,8 @@ def _crash_loop(tmp_path: Path, seed: int) -> None:
     public = _govgate("keys", "public", "--data", str(data))
     assert public.returncode == 0, public.stderr
     assert public.stdout.strip() == signer.verifier_key
-    exported = _govgate("ledger", "export", "--data", str(data), "--out", str(export))
+    where = ["--ledger-url", url] if url else []
+    exported = _govgate("ledger", "export", "--data", str(data), *where, "--out", str(export))
     assert exported.returncode == 0, exported.stderr
     verified = _govgate("ledger", "verify", str(export), "--key", public.stdout.strip(), "-q")
     assert verified.returncode == 0, verified.stderr

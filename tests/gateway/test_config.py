@@ -41,6 +41,16 @@ def test_flags_override_and_are_checked(tmp_path: Path):
         config.with_flags(listen="host:70000")
 
 
+def test_a_replica_names_its_shared_ledger(tmp_path: Path):
+    path = tmp_path / "govgate.toml"
+    path.write_text('[server]\nreplica = "gw-1"\n[ledger]\nurl = "postgresql://g@db/g"\n'
+                    "checkpoint_every = 10\n")  # fmt: skip
+    config = ServeConfig.load(path, data=tmp_path)
+    assert (config.replica, config.ledger_url) == ("gw-1", "postgresql://g@db/g")
+    assert config.ledger.checkpoint_every == 10
+    assert config.with_flags(replica="gw-2").replica == "gw-2"
+
+
 def test_a_kata_only_site_has_no_libvirt(tmp_path: Path):
     path = tmp_path / "govgate.toml"
     path.write_text('[runtimes.kata]\naddress = "/run/k.sock"\nruntime = "io.containerd.runc.v2"\n')
@@ -61,6 +71,9 @@ def test_a_kata_only_site_has_no_libvirt(tmp_path: Path):
         ("[ledger]\ncheckpoint_every = -1\n", "checkpoint triggers must be >= 0"),
         ("[runtimes.kata]\naddress = ''\n", "address, namespace and runtime are required"),
         ("[runtimes]\nlibvirt = 1\n", "runtimes.libvirt: must be a table"),
+        ("[server]\nreplica = 'a'\n[ledger]\nurl = 'mysql://db/g'\n", "a postgresql:// URL"),
+        ("[ledger]\nurl = 'postgresql://db/g'\n", "needs a stable replica name"),
+        ("[server]\nreplica = 'a b'\n", "replica: 'a b' must match"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, text: str, message: str):

@@ -27,6 +27,7 @@ from ledger.export import export_ledger
 from ledger.log import Ledger
 from ledger.merkle import leaf_hash, node_key, root_of, verify_consistency, verify_inclusion
 from ledger.note import NoteSigner
+from ledger.postgres import migrate
 from ledger.record import HMAC_PREFIX, format_time, open_record
 from ledger.store import RecordQuery, StoredCheckpoint
 from ledger.verify import verify_export
@@ -34,8 +35,21 @@ from ledger.verify import verify_export
 QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def data(request: pytest.FixtureRequest, tmp_path: Path) -> DataDir:
+    """A data directory whose ledger is in SQLite, or in a fresh PostgreSQL database: every
+    test that takes this fixture is the conformance suite for both stores."""
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        asyncio.run(migrate(url))
+    d = DataDir(tmp_path / "data", url)
+    d.generate_key("test.example/log")
+    return d
+
+
 @pytest.fixture
-def data(tmp_path: Path) -> DataDir:
+def sqlite_data(tmp_path: Path) -> DataDir:
     d = DataDir(tmp_path / "data")
     d.generate_key("test.example/log")
     return d
@@ -146,7 +160,12 @@ async def test_sensitive_fields_are_stored_as_salted_hmacs(data: DataDir) -> Non
     stored = rec.body["parameters"]["password"]
     assert stored.startswith(HMAC_PREFIX)
     assert b"s3cret" not in rec.envelope
-    assert b"s3cret" not in data.db_path.read_bytes()
+    async with data.store() as store:  # what the store holds, decoded
+        held = await store.query(RecordQuery())
+    assert all("s3cret" not in str(r.body) for r in held)
+    assert len(held) == 2
+    if data.ledger_url is None:
+        assert b"s3cret" not in data.db_path.read_bytes()
     from ledger.record import hmac_value
 
     assert hmac_value(data.salt(), "s3cret") == stored
@@ -169,13 +188,13 @@ async def test_two_writers_on_one_file_keep_one_chain(data: DataDir, tmp_path: P
     assert result.size == 401
 
 
-async def test_clock_stepping_back_never_back_dates(data: DataDir) -> None:
+async def test_clock_stepping_back_never_back_dates(sqlite_data: DataDir) -> None:
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    async with data.open_ledger(QUIET) as log:
+    async with sqlite_data.open_ledger(QUIET) as log:
         await log.append(Draft("note", {}))
-    with sqlite3.connect(data.db_path) as db:
+    with sqlite3.connect(sqlite_data.db_path) as db:
         db.execute("UPDATE log_head SET last_time = ?", (format_time(future),))
-    async with data.open_ledger(QUIET) as log:
+    async with sqlite_data.open_ledger(QUIET) as log:
         rec = await log.append(Draft("note", {}))
     assert rec.time == format_time(future)
 
@@ -195,19 +214,19 @@ async def test_store_refuses_contradicting_checkpoints(data: DataDir) -> None:
         assert await log.store.save_checkpoint(cp) == cp
 
 
-async def test_never_signs_a_checkpoint_inconsistent_with_the_last(data: DataDir) -> None:
+async def test_never_signs_a_checkpoint_inconsistent_with_the_last(sqlite_data: DataDir) -> None:
     no_close = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, checkpoint_on_close=False)
-    async with data.open_ledger(no_close) as log:
+    async with sqlite_data.open_ledger(no_close) as log:
         for i in range(8):
             await log.append(Draft("note", {"i": i}))
         assert (await log.checkpoint()).size == 9
         await log.append(Draft("note", {}))
     # Someone with database access rewrites history under the signed root: the
     # hash of the first eight records' subtree.
-    with sqlite3.connect(data.db_path) as db:
+    with sqlite3.connect(sqlite_data.db_path) as db:
         changed = db.execute("UPDATE nodes SET hash = ? WHERE id = ?", (bytes(32), node_key(3, 0)))
         assert changed.rowcount == 1
-    async with data.open_ledger(no_close) as log:
+    async with sqlite_data.open_ledger(no_close) as log:
         with pytest.raises(CheckpointError, match="not consistent"):
             await log.checkpoint()
         latest = await log.store.checkpoint()
@@ -263,33 +282,33 @@ async def test_rotation_switches_keys_and_verifies_with_either(
     assert data.signer().key_id == second.key_id
     # The old key can no longer write to this log.
     with pytest.raises(StoreConflictError, match="active key"):
-        async with Ledger(SQLiteStore(data.db_path), first, config=QUIET):
+        async with Ledger(data.store(), first, config=QUIET):
             pass
 
 
-async def test_rotation_interrupted_before_the_record_is_undone(data: DataDir) -> None:
-    old = data.signer()
+async def test_rotation_interrupted_before_the_record_is_undone(sqlite_data: DataDir) -> None:
+    old = sqlite_data.signer()
     pending = NoteSigner.generate(old.name)
-    data.next_key_path.write_text(pending.private_key_string() + "\n")
-    os.chmod(data.next_key_path, 0o600)
-    async with data.open_ledger(QUIET) as log:  # recovers: the log never named the new key
+    sqlite_data.next_key_path.write_text(pending.private_key_string() + "\n")
+    os.chmod(sqlite_data.next_key_path, 0o600)
+    async with sqlite_data.open_ledger(QUIET) as log:  # recovers: the log never named the new key
         rec = await log.append(Draft("note", {}))
     assert rec.key_id == old.key_id
-    assert not data.next_key_path.exists()
+    assert not sqlite_data.next_key_path.exists()
 
 
-async def test_rotation_interrupted_after_the_record_is_finished(data: DataDir) -> None:
-    old = data.signer()
+async def test_rotation_interrupted_after_the_record_is_finished(sqlite_data: DataDir) -> None:
+    old = sqlite_data.signer()
     new = NoteSigner.generate(old.name)
-    async with Ledger(SQLiteStore(data.db_path), old, config=QUIET) as log:
+    async with Ledger(SQLiteStore(sqlite_data.db_path), old, config=QUIET) as log:
         await log.rotate_key(new)
     # The process died before swapping the key files.
-    data.next_key_path.write_text(new.private_key_string() + "\n")
-    os.chmod(data.next_key_path, 0o600)
-    async with data.open_ledger(QUIET) as log:
+    sqlite_data.next_key_path.write_text(new.private_key_string() + "\n")
+    os.chmod(sqlite_data.next_key_path, 0o600)
+    async with sqlite_data.open_ledger(QUIET) as log:
         rec = await log.append(Draft("note", {}))
     assert rec.key_id == new.key_id
-    assert (data.path / "keys" / "retired" / f"{old.key_id}.key").exists()
+    assert (sqlite_data.path / "keys" / "retired" / f"{old.key_id}.key").exists()
 
 
 def test_key_files_are_private_and_never_overwritten(data: DataDir) -> None:
@@ -383,11 +402,11 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
         await queued
 
 
-async def test_health_probe_says_whether_an_append_could_be_written(data: DataDir) -> None:
-    async with data.open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
+async def test_health_probe_says_whether_an_append_could_be_written(sqlite_data: DataDir) -> None:
+    async with sqlite_data.open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
         assert log.accepting
         await log.store.check_writable()
-        other = sqlite3.connect(data.db_path, timeout=0)
+        other = sqlite3.connect(sqlite_data.db_path, timeout=0)
         try:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             with pytest.raises(StoreError, match="cannot be written"):
@@ -400,3 +419,40 @@ async def test_health_probe_says_whether_an_append_could_be_written(data: DataDi
         await log.append(Draft("halt", {"reason": "the probe wrote nothing before this"}))
         assert (await log.store.snapshot())[0].size == size + 1
     assert not log.accepting
+
+
+async def test_a_claimed_key_is_taken_once_across_ledgers_on_one_store(data: DataDir) -> None:
+    """Two writers (two replicas) race for the same claims: each key goes to exactly one
+    record, a free-key guard fails once its key is taken, and the chain stays whole."""
+    from ledger.errors import ClaimedError
+
+    async with data.open_ledger(QUIET) as a, data.open_ledger(QUIET) as b:
+        drafts = [Draft("decision", {"n": i}, claims=(f"request:{i % 5}",)) for i in range(40)]
+        results = await asyncio.gather(
+            *((a if i % 2 else b).append(d) for i, d in enumerate(drafts)),
+            return_exceptions=True,
+        )
+        won = [r for r in results if not isinstance(r, BaseException)]
+        lost = [r for r in results if isinstance(r, BaseException)]
+        assert len(won) == 5
+        assert len(lost) == 35
+        assert all(isinstance(e, ClaimedError) for e in lost)
+        assert sorted(r.body["n"] % 5 for r in won) == [0, 1, 2, 3, 4]
+        # A guard on a free key passes without taking it; on a taken key it fails.
+        await a.append(Draft("decision", {}, unclaimed=("halts:1",)))
+        await b.append(Draft("halt", {}, claims=("halts:1",)))
+        with pytest.raises(ClaimedError, match="halts:1"):
+            await a.append(Draft("decision", {}, unclaimed=("halts:1",)))
+        # Within one batch the earlier record wins.
+        first, second = await asyncio.gather(
+            a.append(Draft("halt", {}, claims=("halts:2",))),
+            a.append(Draft("decision", {}, unclaimed=("halts:2",))),
+            return_exceptions=True,
+        )
+        assert not isinstance(first, BaseException)
+        assert isinstance(second, ClaimedError)
+        head, _ = await a.store.snapshot()
+        out = data.path / "claims.jsonl"
+        await export_ledger(a, out)
+    assert head.size == 1 + 5 + 3
+    verify_export(out, data.signer().verifier)

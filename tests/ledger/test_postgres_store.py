@@ -1,0 +1,114 @@
+"""What only the PostgreSQL store has: migrations, the elected signer, a server that goes away.
+
+The behaviours both stores share are in test_log.py (parametrized over both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from postgres_server import PostgresServer
+
+from ledger import DataDir, Draft, LedgerConfig
+from ledger.errors import StoreError
+from ledger.postgres import SCHEMA_VERSION, PostgresStore, migrate, redact
+
+QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
+
+
+async def test_migrate_creates_the_schema_once_and_a_store_needs_it(postgres_url: str):
+    with pytest.raises(StoreError, match="run: govgate db migrate"):
+        await PostgresStore(postgres_url).open()
+    said: list[int] = []
+    assert await migrate(postgres_url, progress=lambda v, _: said.append(v)) == [SCHEMA_VERSION]
+    assert said == [SCHEMA_VERSION]
+    assert await asyncio.gather(migrate(postgres_url), migrate(postgres_url)) == [[], []]
+    async with PostgresStore(postgres_url) as store:
+        head, _ = await store.snapshot()
+        assert head.size == 0
+
+
+async def test_a_newer_schema_is_refused(postgres_url: str):
+    await migrate(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(
+            "INSERT INTO govgate_schema (version, description) VALUES ($1, 'from the future')",
+            SCHEMA_VERSION + 1,
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(StoreError, match="newer than this govgate understands"):
+        await PostgresStore(postgres_url).open()
+    with pytest.raises(StoreError, match="upgrade govgate"):
+        await migrate(postgres_url)
+
+
+async def test_durability_is_forced_on_the_stores_connections(postgres_url: str):
+    await migrate(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f"ALTER DATABASE {postgres_url.rsplit('/', 1)[1]} "
+                           "SET synchronous_commit = off")  # fmt: skip
+    finally:
+        await conn.close()
+    store = PostgresStore(postgres_url)
+    async with store:
+        setting = await store._run("probe", lambda c: c.fetchval("SHOW synchronous_commit"))
+    assert setting == "on"
+
+
+def test_passwords_never_show_in_urls_or_errors():
+    assert redact("postgresql://gg:s3cret@db:5432/gg") == "postgresql://gg:***@db:5432/gg"
+    assert redact("postgresql://gg@db/gg") == "postgresql://gg@db/gg"
+    assert "s3cret" not in repr(PostgresStore("postgresql://gg:s3cret@db/gg"))
+    with pytest.raises(StoreError, match="postgresql://"):
+        PostgresStore("mysql://db/gg")
+
+
+async def test_one_signer_at_a_time_and_a_successor_when_it_goes(postgres_url: str):
+    await migrate(postgres_url)
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    async with first, second:
+        assert await first.lead()
+        assert await first.lead()  # still ours
+        assert not await second.lead()
+    async with PostgresStore(postgres_url) as third:  # first's connection closed: lock free
+        assert await third.lead()
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+async def test_appends_fail_closed_while_the_server_is_down_and_resume_after(
+    own_server: PostgresServer, tmp_path: Path
+):
+    url = own_server.create_database("ledger")
+    await migrate(url)
+    data = DataDir(tmp_path / "data", url)
+    data.generate_key("test.example/log")
+    async with data.open_ledger(QUIET) as log:
+        await log.append(Draft("note", {"n": 1}))
+        await asyncio.to_thread(own_server.kill)
+        with pytest.raises(StoreError):
+            await log.store.check_writable()
+        with pytest.raises(StoreError):
+            await log.append(Draft("note", {"n": 2}))
+        await asyncio.to_thread(own_server.restart)
+        for _ in range(50):  # the pool replaces its dead connections by itself
+            try:
+                await log.store.check_writable()
+                break
+            except StoreError:
+                await asyncio.sleep(0.1)
+        rec = await log.append(Draft("note", {"n": 3}))
+        head, _ = await log.store.snapshot()
+    assert rec.index == 2  # genesis, n=1, n=3: the failed append left nothing behind
+    assert head.size == 3
