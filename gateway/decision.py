@@ -86,6 +86,9 @@ class Decision:
     respond_by: float | None = field(default=None, repr=False)  # the caller's deadline (loop time)
     approval_deadline: dt.datetime | None = None  # pending: EXPIRED after this
     result: Outcome | None = None  # what a rollback needs, once executed
+    applied: int = -1  # the last ledger index reflected here (replicas: see gateway.replay)
+    executor: str = ""  # the replica that runs it, once allowed to ("": the only one)
+    rollbacks: int = 0  # rollback records so far
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property

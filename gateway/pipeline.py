@@ -39,11 +39,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
@@ -66,16 +66,17 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.policy import Policy, PolicyInput, VerdictKind
+from gateway.replay import Replay, Replayed
 from gateway.roles import AccessDeniedError, Roles
 from ledger import Draft, Ledger, LedgerError
+from ledger.errors import ClaimedError
 from ledger.store import RecordQuery
-
-if TYPE_CHECKING:
-    from gateway.recovery import Replayed
 
 __all__ = ["Gateway"]
 
 _MAX_REQUEST_ID = 128
+_SYNC_PAGE = 1000  # records read per query when catching up with other replicas
+_CLAIM_TRIES = 5  # a step another replica keeps winning is retried this often, then UNAVAILABLE
 _TRACER = "govgate"  # the instrumentation scope (gateway.telemetry.TRACER_NAME)
 _NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
@@ -171,6 +172,7 @@ class Gateway:
         cache: int = 1_000,  # final decisions kept in memory; older ones are read back
         tracer: Tracer | None = None,  # None: from the global provider installed by now
         metrics: Metrics | None = None,  # None: no metrics
+        replica: str = "",  # this replica's stable name, on a store shared with others
     ) -> None:
         self.ledger = ledger
         self.adapters = dict(adapters)
@@ -179,11 +181,12 @@ class Gateway:
         self.shadow = shadow
         self.roles = roles
         self.cache = cache
-        self.decisions: OrderedDict[str, Decision] = OrderedDict()  # live, and recent final
-        self._by_request: dict[str, tuple[str, bytes]] = {}  # request id: (decision id, digest)
-        self._pending: dict[str, Pending] = {}
-        self._halts: list[Halt] = []
-        self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
+        self.replica = replica
+        # Other replicas append to the same store: catch up with them (sync) where it matters.
+        self.shared = ledger.store.shared
+        self.restore(Replayed())
+        self._sync_lock = asyncio.Lock()
+        self._sync_asked = self._sync_done = 0
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
         self._tracer = trace.get_tracer(_TRACER) if tracer is None else tracer
@@ -207,16 +210,23 @@ class Gateway:
 
     # -- recording ---------------------------------------------------------------------
 
-    async def _record(self, draft: Draft) -> Any:
-        """Append ``draft``, stamped with the current trace id if it carries none."""
+    async def _record(self, draft: Draft, of: Decision | None = None) -> Any:
+        """Append ``draft``, stamped with the current trace id if it carries none; ``of``: the
+        decision it changes, which then reflects it (:attr:`Decision.applied`).
+
+        :class:`ClaimedError` passes through: another replica got there first."""
         if not draft.trace_id and (current := _trace_id()):
             draft = replace(draft, trace_id=current)
         with self._span("govgate.ledger.append") as span:
             started = time.perf_counter()
             try:
                 rec = await self.ledger.append(draft)
+            except ClaimedError:
+                raise
             except LedgerError as err:
                 raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+            if of is not None:
+                of.applied = max(of.applied, rec.index)
             if self.metrics is not None:
                 self.metrics.appended(rec.index, time.perf_counter() - started)
             if span.is_recording():
@@ -248,24 +258,60 @@ class Gateway:
 
     # -- start-up ----------------------------------------------------------------------
 
-    def restore(self, state: Replayed) -> None:
-        """Take the state the ledger records (:mod:`gateway.recovery`) as this gateway's own."""
-        self.decisions = OrderedDict(state.decisions)
-        self._by_request = state.by_request
+    def restore(self, state: Replayed, replay: Replay | None = None) -> None:
+        """Take the state the ledger records (:mod:`gateway.recovery`) as this gateway's own;
+        ``replay`` (the one that computed it) then follows what other replicas append."""
+        self._state = state
+        self.decisions: OrderedDict[str, Decision] = state.decisions  # live, and recent final
+        self._by_request = state.by_request  # request id: (decision id, digest)
         self._pending = state.pending
-        self._halts = list(state.halts)
+        self._halts = state.halts
         self._recent = state.recent
+        self._replay = replay or Replay(keep=self.cache, replica=self.replica)
+        self._replay.follow(state)
         self._trim()
+
+    async def sync(self) -> None:
+        """Catch up with the records other replicas appended since the last call (nothing to
+        do unless the store is shared). Calls that arrive while one runs share the next."""
+        if not self.shared:
+            return
+        self._sync_asked += 1
+        ticket = self._sync_asked
+        async with self._sync_lock:
+            if self._sync_done >= ticket:
+                return  # a read that started after this call asked has covered it
+            upto = self._sync_asked
+            try:
+                while True:
+                    page = await self.ledger.store.query(
+                        RecordQuery(limit=_SYNC_PAGE), after=self._state.last_index
+                    )
+                    for rec in page:
+                        self._replay.feed(rec)
+                    if len(page) < _SYNC_PAGE:
+                        break
+            except LedgerError as err:
+                raise LedgerUnavailableError(f"the ledger cannot be read: {err}") from err
+            for decision_id in self._replay.touched:
+                if (d := self.decisions.get(decision_id)) is not None:
+                    d.changed.set()
+            self._replay.touched.clear()
+            self._trim()
+            self._sync_done = upto
 
     async def finish_interrupted(self, state: Replayed) -> list[Decision]:
         """Give every decision a crash left without an outcome one, from the runtime's real
         state; nothing runs again. Returns the decisions it finished."""
         for d in state.unfinished:
             d.state, body = await self._reconcile(d)
-            rec = await self._record(
-                Draft("outcome", body, trace_id=d.trace_id, target=str(d.action.target),
-                      decision_id=d.decision_id)
-            )  # fmt: skip
+            try:
+                rec = await self._record(
+                    Draft("outcome", body, trace_id=d.trace_id, target=str(d.action.target),
+                          decision_id=d.decision_id, claims=(f"outcome:{d.decision_id}",)), of=d,
+                )  # fmt: skip
+            except ClaimedError:  # another replica finished it meanwhile
+                continue
             d.outcome = body | {"ledger_index": rec.index}
             d.changed.set()
         for decision_id in state.rollbacks:
@@ -274,7 +320,7 @@ class Gateway:
             body = {"status": "unknown", "rollback": True, "recovered": True, "detail": detail}
             await self._record(
                 Draft("outcome", body, target=str(d.action.target), decision_id=d.decision_id,
-                      trace_id=d.trace_id)
+                      trace_id=d.trace_id), of=d,
             )  # fmt: skip
             d.reasons.append("a rollback was interrupted by a restart; its effect is unknown")
         return state.unfinished
@@ -344,20 +390,27 @@ class Gateway:
             action = replace(action, requester=requester)
             digest = request_digest(request_id, requester, action)
         async with self._locks[request_id]:  # one decision per request id, even concurrently
-            known = self._by_request.get(request_id)
-            if known is not None:
-                first_id, first_digest = known
-                if first_digest != digest:
-                    raise RequestConflictError(
-                        f"request id {request_id!r} was used for another action "
-                        f"(decision {first_id})"
-                    )
-                decision = await self.get(first_id)
-                span.set_attribute("govgate.decision.repeated", True)
-                _annotate(span, decision)
-                return decision
-            decision = await self._decide(request_id, action, digest, requester, dry_run,
-                                          trace_id, now, respond_by)  # fmt: skip
+            for _ in range(_CLAIM_TRIES):
+                known = self._by_request.get(request_id)
+                if known is not None:
+                    first_id, first_digest = known
+                    if first_digest != digest:
+                        raise RequestConflictError(
+                            f"request id {request_id!r} was used for another action "
+                            f"(decision {first_id})"
+                        )
+                    decision = await self.get(first_id)
+                    span.set_attribute("govgate.decision.repeated", True)
+                    _annotate(span, decision)
+                    return decision
+                try:
+                    decision = await self._decide(request_id, action, digest, requester, dry_run,
+                                                  trace_id, now, respond_by)  # fmt: skip
+                    break
+                except ClaimedError:  # another replica took the request id, or halted
+                    await self.sync()
+            else:
+                raise LedgerUnavailableError("other replicas kept changing the state; retry")
             self._by_request[request_id] = (decision.decision_id, digest)
             # From here on the id is known; later callers need no lock to find it.
             self._locks.pop(request_id, None)
@@ -445,10 +498,20 @@ class Gateway:
             body["reason_required"] = pending.reason_required
         if d.plan is not None:
             body["plan"] = _plan_record(d.plan)
-        rec = await self._record(
-            Draft("decision", body, trace_id=trace_id, actor=requester, target=str(target),
-                  decision_id=d.decision_id)
-        )  # fmt: skip
+        runs = d.state == "EXECUTING" and not d.dry_run
+        if runs and self.replica:
+            body["replica"] = d.executor = self.replica
+        # Whether it runs or is halted depends on the halts: none may have changed unseen.
+        guard = (self._next_halt(),) if runs or d.state == "HALTED" else ()
+        draft = Draft("decision", body, trace_id=trace_id, actor=requester, target=str(target),
+                      decision_id=d.decision_id, claims=(f"request:{request_id}",),
+                      unclaimed=guard)  # fmt: skip
+        try:
+            rec = await self._record(draft, of=d)
+        except ClaimedError:
+            self._pending.pop(d.decision_id, None)
+            self._plan_errors.pop(d.decision_id, None)
+            raise
         d.ledger_index, d.leaf_hash = rec.index, rec.leaf_hash
         self._remember(d)
         self._recent[str(target)].append(now.timestamp())
@@ -569,7 +632,7 @@ class Gateway:
             }
         rec = await self._record(
             Draft("outcome", d.outcome, trace_id=d.trace_id, target=str(d.action.target),
-                  decision_id=d.decision_id)
+                  decision_id=d.decision_id, claims=(f"outcome:{d.decision_id}",)), of=d,
         )  # fmt: skip
         d.outcome["ledger_index"] = rec.index
         d.changed.set()
@@ -577,7 +640,9 @@ class Gateway:
     # -- oversight ---------------------------------------------------------------------
 
     async def get(self, decision_id: str) -> Decision:
-        """The decision, from memory or, when it has left the cache, read back from the ledger."""
+        """The decision, from memory or, when it has left the cache, read back from the ledger;
+        with other replicas, as of the ledger's head when the call came."""
+        await self.sync()
         d = self.decisions.get(decision_id)
         if d is not None:
             self.decisions.move_to_end(decision_id)
@@ -601,8 +666,6 @@ class Gateway:
         return d
 
     async def _read_back(self, decision_id: str) -> Decision | None:
-        from gateway.recovery import Replay  # here: gateway.recovery imports this module
-
         if not decision_id or len(decision_id) > _MAX_REQUEST_ID:
             return None
         try:
@@ -614,7 +677,10 @@ class Gateway:
         replay = Replay()
         for rec in records:
             replay.feed(rec)
-        return replay.result().decisions.get(decision_id)
+        found = replay.result().decisions.get(decision_id)
+        if found is not None and decision_id in self.decisions:  # a sync brought it meanwhile
+            return self.decisions[decision_id]
+        return found
 
     def _remember(self, d: Decision) -> None:
         self.decisions[d.decision_id] = d
@@ -633,8 +699,14 @@ class Gateway:
                 spared += 1
 
     def pending(self) -> list[Decision]:
-        return [self.decisions[i] for i in self._pending if self.decisions[i].state ==
-                "PENDING_APPROVAL"]  # fmt: skip
+        """Decisions waiting for approval, as far as this replica knows (see :meth:`sync`)."""
+        return [self.decisions[i] for i in self._pending if i in self.decisions and
+                self.decisions[i].state == "PENDING_APPROVAL"]  # fmt: skip
+
+    def _next_halt(self) -> str:
+        """The claim the next halt or resume takes: a step that must not run under a halt this
+        replica has not seen yet needs it still free."""
+        return f"halt:{self._state.halt_version + 1}"
 
     async def review(
         self,
@@ -650,8 +722,15 @@ class Gateway:
         with self._span("govgate.review") as span:
             span.set_attributes({"govgate.decision.id": decision_id,
                                  "govgate.review.approve": approve})  # fmt: skip
-            d = await self._review(decision_id, reviewer, approve, reason, digest,
-                                   now or dt.datetime.now(dt.UTC))  # fmt: skip
+            for _ in range(_CLAIM_TRIES):
+                try:
+                    d = await self._review(decision_id, reviewer, approve, reason, digest,
+                                           now or dt.datetime.now(dt.UTC))  # fmt: skip
+                    break
+                except ClaimedError:  # another replica reviewed it, or halted, first
+                    continue  # _review syncs before it looks again
+            else:
+                raise LedgerUnavailableError("other replicas kept changing the state; retry")
             _annotate(span, d)
             return d
 
@@ -659,7 +738,7 @@ class Gateway:
         self, decision_id: str, reviewer: str, approve: bool, reason: str, digest: bytes,
         now: dt.datetime,
     ) -> Decision:  # fmt: skip
-        d = await self.get(decision_id)
+        d = await self.get(decision_id)  # with other replicas: after catching up with them
         p = self._pending.get(decision_id)
         if p is None or d.state != "PENDING_APPROVAL":
             raise ReviewRefusedError("not-pending", f"decision {decision_id} is {d.state}")
@@ -681,14 +760,21 @@ class Gateway:
                 )
         kind = "approval" if approve else "denial"
         body: dict[str, Any] = {"reviewer": reviewer, "reason": reason, "digest": digest.hex()}
-        if result is ReviewOutcome.READY:  # this review lets it run: record the plan with it
+        ready = result is ReviewOutcome.READY
+        if ready:  # this review lets it run: record the plan with it
             await self._plan(d)
             if d.plan is not None:
                 body["plan"] = _plan_record(d.plan)
+            if self.replica:
+                body["replica"] = self.replica
         rec = await self._record(
             Draft(kind, body, actor=reviewer, target=str(d.action.target),
-                  decision_id=decision_id, trace_id=d.trace_id)
+                  decision_id=decision_id, trace_id=d.trace_id,
+                  claims=(self._step(d),), unclaimed=(self._next_halt(),) if ready else ()),
+            of=d,
         )  # fmt: skip
+        if ready:
+            d.executor = self.replica
         p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
         d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
                           "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
@@ -705,6 +791,12 @@ class Gateway:
             await self._execute(d)
         d.changed.set()
         return d
+
+    @staticmethod
+    def _step(d: Decision) -> str:
+        """The claim of a pending decision's next step (a review or its expiry): one
+        replica's step at a time, each made knowing the ones before it."""
+        return f"step:{d.decision_id}:{len(d.reviews) + 1}"
 
     def _halted(self, target: Target, labels: Mapping[str, str] | None) -> Halt | None:
         """The first halt in force that covers ``target`` (``labels`` None: not yet known)."""
@@ -741,10 +833,21 @@ class Gateway:
             )
         if not reason.strip():
             raise InvalidRequestError("a rollback needs a reason", field="reason")
-        await self._record(
-            Draft("rollback", {"reason": reason, "plan_id": outcome.plan.id}, actor=actor,
-                  target=str(d.action.target), decision_id=decision_id, trace_id=d.trace_id)
-        )  # fmt: skip
+        body: dict[str, Any] = {"reason": reason, "plan_id": outcome.plan.id}
+        if self.replica:
+            body["replica"] = self.replica
+        try:
+            await self._record(
+                Draft("rollback", body, actor=actor, target=str(d.action.target),
+                      decision_id=decision_id, trace_id=d.trace_id,
+                      claims=(f"rollback:{decision_id}:{d.rollbacks + 1}",)), of=d,
+            )  # fmt: skip
+        except ClaimedError:
+            raise ReviewRefusedError(
+                "not-executed",
+                f"decision {decision_id} is being rolled back through another replica",
+            ) from None
+        d.rollbacks += 1
         try:
             with self._span("govgate.revert"):
                 reverted = await self.adapters[d.action.target.runtime].revert(outcome)
@@ -757,7 +860,7 @@ class Gateway:
             d.result = None
         await self._record(
             Draft("outcome", body, target=str(d.action.target), decision_id=decision_id,
-                  trace_id=d.trace_id)
+                  trace_id=d.trace_id), of=d,
         )  # fmt: skip
         d.reasons.append(f"rolled back by {actor}: {reason}" if d.state == "ROLLED_BACK"
                          else f"rollback by {actor} failed: {body['detail']}")  # fmt: skip
@@ -780,11 +883,15 @@ class Gateway:
 
     async def _expire(self, d: Decision, p: Pending) -> None:
         with self._span("govgate.expire") as span:
-            await self._record(
-                Draft("expiry", {"deadline": _utc(p.deadline), "approvals": len(p.approvers)},
-                      target=str(d.action.target), decision_id=d.decision_id,
-                      trace_id=d.trace_id)
-            )  # fmt: skip
+            try:
+                await self._record(
+                    Draft("expiry", {"deadline": _utc(p.deadline), "approvals": len(p.approvers)},
+                          target=str(d.action.target), decision_id=d.decision_id,
+                          trace_id=d.trace_id, claims=(self._step(d),)), of=d,
+                )  # fmt: skip
+            except ClaimedError:  # another replica expired or reviewed it: take its word
+                await self.sync()
+                return
             self._pending.pop(d.decision_id, None)
             d.state = "EXPIRED"
             d.changed.set()
@@ -793,6 +900,7 @@ class Gateway:
     async def expire_overdue(self, now: dt.datetime | None = None) -> int:
         """Record EXPIRED for every pending decision past its deadline; returns how many."""
         now = now or dt.datetime.now(dt.UTC)
+        await self.sync()
         overdue = [(self.decisions[i], p) for i, p in self._pending.items() if p.expired(now)]
         for d, p in overdue:
             await self._expire(d, p)
@@ -803,23 +911,36 @@ class Gateway:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a halt needs a reason", field="reason")
-            rec = await self._record(
-                Draft("halt", {"scope": scope.to_json(), "reason": reason}, actor=actor)
-            )
-            self._halts.append(scope)
-            return int(rec.index)
+            return await self._switch("halt", scope, reason, actor)
 
     async def resume(self, scope: Halt, reason: str, actor: str) -> int:
         with self._span("govgate.resume") as span:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a resume needs a reason", field="reason")
-            if scope not in self._halts:
+            return await self._switch("resume", scope, reason, actor)
+
+    async def _switch(self, kind: str, scope: Halt, reason: str, actor: str) -> int:
+        """Record a halt or a resume as the next halt version (claimed: one per version,
+        across replicas), then apply it."""
+        for _ in range(_CLAIM_TRIES):
+            await self.sync()
+            if kind == "resume" and scope not in self._halts:
                 raise ReviewRefusedError(
                     "not-halted", f"no halt for {scope.describe()} is in force"
                 )
-            rec = await self._record(
-                Draft("resume", {"scope": scope.to_json(), "reason": reason}, actor=actor)
-            )
-            self._halts = [h for h in self._halts if h != scope]
+            version = self._state.halt_version + 1
+            body = {"scope": scope.to_json(), "reason": reason, "version": version}
+            try:
+                rec = await self._record(
+                    Draft(kind, body, actor=actor, claims=(f"halt:{version}",))
+                )
+            except ClaimedError:
+                continue
+            self._state.halt_version = max(self._state.halt_version, version)
+            if kind == "halt" and scope not in self._halts:
+                self._halts.append(scope)
+            elif kind == "resume":
+                self._halts[:] = [h for h in self._halts if h != scope]
             return int(rec.index)
+        raise LedgerUnavailableError("other replicas kept changing the halts; retry")

@@ -66,6 +66,7 @@ __all__ = ["EXAMPLE_POLICY", "serve"]
 EXAMPLE_POLICY = Path(__file__).with_name("policies") / "default.toml"
 
 Say = Callable[[str], None]
+_FOLLOW_INTERVAL = 0.25  # seconds between catch-ups with other replicas when idle
 _SHOWN = 5  # unreadable records named one by one at start-up; the rest are counted
 
 
@@ -110,7 +111,7 @@ async def serve(
     tls = _tls(config)
     policy = Policy.load(config.path(config.policy) if config.policy else EXAMPLE_POLICY)
     roles = Roles.load(config.path(config.roles)) if config.roles else None
-    data = DataDir(config.data)
+    data = DataDir(config.data, config.ledger_url or None)
     data.signer()  # refuse early, with the key file's own error, when there is no key
     model = Registry(config.data / "models").load(config.model or None)
     tracing_provider = setup_tracing()  # before the Gateway, which takes its tracer
@@ -158,9 +159,11 @@ async def _run(
         _adapters(config, say) as adapters,
         MicroBatcher(Scorer(model)) as batcher,
     ):
-        say(f"ledger {data.db_path} ({ledger.origin}); model {model.id[:16]}")
+        where = getattr(ledger.store, "url", data.db_path)
+        shared = f", replica {config.replica}" if config.replica else ""
+        say(f"ledger {where} ({ledger.origin}{shared}); model {model.id[:16]}")
         gw = Gateway(ledger, adapters, batcher, policy, shadow=config.shadow, roles=roles,
-                     metrics=metrics)  # fmt: skip
+                     metrics=metrics, replica=config.replica)  # fmt: skip
         if metrics is not None:
             metrics.watch_pending(lambda: len(gw.pending()))
         state = await recover(gw)
@@ -197,6 +200,7 @@ async def _run(
             ready(bound)
         chores = [
             asyncio.create_task(_sweep(gw, config.expiry_interval, say)),
+            asyncio.create_task(_follow(gw, _FOLLOW_INTERVAL)),
             asyncio.create_task(_watch_health(ledger, health, config.health_interval, say)),
         ]
         stop, force = stop or asyncio.Event(), asyncio.Event()
@@ -221,6 +225,17 @@ async def _run(
             for chore in chores:
                 chore.cancel()
             await server.stop(None)  # a no-op after a drain; else cancels what is in flight
+
+
+async def _follow(gw: Gateway, every: float) -> None:
+    """With replicas: catch up with the others now and then even when no call asks, so that
+    watchers see their changes (a failure shows in health; the next round retries)."""
+    if not gw.shared:
+        return
+    while True:
+        await asyncio.sleep(every)
+        with contextlib.suppress(GatewayError):
+            await gw.sync()
 
 
 async def _sweep(gw: Gateway, every: float, say: Say) -> None:

@@ -342,6 +342,7 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
         """Oldest first, ``page_size`` at a time (default and most: 500). The page token is
         the id of the last decision sent, so a page stays right as decisions come and go."""
         size = min(request.page_size or _PAGE, _PAGE)
+        await self.gw.sync()  # with replicas: what the others recorded too
         waiting = sorted(self.gw.pending(), key=lambda d: (d.created, d.decision_id))
         if request.page_token:
             after = next((i for i, d in enumerate(waiting)

@@ -74,10 +74,10 @@ def crash_before_outcome(gw: Gateway) -> None:
     """Make ``gw`` die (:class:`Crash`) when it is about to write an outcome record."""
     real_record = gw._record
 
-    async def record(draft: Draft) -> Any:
+    async def record(draft: Draft, of: Any = None) -> Any:
         if draft.kind == "outcome":
             raise Crash
-        return await real_record(draft)
+        return await real_record(draft, of)
 
     gw._record = record  # type: ignore[method-assign]
 

@@ -1,0 +1,179 @@
+"""Two gateway replicas on one PostgreSQL ledger, in one process: what one replica decides,
+approves, halts or expires, the other sees and respects (a real PostgreSQL server).
+
+Both replicas drive one libvirt test-driver connection, as two replicas would one libvirtd.
+The process-level test (three ``govgate serve`` processes, SIGKILL, a PostgreSQL restart) is
+tests/e2e/test_replicas_serve.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_pipeline import ALICE, APPROVE_ALL, BOB, ENGINE, EXAMPLE_POLICY, NODE, act
+
+from adapters.action import PowerState, Target
+from adapters.libvirt import LibvirtAdapter, LibvirtConfig
+from explain.batcher import MicroBatcher
+from explain.registry import Registry
+from explain.scorer import Scorer
+from gateway.decision import Halt
+from gateway.errors import ReviewRefusedError
+from gateway.pipeline import Gateway
+from gateway.policy import Policy
+from gateway.recovery import recover
+from ledger import DataDir, LedgerConfig
+from ledger.export import export_ledger
+from ledger.postgres import migrate
+from ledger.store import RecordQuery
+from ledger.verify import verify_export
+
+QUIET = LedgerConfig(checkpoint_every=0, checkpoint_interval=0)
+
+
+@dataclass
+class Pair:
+    a: Gateway
+    b: Gateway
+    lv: LibvirtAdapter
+    data: DataDir
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, postgres_url: str) -> AsyncIterator[Pair]:
+    await migrate(postgres_url)
+    data = DataDir(tmp_path / "data", postgres_url)
+    data.generate_key("example.com/govgate")
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    policy = Policy.load(EXAMPLE_POLICY)
+    async with (
+        data.open_ledger(QUIET) as la,
+        data.open_ledger(QUIET) as lb,
+        LibvirtAdapter(LibvirtConfig(uri=f"test://{node}")) as lv,
+        MicroBatcher(Scorer(Registry(tmp_path / "models").load())) as batcher,
+    ):
+        a = Gateway(la, {"libvirt": lv}, batcher, policy, replica="a")
+        b = Gateway(lb, {"libvirt": lv}, batcher, policy, replica="b")
+        for gw in (a, b):
+            await recover(gw)
+        yield Pair(a, b, lv, data)
+
+
+async def kinds_of(gw: Gateway, decision_id: str) -> list[str]:
+    return [r.kind for r in await gw.ledger.store.query(RecordQuery(decision_id=decision_id))]
+
+
+async def test_a_request_id_is_decided_once_across_replicas(pair: Pair, tmp_path: Path):
+    async def both(i: int) -> tuple[str, str]:
+        action = act("resize", vcpus=2 + i % 3)
+        x, y = await asyncio.gather(
+            pair.a.propose(f"r-{i}", action, requester=ENGINE),
+            pair.b.propose(f"r-{i}", action, requester=ENGINE),
+        )
+        return x.decision_id, y.decision_id
+
+    pairs = await asyncio.gather(*(both(i) for i in range(12)))
+    assert all(x == y for x, y in pairs)  # both callers got the one decision
+    decisions = await pair.a.ledger.store.query(RecordQuery(kind="decision"))
+    assert sorted(r.body["request_id"] for r in decisions) == sorted(f"r-{i}" for i in range(12))
+    outcomes = Counter(r.decision_id for r in await pair.a.ledger.store.query(
+        RecordQuery(kind="outcome")))  # fmt: skip
+    assert set(outcomes.values()) == {1}  # each ran once
+    assert len(outcomes) == 12
+    out = tmp_path / "export.jsonl"
+    await pair.a.ledger.checkpoint()
+    await export_ledger(pair.b.ledger, out)
+    assert verify_export(out, pair.data.signer().verifier).size == len(
+        await pair.a.ledger.store.query(RecordQuery())
+    )
+
+
+async def test_an_approval_through_one_replica_runs_what_the_other_recorded(pair: Pair):
+    for gw in (pair.a, pair.b):
+        await gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await pair.b.propose("r-1", act("suspend"), requester=ENGINE)
+    assert d.state == "PENDING_APPROVAL"
+    await pair.a.sync()
+    assert [p.decision_id for p in pair.a.pending()] == [d.decision_id]
+    # One approval through each replica: the second completes it and runs it, once.
+    await pair.a.review(d.decision_id, ALICE, True, "checked", d.digest)
+    done = await pair.b.review(d.decision_id, BOB, True, "agreed", d.digest)
+    assert done.state == "EXECUTED"
+    assert (await pair.lv.describe(Target("libvirt", "web-1"))).power is PowerState.PAUSED
+    # The first replica learns the outcome, and its copy wakes watchers.
+    seen = await pair.a.get(d.decision_id)
+    assert seen.state == "EXECUTED"
+    assert seen.changed.is_set()
+    assert [r["reviewer"] for r in seen.reviews] == [ALICE, BOB]
+    assert await kinds_of(pair.a, d.decision_id) == ["decision", "approval", "approval", "outcome"]
+    # The same reviewer through the other replica, or a third review, is refused.
+    with pytest.raises(ReviewRefusedError):
+        await pair.a.review(d.decision_id, ALICE, True, "again", d.digest)
+
+
+async def test_concurrent_reviews_on_two_replicas_make_one_chain_of_steps(pair: Pair):
+    for gw in (pair.a, pair.b):
+        await gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await pair.a.propose("r-2", act("suspend"), requester=ENGINE)
+    await pair.b.sync()
+    # Both approvals race: each replica thinks it gives the first; one is retried as the second.
+    x, y = await asyncio.gather(
+        pair.a.review(d.decision_id, ALICE, True, "ok", d.digest),
+        pair.b.review(d.decision_id, BOB, True, "ok", d.digest),
+    )
+    kinds = await kinds_of(pair.a, d.decision_id)
+    assert kinds == ["decision", "approval", "approval", "outcome"]
+    assert {x.state, y.state} <= {"EXECUTED", "PENDING_APPROVAL", "EXECUTING"}
+    assert (await pair.b.get(d.decision_id)).state == "EXECUTED"
+    assert (await pair.a.get(d.decision_id)).state == "EXECUTED"
+
+
+async def test_a_halt_through_one_replica_stops_the_other(pair: Pair):
+    await pair.a.halt(Halt(all=True), "incident 42", ALICE)
+    # b has not caught up: its decision record needs the next halt version free, finds it
+    # taken, catches up and decides again, now halted.
+    d = await pair.b.propose("r-3", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "HALTED"
+    assert await kinds_of(pair.b, d.decision_id) == ["decision"]
+    await pair.b.resume(Halt(all=True), "incident closed", BOB)
+    d = await pair.a.propose("r-4", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "EXECUTED", d.reasons
+    halts = await pair.a.ledger.store.query(RecordQuery(kind="halt"))
+    resumes = await pair.a.ledger.store.query(RecordQuery(kind="resume"))
+    assert [r.body["version"] for r in halts + resumes] == [1, 2]
+
+
+async def test_an_overdue_approval_expires_once_whoever_sweeps(pair: Pair):
+    for gw in (pair.a, pair.b):
+        await gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await pair.a.propose("r-5", act("suspend"), requester=ENGINE)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    counts = await asyncio.gather(pair.a.expire_overdue(later), pair.b.expire_overdue(later))
+    assert sum(counts) >= 1
+    assert await kinds_of(pair.a, d.decision_id) == ["decision", "expiry"]
+    assert (await pair.b.get(d.decision_id)).state == "EXPIRED"
+
+
+async def test_one_replica_signs_checkpoints_and_another_takes_over(pair: Pair, tmp_path: Path):
+    await pair.a.propose("r-6", act("resize", vcpus=3), requester=ENGINE)
+    assert await pair.a.ledger.store.lead()
+    assert not await pair.b.ledger.store.lead()  # a holds the signer's lock
+    # b waits for the signer's checkpoint instead of signing one of its own.
+    first, signed = await asyncio.gather(pair.b.ledger.checkpoint(), pair.a.ledger.checkpoint())
+    assert first == signed
+    await pair.a.ledger.close()  # the signer goes away: its lock goes with its connection
+    await pair.b.propose("r-7", act("resize", vcpus=2), requester=ENGINE)
+    assert await pair.b.ledger.store.lead()
+    second = await pair.b.ledger.checkpoint()
+    assert second.size > first.size
+    out = tmp_path / "export.jsonl"
+    await export_ledger(pair.b.ledger, out)
+    verified = verify_export(out, pair.data.signer().verifier)
+    assert verified.checkpoints >= 2
