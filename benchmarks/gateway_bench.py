@@ -242,11 +242,31 @@ class _Tally:
         )
 
 
+def resize_request(
+    run: str, sequence: int, domains: list[str], vcpus: list[str], engine: str
+) -> Any:
+    """The ``sequence``-th benchmark proposal: round-robin over the domains, each domain
+    alternating between the sizes in ``vcpus``, with a request id unique to ``run``."""
+    from gateway._proto.govgate.v1 import decision_pb2, types_pb2
+
+    return decision_pb2.ProposeRequest(
+        request_id=f"{run}-{sequence}",
+        action=types_pb2.Action(
+            verb="resize",
+            target=types_pb2.Target(runtime="libvirt", resource=domains[sequence % len(domains)]),
+            parameters={"vcpus": vcpus[(sequence // len(domains)) % len(vcpus)]},
+            justification="p95 CPU above 85% for 20 minutes; scale out",
+            confidence=0.95,
+            engine=engine,
+        ),
+    )
+
+
 async def _client(config: dict[str, Any]) -> dict[str, Any]:
     """Warm up, then run each phase in ``config['phases']``; returns what it measured."""
     import grpc
 
-    from gateway._proto.govgate.v1 import decision_pb2, decision_pb2_grpc, types_pb2
+    from gateway._proto.govgate.v1 import decision_pb2_grpc, types_pb2
 
     data = Path(config["data"])
     server_pid = int(config["server_pid"])
@@ -257,20 +277,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
     def make() -> Any:
         nonlocal sequence
         sequence += 1
-        # Round-robin over the domains; each domain alternates between the two sizes.
-        resource = domains[sequence % len(domains)]
-        size = vcpus[(sequence // len(domains)) % len(vcpus)]
-        return decision_pb2.ProposeRequest(
-            request_id=f"{config['run']}-{sequence}",
-            action=types_pb2.Action(
-                verb="resize",
-                target=types_pb2.Target(runtime="libvirt", resource=resource),
-                parameters={"vcpus": size},
-                justification="p95 CPU above 85% for 20 minutes; scale out",
-                confidence=0.95,
-                engine="gateway-bench",
-            ),
-        )
+        return resize_request(config["run"], sequence, domains, vcpus, "gateway-bench")
 
     def context() -> tuple[tuple[str, str], ...] | None:
         """The engine's span, as a sampled W3C trace context with a fresh trace id."""

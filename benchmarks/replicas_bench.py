@@ -75,6 +75,7 @@ from gateway_bench import (  # noqa: E402
     _machine_cpu_s,
     _proc_cpu_s,
     _Tally,
+    resize_request,
 )
 from ledger_bench import _draft  # noqa: E402
 
@@ -169,7 +170,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
     """Warm every replica up, then the closed and the open loop; returns what it measured."""
     import grpc
 
-    from gateway._proto.govgate.v1 import decision_pb2, decision_pb2_grpc, types_pb2
+    from gateway._proto.govgate.v1 import decision_pb2_grpc, types_pb2
 
     data = Path(config["data"])
     pids: list[int] = config["server_pids"]
@@ -182,19 +183,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
     def make() -> Any:
         nonlocal sequence
         sequence += 1
-        resource = domains[sequence % len(domains)]
-        size = vcpus[(sequence // len(domains)) % len(vcpus)]
-        return decision_pb2.ProposeRequest(
-            request_id=f"{config['run']}-{sequence}",
-            action=types_pb2.Action(
-                verb="resize",
-                target=types_pb2.Target(runtime="libvirt", resource=resource),
-                parameters={"vcpus": size},
-                justification="p95 CPU above 85% for 20 minutes; scale out",
-                confidence=0.95,
-                engine="replicas-bench",
-            ),
-        )
+        return resize_request(config["run"], sequence, domains, vcpus, "replicas-bench")
 
     state_name = types_pb2.DecisionState.Name
     creds = grpc.ssl_channel_credentials(

@@ -39,7 +39,15 @@ import asyncpg
 from ledger.errors import CheckpointError, StoreConflictError, StoreCorruptError, StoreError
 from ledger.merkle import Frontier, NodeId, node_key
 from ledger.record import Record, open_record
-from ledger.store import Batch, BuildFn, Head, LedgerStore, RecordQuery, StoredCheckpoint
+from ledger.store import (
+    Batch,
+    BuildFn,
+    Head,
+    LedgerStore,
+    RecordQuery,
+    StoredCheckpoint,
+    frontier_from,
+)
 
 __all__ = ["MIGRATIONS", "PostgresStore", "SchemaState", "migrate", "schema_state"]
 
@@ -105,6 +113,7 @@ _QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
 _DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. a connection whose server vanished mid-protocol
     OSError,
     asyncio.TimeoutError,
 )
@@ -299,13 +308,7 @@ class PostgresStore(LedgerStore):
     async def _frontier_at(self, conn: asyncpg.Connection, head: Head) -> Frontier:
         if self._cache is not None and self._cache[0] == head:
             return self._cache[1].copy()
-        ids = Frontier.ids(head.size)
-        got = await self._fetch_nodes(conn, ids)
-        if len(got) != len(ids):
-            raise StoreCorruptError(
-                f"Merkle nodes for the frontier of size {head.size} are missing"
-            )
-        frontier = Frontier(head.size, [got[i] for i in ids])
+        frontier = frontier_from(head.size, await self._fetch_nodes(conn, Frontier.ids(head.size)))
         self._cache = (head, frontier.copy())
         return frontier
 

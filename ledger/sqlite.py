@@ -37,7 +37,15 @@ from ledger.errors import (
 )
 from ledger.merkle import Frontier, NodeId, node_key
 from ledger.record import Record, open_record
-from ledger.store import Batch, BuildFn, Head, LedgerStore, RecordQuery, StoredCheckpoint
+from ledger.store import (
+    Batch,
+    BuildFn,
+    Head,
+    LedgerStore,
+    RecordQuery,
+    StoredCheckpoint,
+    frontier_from,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -225,13 +233,7 @@ class SQLiteStore(LedgerStore):
         """
         if self._cache is not None and self._cache[0] == head:
             return self._cache[1].copy()
-        ids = Frontier.ids(head.size)
-        got = self._fetch_nodes(conn, ids)
-        if len(got) != len(ids):
-            raise StoreCorruptError(
-                f"Merkle nodes for the frontier of size {head.size} are missing"
-            )
-        frontier = Frontier(head.size, [got[i] for i in ids])
+        frontier = frontier_from(head.size, self._fetch_nodes(conn, Frontier.ids(head.size)))
         self._cache = (head, frontier.copy())
         return frontier
 

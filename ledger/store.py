@@ -24,10 +24,11 @@ Example::
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from ledger.errors import StoreCorruptError
 from ledger.merkle import Frontier, NodeId
 from ledger.record import ZERO_HASH, Record
 
@@ -87,6 +88,14 @@ class RecordQuery:
 
 
 # build(head, frontier, taken): ``taken`` holds keys found claimed already.
+def frontier_from(size: int, nodes: Mapping[NodeId, bytes]) -> Frontier:
+    """The frontier of a tree of ``size`` from stored nodes (:meth:`Frontier.ids`)."""
+    ids = Frontier.ids(size)
+    if any(i not in nodes for i in ids):
+        raise StoreCorruptError(f"Merkle nodes for the frontier of size {size} are missing")
+    return Frontier(size, [nodes[i] for i in ids])
+
+
 BuildFn = Callable[[Head, Frontier, frozenset[str]], Batch]
 
 
