@@ -186,6 +186,7 @@ class Gateway:
         self.shared = ledger.store.shared
         self.restore(Replayed())
         self._sync_lock = asyncio.Lock()
+        self._late: set[asyncio.Task[None]] = set()  # outcomes waiting for the ledger to recover
         self._sync_asked = self._sync_done = 0
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
@@ -630,12 +631,36 @@ class Gateway:
                 "plan_id": plan.id,
                 "reversible": plan.reversibility is Reversibility.REVERSIBLE,
             }
-        rec = await self._record(
-            Draft("outcome", d.outcome, trace_id=d.trace_id, target=str(d.action.target),
-                  decision_id=d.decision_id, claims=(f"outcome:{d.decision_id}",)), of=d,
-        )  # fmt: skip
+        draft = Draft("outcome", d.outcome, trace_id=d.trace_id, target=str(d.action.target),
+                      decision_id=d.decision_id, claims=(f"outcome:{d.decision_id}",))  # fmt: skip
+        try:
+            rec = await self._record(draft, of=d)
+        except LedgerUnavailableError:
+            # It ran: the outcome must still reach the ledger once it can write again.
+            task = asyncio.create_task(self._record_late(d, draft))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            raise
         d.outcome["ledger_index"] = rec.index
         d.changed.set()
+
+    async def _record_late(self, d: Decision, draft: Draft) -> None:
+        """Keep trying to record an outcome the ledger refused (a restart would reconcile it
+        otherwise); another replica's outcome for it ends the attempts."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                rec = await self._record(draft, of=d)
+            except ClaimedError:
+                return
+            except LedgerUnavailableError:
+                delay = min(delay * 2, 10.0)
+                continue
+            if d.outcome is not None:
+                d.outcome["ledger_index"] = rec.index
+            d.changed.set()
+            return
 
     # -- oversight ---------------------------------------------------------------------
 

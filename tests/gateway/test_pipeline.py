@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from gateway.errors import (
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from ledger import DataDir, LedgerConfig
+from ledger.errors import StoreError
 from ledger.export import export_ledger
 from ledger.store import RecordQuery
 from ledger.verify import verify_export
@@ -300,3 +302,32 @@ async def test_concurrent_repeats_of_one_request_make_one_decision(world: World)
     assert len(await records(world, "decision")) == 1
     assert len(await records(world, "outcome")) == 1
     assert world.gw._locks == {}  # nothing kept per request id once it is decided
+
+
+async def test_an_outcome_the_ledger_refused_is_recorded_once_it_recovers(world: World):
+    """The action ran but its outcome record failed: the caller hears UNAVAILABLE, and the
+    outcome still reaches the ledger as soon as it can write, without running anything again."""
+    real_append = world.gw.ledger.append
+    refusals = 0
+
+    async def append(draft: Any) -> Any:
+        nonlocal refusals
+        if draft.kind == "outcome" and refusals < 2:
+            refusals += 1
+            raise StoreError("disk full")
+        return await real_append(draft)
+
+    world.gw.ledger.append = append  # type: ignore[method-assign]
+    with pytest.raises(LedgerUnavailableError):
+        await world.gw.propose("r-late", act("resize", vcpus=5), requester=ENGINE)
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 5  # it ran
+    d = next(iter(world.gw.decisions.values()))
+    for _ in range(100):
+        if d.outcome is not None and "ledger_index" in d.outcome:
+            break
+        await asyncio.sleep(0.05)
+    [outcome] = await records(world, "outcome", d.decision_id)
+    assert outcome["body"]["status"] == "applied"
+    assert refusals == 2
+    again = await world.gw.propose("r-late", act("resize", vcpus=5), requester=ENGINE)
+    assert (again.decision_id, again.state) == (d.decision_id, "EXECUTED")
