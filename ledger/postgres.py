@@ -188,11 +188,6 @@ async def migrate(
             await conn.close()
 
 
-def _starts_at(batch: Batch, head: Head) -> bool:
-    first = batch.records[0] if batch.records else None
-    return first is not None and first.index == head.size and first.prev == head.last_leaf
-
-
 def _head(row: Any) -> Head:
     if row is None:
         raise StoreCorruptError("log_head row is missing")
@@ -319,7 +314,7 @@ class PostgresStore(LedgerStore):
             # The head row's lock is the sequencer: other replicas' appends wait here.
             head = _head(await conn.fetchrow(f"{_HEAD} FOR UPDATE"))
             frontier = await self._frontier_at(conn, head)
-            batch = prebuilt if prebuilt is not None and _starts_at(prebuilt, head) else None
+            batch = prebuilt if prebuilt is not None and prebuilt.starts_at(head) else None
             if batch is None:
                 batch = await asyncio.to_thread(build, head, frontier.copy(), frozenset())
             if batch.checked:

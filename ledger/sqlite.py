@@ -93,12 +93,6 @@ _QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
 
 
-def _starts_at(batch: Batch, head: Head) -> bool:
-    """Whether ``batch`` was sealed right after ``head`` (same size, same last leaf)."""
-    first = batch.records[0] if batch.records else None
-    return first is not None and first.index == head.size and first.prev == head.last_leaf
-
-
 class SQLiteStore(LedgerStore):
     """A :class:`LedgerStore` in one SQLite file."""
 
@@ -243,7 +237,7 @@ class SQLiteStore(LedgerStore):
         try:
             head = self._read_head(conn)
             frontier = self._frontier_at(conn, head)
-            batch = prebuilt if prebuilt is not None and _starts_at(prebuilt, head) else None
+            batch = prebuilt if prebuilt is not None and prebuilt.starts_at(head) else None
             if batch is None:
                 batch = build(head, frontier.copy(), frozenset())
             if batch.checked and (taken := self._taken(conn, batch.checked)):

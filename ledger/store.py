@@ -56,6 +56,11 @@ class Batch:
     claims: Sequence[tuple[str, int]] = ()  # (key, index of the record that takes it)
     checked: frozenset[str] = frozenset()  # every key the build assumed free
 
+    def starts_at(self, head: Head) -> bool:
+        """Whether this batch was sealed right after ``head`` (same size, same last leaf)."""
+        first = self.records[0] if self.records else None
+        return first is not None and first.index == head.size and first.prev == head.last_leaf
+
 
 @dataclass(frozen=True)
 class StoredCheckpoint:
