@@ -262,6 +262,24 @@ def resize_request(
     )
 
 
+async def paced(
+    rate: float, seconds: float, tally: _Tally, fire: Callable[[int, float], Awaitable[None]]
+) -> None:
+    """Open loop: start call ``k`` at its scheduled time ``due`` (``fire(k, due)``), whatever
+    the earlier calls are doing, and record in ``tally`` how late the client itself was."""
+    loop = asyncio.get_running_loop()
+    tasks = []
+    t0 = loop.time() + 0.05
+    for k in range(int(rate * seconds)):
+        due = t0 + k / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tally.lateness.append(max(0.0, loop.time() - due))
+        tasks.append(asyncio.ensure_future(fire(k, due)))
+    await asyncio.gather(*tasks)
+
+
 async def _client(config: dict[str, Any]) -> dict[str, Any]:
     """Warm up, then run each phase in ``config['phases']``; returns what it measured."""
     import grpc
@@ -344,8 +362,6 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
     async def open_loop(stub: Any, tally: _Tally) -> None:
         loop = asyncio.get_running_loop()
-        rate = float(config["rate"])
-        tasks = []
 
         async def one(due: float) -> None:
             try:
@@ -355,15 +371,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                 return
             tally.answer(d, loop.time() - due, state_name)
 
-        t0 = loop.time() + 0.05
-        for k in range(int(rate * seconds)):
-            due = t0 + k / rate
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tally.lateness.append(max(0.0, loop.time() - due))
-            tasks.append(asyncio.ensure_future(one(due)))
-        await asyncio.gather(*tasks)
+        await paced(float(config["rate"]), seconds, tally, lambda _, due: one(due))
 
     phases: dict[str, Callable[[Any, _Tally], Awaitable[None]]] = {
         "unary": closed_loop,

@@ -75,6 +75,7 @@ from gateway_bench import (  # noqa: E402
     _machine_cpu_s,
     _proc_cpu_s,
     _Tally,
+    paced,
     resize_request,
 )
 from ledger_bench import _draft  # noqa: E402
@@ -217,18 +218,8 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(caller(k % len(stubs)) for k in range(config["concurrency"])))
 
     async def open_loop(tally: _Tally, per: Counter[str]) -> None:
-        loop = asyncio.get_running_loop()
-        rate = float(config["rate"])
-        tasks = []
-        t0 = loop.time() + 0.05
-        for k in range(int(rate * seconds)):
-            due = t0 + k / rate
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tally.lateness.append(max(0.0, loop.time() - due))
-            tasks.append(asyncio.ensure_future(call(k % len(stubs), tally, per, due)))
-        await asyncio.gather(*tasks)
+        await paced(float(config["rate"]), seconds, tally,
+                    lambda k, due: call(k % len(stubs), tally, per, due))  # fmt: skip
 
     out: dict[str, Any] = {"phases": {}}
     try:
