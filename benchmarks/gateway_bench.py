@@ -23,7 +23,8 @@ count against the gateway, though it shares the machine's CPUs, as a collector
 agent on the host would); ``both`` makes every run twice, tracing off and on, in
 alternating order (off, on, then on, off), each on a fresh gateway, and reports the
 change in decisions/s (the loss, for the closed-loop phases), p99, and gateway CPU
-per decision. With ``on`` or ``both``
+per decision. Gateway CPU counts the ``govgate serve`` process and the processes it
+started (with tracing on, its span exporter, :mod:`gateway.span_exporter`). With ``on`` or ``both``
 every call carries a sampled W3C ``traceparent`` with a fresh trace id, in both
 modes, so that the only difference is the exporter: a unary call is one trace, a
 stream one trace for all its messages. The default (``off``) sends none.
@@ -188,9 +189,17 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid``, all its threads, and of the processes it
+    started that are still running (the gateway's span exporter)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:  # it has just exited
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(FileNotFoundError):
+            total += sum(_proc_cpu_s(int(child)) for child in task.read_text().split())
+    return total
 
 
 def _machine_cpu_s() -> float:

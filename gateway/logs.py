@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LOG", "configure", "event"]
+__all__ = ["LOG", "configure", "current_format", "event"]
 
 LOG = logging.getLogger("govgate")
 _MAX_VALUE = 256
@@ -72,6 +72,12 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     LOG.propagate = False
     logging.root.handlers[:] = [handler]
     logging.root.setLevel(logging.WARNING)
+
+
+def current_format() -> str:
+    """The format :func:`configure` last set ("json" or "text"), for a child process's logs."""
+    handlers = logging.root.handlers
+    return "json" if handlers and isinstance(handlers[0].formatter, _Json) else "text"
 
 
 def event(name: str, *, level: int = logging.INFO, **fields: Any) -> None:

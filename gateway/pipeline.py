@@ -196,15 +196,18 @@ class Gateway:
         self._traced = not isinstance(self._tracer, (trace.NoOpTracer, trace.ProxyTracer))
         self.metrics = metrics
 
-    def _span(self, name: str) -> AbstractContextManager[Span]:
-        """A stage's span, current inside the block, and its time in the stage metric;
-        nothing at all when tracing and metrics are off, and no span when the sampler left
-        this trace out (its children would be left out too)."""
+    def _span(self, name: str, *, current: bool = True) -> AbstractContextManager[Span]:
+        """A stage's span and its time in the stage metric; nothing at all when tracing and
+        metrics are off, and no span when the sampler left this trace out (its children
+        would be left out too). ``current``: the span is the current one inside the block,
+        the parent of the spans started there; a stage with no spans below it leaves the
+        current span as it is, which costs less."""
         span: AbstractContextManager[Span] = _NO_SPAN
         if self._traced:
-            current = trace.get_current_span()
-            if not current.get_span_context().is_valid or current.is_recording():
-                span = self._tracer.start_as_current_span(name)
+            parent = trace.get_current_span()
+            if parent.is_recording() or not parent.get_span_context().is_valid:
+                span = (self._tracer.start_as_current_span(name) if current
+                        else self._tracer.start_span(name))  # fmt: skip
         if self.metrics is None:
             return span
         return _timed(span, self.metrics, name.removeprefix("govgate."))
@@ -218,7 +221,7 @@ class Gateway:
         :class:`ClaimedError` passes through: another replica got there first."""
         if not draft.trace_id and (current := _trace_id()):
             draft = replace(draft, trace_id=current)
-        with self._span("govgate.ledger.append") as span:
+        with self._span("govgate.ledger.append", current=False) as span:
             started = time.perf_counter()
             try:
                 rec = await self.ledger.append(draft)
@@ -386,7 +389,7 @@ class Gateway:
         self, span: Span, request_id: str, action: Action, requester: str, dry_run: bool,
         trace_id: str, now: dt.datetime, respond_by: float | None,
     ) -> Decision:  # fmt: skip
-        with self._span("govgate.validate"):
+        with self._span("govgate.validate", current=False):
             self._validate(request_id, action)
             action = replace(action, requester=requester)
             digest = request_digest(request_id, requester, action)
@@ -415,10 +418,11 @@ class Gateway:
             self._by_request[request_id] = (decision.decision_id, digest)
             # From here on the id is known; later callers need no lock to find it.
             self._locks.pop(request_id, None)
-        _annotate(span, decision)  # recorded: from here on the trace leads to the record
-        if decision.state == "EXECUTING":
-            await self._execute(decision)
-            _annotate(span, decision)
+        try:  # recorded: from here on the trace leads to the record
+            if decision.state == "EXECUTING":
+                await self._execute(decision)
+        finally:
+            _annotate(span, decision)  # once, as it stands when the span ends
         if self.metrics is not None:
             x = decision.explanation
             self.metrics.decided(decision.state, decision.action.verb.value,
@@ -522,7 +526,7 @@ class Gateway:
         """The target's state, and whether it could be read at all. A target that does not
         exist is the caller's mistake."""
         target = d.action.target
-        with self._span("govgate.describe") as span:
+        with self._span("govgate.describe", current=False) as span:
             try:
                 return await self.adapters[target.runtime].describe(target, timeout=_left(d)), True
             except NotFoundError as err:
@@ -536,7 +540,7 @@ class Gateway:
         if self.batcher is None:
             d.reasons.append("no risk model is loaded")
             return
-        with self._span("govgate.score") as span:
+        with self._span("govgate.score", current=False) as span:
             try:
                 d.explanation = await self.batcher.score(
                     featurize(d.action, state, Context(now=now))
@@ -552,7 +556,7 @@ class Gateway:
 
     def _apply_policy(self, d: Decision, state: RuntimeState, now: dt.datetime) -> None:
         """Set ``d``'s state from the policy's verdict (and hold it for approval if need be)."""
-        with self._span("govgate.policy") as span:
+        with self._span("govgate.policy", current=False) as span:
             action = d.action
             verdict = self.policy.evaluate(
                 PolicyInput(action.verb.value, action.target.runtime, state.labels, d.risk,
@@ -597,7 +601,7 @@ class Gateway:
         """Plan ``d`` before the record that lets it run, so that the record carries the plan
         (a restart reconciles it). A plan the adapter refuses is left out: ``_execute`` then
         records the failure, and nothing runs."""
-        with self._span("govgate.plan") as span:
+        with self._span("govgate.plan", current=False) as span:
             try:
                 d.plan = await self.adapters[d.action.target.runtime].plan(
                     d.action, state, timeout=_left(d)
@@ -612,7 +616,7 @@ class Gateway:
             if d.plan is None:
                 raise self._plan_errors.pop(d.decision_id)
             plan = d.plan
-            with self._span("govgate.execute"):
+            with self._span("govgate.execute", current=False):
                 outcome = await adapter.execute(plan)
         except AdapterTimeoutError as err:  # it may yet take effect: say so, do not guess
             d.state = "FAILED"
@@ -874,7 +878,7 @@ class Gateway:
             ) from None
         d.rollbacks += 1
         try:
-            with self._span("govgate.revert"):
+            with self._span("govgate.revert", current=False):
                 reverted = await self.adapters[d.action.target.runtime].revert(outcome)
         except AdapterError as err:
             body = {"status": "failed", "detail": str(err), "rollback": True}

@@ -2,8 +2,9 @@
 
 Two pieces, both at the gRPC edge:
 
-* :func:`setup_tracing` builds the SDK's :class:`TracerProvider` with a
-  :class:`BatchSpanProcessor` per exporter, from the environment alone. Tracing
+* :func:`setup_tracing` builds a :class:`~gateway.spans.SpanRecorder` from the
+  environment alone: spans are recorded here and exported by the SDK's batch
+  processor and exporters in a child process (:mod:`gateway.spans` says why). Tracing
   is **off unless asked for**: with no ``OTEL_TRACES_EXPORTER`` and no OTLP
   endpoint variable it returns ``None``, no provider is installed, and every
   span the gateway starts is the API's no-op span.
@@ -49,16 +50,19 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway import logs
 from gateway.config import ConfigError
+from gateway.spans import SpanRecorder
 
 __all__ = [
     "TRACER_NAME",
     "TracingInterceptor",
+    "exporter_kind",
     "exporter_names",
+    "make_exporter",
     "metric_exporter_names",
     "setup_metrics",
     "setup_tracing",
@@ -100,26 +104,28 @@ def _wanted(signal: str) -> list[str]:
     return [n for n in names if n and n != "none"]
 
 
-def setup_tracing(
-    service_name: str = "govgate", *, set_global: bool = True
-) -> TracerProvider | None:
+def setup_tracing(service_name: str = "govgate", *, set_global: bool = True) -> SpanRecorder | None:
     """A tracer provider exporting as ``OTEL_*`` says, or ``None`` when tracing is off.
 
-    ``set_global`` installs it as OpenTelemetry's global provider (once per process), which
-    is what the gateway's default tracers use. Call ``shutdown()`` on it when stopping: it
-    flushes the spans still queued. Raises :class:`~gateway.config.ConfigError` for an
-    exporter or protocol this build cannot provide, naming the variable.
+    The provider is a :class:`~gateway.spans.SpanRecorder`: spans are recorded in this
+    process and exported, by the SDK's batch processor and exporters, from a child process
+    it starts. ``set_global`` installs it as OpenTelemetry's global provider (once per
+    process), which is what the gateway's default tracers use. Call ``shutdown()`` on it
+    when stopping: it exports the spans still queued and stops the child. Raises
+    :class:`~gateway.config.ConfigError` for an exporter or protocol this build cannot
+    provide, naming the variable, or when the exporter process cannot start.
     """
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    exporters = [_exporter(name) for name in exporter_names()]
-    if not exporters:
+    kinds = [exporter_kind(name) for name in exporter_names()]
+    if not kinds:
         return None
     # Sampler (OTEL_TRACES_SAMPLER), limits (OTEL_SPAN_*) and batching (OTEL_BSP_*) are read
-    # by the SDK itself.
-    provider = TracerProvider(resource=_resource(service_name))
-    for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    # by the SDK's own code, in this process and in the exporter's.
+    try:
+        provider = SpanRecorder(kinds, _resource(service_name), log_format=logs.current_format())
+    except RuntimeError as err:
+        raise ConfigError(str(err)) from None
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
@@ -190,22 +196,35 @@ def _metric_exporter() -> MetricExporter:
     return HttpMetricExporter()
 
 
-def _exporter(name: str) -> SpanExporter:
+def exporter_kind(name: str) -> str:
+    """What exporter ``name`` (from ``OTEL_TRACES_EXPORTER``) means here: ``console``,
+    ``otlp-grpc`` or ``otlp-http`` (by the OTLP protocol variables); :class:`ConfigError`
+    naming the variable for anything else."""
     if name == "console":
+        return "console"
+    if name != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not one of otlp, console, none")
+    return "otlp-grpc" if _protocol("TRACES") == "grpc" else "otlp-http"
+
+
+def make_exporter(kind: str) -> SpanExporter:
+    """The SDK's span exporter of ``kind`` (from :func:`exporter_kind`), configured by its
+    own ``OTEL_EXPORTER_*`` variables."""
+    if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
-    if name != "otlp":
-        raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not one of otlp, console, none")
-    if _protocol("TRACES") == "grpc":
+    if kind == "otlp-grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
-    )
+    if kind == "otlp-http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
 
-    return HttpSpanExporter()
+        return HttpSpanExporter()
+    raise ValueError(f"no span exporter {kind!r}")
 
 
 def _resource(service_name: str) -> Resource:

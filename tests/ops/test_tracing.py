@@ -1,8 +1,10 @@
 """Tracing end to end: a real OTLP receiver in process, the gateway over mTLS on loopback.
 
-The spans travel the way they do in production: the SDK's batch processor hands them
-to the OTLP exporter, which sends them over gRPC (or HTTP) to a collector; here the
-collector is an in-process ``TraceService`` that keeps every export request. Nothing
+The spans travel the way they do in production: the gateway's span recorder hands them
+to its exporter process, where the SDK's batch processor passes them to the OTLP
+exporter, which sends them over gRPC (or HTTP) to a collector; here the collector is an
+in-process ``TraceService`` that keeps every export request. The gateway's tests run
+with the SDK's own provider as well. Nothing
 depends on OpenTelemetry's global provider: each test passes its own.
 """
 
@@ -49,6 +51,7 @@ from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.samples import NODE
 from gateway.server import ServerOptions, TlsFiles, start_server
+from gateway.spans import SpanRecorder
 from gateway.telemetry import TRACER_NAME, TracingInterceptor, exporter_names, setup_tracing
 from ledger import DataDir, LedgerConfig, Record
 from ledger.store import RecordQuery
@@ -66,6 +69,8 @@ SERVER = trace_pb2.Span.SPAN_KIND_SERVER
 INTERNAL = trace_pb2.Span.SPAN_KIND_INTERNAL
 STATUS_UNSET = trace_pb2.Status.STATUS_CODE_UNSET
 STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
+
+Provider = SpanRecorder | TracerProvider
 
 
 # -- an OTLP receiver -----------------------------------------------------------------------
@@ -147,14 +152,29 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
     server.stop(None).wait()
 
 
-@pytest.fixture
-def provider(receiver: tuple[Receiver, int]) -> Iterator[TracerProvider]:
-    """A provider exporting over OTLP/gRPC to the receiver, as ``govgate serve`` does."""
-    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver[1]}", insecure=True)
-    p = TracerProvider(
-        sampler=ParentBased(ALWAYS_ON), resource=Resource({"service.name": "govgate-test"})
-    )
-    p.add_span_processor(BatchSpanProcessor(exporter))
+@pytest.fixture(params=["recorder", "sdk"])
+def provider(
+    request: pytest.FixtureRequest, receiver: tuple[Receiver, int], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Provider]:
+    """A provider exporting over OTLP/gRPC to the receiver: ``recorder`` is what ``govgate
+    serve`` makes (spans exported from a child process, configured by ``OTEL_*``),
+    ``sdk`` the SDK's own provider, which the gateway's code works with as well."""
+    p: SpanRecorder | TracerProvider
+    if request.param == "recorder":
+        for name in list(os.environ):
+            if name.startswith("OTEL_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver[1]}")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "govgate-test")
+        recorder = setup_tracing(set_global=False)
+        assert isinstance(recorder, SpanRecorder)
+        p = recorder
+    else:
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver[1]}", insecure=True)
+        p = TracerProvider(
+            sampler=ParentBased(ALWAYS_ON), resource=Resource({"service.name": "govgate-test"})
+        )
+        p.add_span_processor(BatchSpanProcessor(exporter))
     yield p
     p.shutdown()
 
@@ -231,7 +251,7 @@ def propose(request_id: str, runtime: str = "libvirt", **params: str) -> Any:
     )
 
 
-async def flushed(provider: TracerProvider, receiver: Receiver, trace_id: str) -> list[Span]:
+async def flushed(provider: Provider, receiver: Receiver, trace_id: str) -> list[Span]:
     """The spans of ``trace_id`` once the batch processor has exported everything."""
     assert await asyncio.to_thread(provider.force_flush, 10_000)
     return receiver.spans(trace_id)
@@ -251,7 +271,7 @@ def children(spans: list[Span], parent: Span) -> list[Span]:
 
 
 async def test_a_proposal_continues_the_engines_trace_down_to_its_records(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     async with traced(tmp_path, provider) as t:
         d = await t.decisions().Propose(propose("r-1", vcpus="4"), metadata=TRACEPARENT,
@@ -318,7 +338,7 @@ async def test_a_proposal_continues_the_engines_trace_down_to_its_records(
 
 
 async def test_a_refusal_gives_the_server_span_the_status_the_caller_gets(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     async with traced(tmp_path, provider) as t:
         # Refused by the pipeline: no request id.
@@ -350,7 +370,7 @@ async def test_a_refusal_gives_the_server_span_the_status_the_caller_gets(
 
 
 async def test_a_ledger_that_cannot_record_is_the_servers_error(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     async with traced(tmp_path, provider) as t:
         await t.gw.ledger.close()
@@ -369,7 +389,7 @@ async def test_a_ledger_that_cannot_record_is_the_servers_error(
 
 
 async def test_a_stream_is_one_server_span_with_a_decision_span_per_message(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     async with traced(tmp_path, provider) as t:
         requests = [propose(f"r-{i}", vcpus=str(2 + i)) for i in range(3)]
@@ -395,7 +415,7 @@ async def test_a_stream_is_one_server_span_with_a_decision_span_per_message(
 
 
 async def test_without_a_traceparent_the_gateway_starts_the_trace(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     async with traced(tmp_path, provider) as t:
         d = await t.decisions().Propose(propose("r-1", vcpus="4"), timeout=10)
@@ -409,7 +429,7 @@ async def test_without_a_traceparent_the_gateway_starts_the_trace(
 
 
 async def test_an_approval_in_its_own_trace_leads_back_to_the_proposal(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     async with traced(tmp_path, provider) as t:
         await t.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
@@ -442,7 +462,7 @@ async def test_an_approval_in_its_own_trace_leads_back_to_the_proposal(
 
 
 async def test_a_trace_the_engine_did_not_sample_exports_nothing_but_is_recorded(
-    tmp_path: Path, provider: TracerProvider, receiver: tuple[Receiver, int]
+    tmp_path: Path, provider: Provider, receiver: tuple[Receiver, int]
 ):
     unsampled = (("traceparent", f"00-{TRACE}-{PARENT}-00"),)  # flags 00: not sampled
     async with traced(tmp_path, provider) as t:
@@ -530,7 +550,7 @@ def test_an_exporter_this_build_lacks_is_refused_by_name(
         setup_tracing(set_global=False)
 
 
-def _export_one(provider: TracerProvider | None) -> None:
+def _export_one(provider: SpanRecorder | None) -> None:
     assert provider is not None
     with provider.get_tracer("test").start_as_current_span("hello"):
         pass
@@ -590,7 +610,7 @@ def test_otlp_http_export_from_the_environment(env: pytest.MonkeyPatch):
 
 async def test_a_stream_the_caller_cancels_ends_its_span_cancelled(
     tmp_path: Path,
-    provider: TracerProvider,
+    provider: Provider,
     receiver: tuple[Receiver, int],
     caplog: pytest.LogCaptureFixture,
 ):

@@ -1,0 +1,388 @@
+"""The span exporter process of :class:`gateway.spans.SpanRecorder`.
+
+``python -m gateway.span_exporter`` reads frames from standard input, each a 4-byte
+little-endian length and a :mod:`marshal` tuple, and answers requests on standard output
+the same way, as ``(seq, ok, message)``:
+
+* ``("start", settings, seq)`` first: the exporter kinds, the resource's attributes and
+  schema URL, and the log format. The answer says whether the exporters could be made;
+* ``("spans", [span, ...])``: ended spans, as :meth:`RecordedSpan.end
+  <gateway.spans.RecordedSpan.end>` queues them; no answer;
+* ``("flush", timeout_millis, seq)``: export everything received so far;
+* ``("shutdown", timeout_millis, seq)``: the same, then stop the exporters and exit.
+
+End of input (the gateway has gone) shuts the exporters down too. SIGINT and SIGTERM are
+ignored: the gateway decides when its spans have been flushed.
+
+Two ways out, both applying the SDK's span limits (``OTEL_SPAN_*``, ``OTEL_ATTRIBUTE_*``;
+like the SDK, a span over a limit keeps its latest attributes, events and links and
+counts the rest as dropped):
+
+* **OTLP/gRPC** (the default protocol): each frame is encoded straight into one OTLP
+  ``ExportTraceServiceRequest`` (a quarter of the CPU time of the SDK's encoder, which
+  first needs a ``ReadableSpan`` per span) and sent by the SDK's own gRPC exporter, so
+  that its endpoint, headers, TLS, compression, timeout and retries are configured by
+  the usual ``OTEL_EXPORTER_OTLP_*`` variables. A thread sends the requests in order;
+  the spans waiting are bounded by ``OTEL_BSP_MAX_QUEUE_SIZE``.
+* **OTLP/HTTP and console**: each span is rebuilt as the SDK's ``ReadableSpan`` and
+  handed to the SDK's ``BatchSpanProcessor`` and exporter.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import marshal
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+
+from gateway import logs
+from gateway.spans import HEADER
+
+LOG = logging.getLogger(__name__)
+
+# OTLP's span flags: whether the parent is remote is known, and whether it is.
+_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+
+
+class _Way(Protocol):
+    def take(self, spans: list[tuple[Any, ...]]) -> None: ...
+    def flush(self, timeout_millis: int) -> bool: ...
+    def shutdown(self, timeout_millis: int) -> None: ...
+
+
+# -- OTLP/gRPC: requests encoded here --------------------------------------------------------
+
+
+class _RequestExporter(OTLPSpanExporter):
+    """The SDK's OTLP/gRPC span exporter, given requests already encoded."""
+
+    def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
+        request: ExportTraceServiceRequest = data
+        return request
+
+    def _count_data(self, data: Any) -> int:
+        return sum(len(s.spans) for r in data.resource_spans for s in r.scope_spans)
+
+
+def _last(items: Sequence[Any], limit: int | None) -> tuple[Sequence[Any], int]:
+    """The latest ``limit`` of ``items`` and how many were dropped, as the SDK keeps them."""
+    if limit is None or len(items) <= limit:
+        return items, 0
+    return items[len(items) - limit :], len(items) - limit
+
+
+def _value(out: AnyValue, value: Any, max_len: int | None) -> None:
+    kind = type(value)
+    if kind is str:
+        out.string_value = value if max_len is None else value[:max_len]
+    elif kind is bool:
+        out.bool_value = value
+    elif kind is int:
+        try:
+            out.int_value = value
+        except ValueError:  # beyond 64 bits
+            out.string_value = str(value)
+    elif kind is float:
+        out.double_value = value
+    elif kind is bytes:
+        out.bytes_value = value
+    elif kind is list or kind is tuple:
+        values = out.array_value.values
+        for v in value:
+            _value(values.add(), v, max_len)
+    elif value is not None:
+        out.string_value = str(value)
+
+
+def _attributes(out: Any, attributes: Mapping[str, Any], limit: int | None,
+                max_len: int | None) -> int:  # fmt: skip
+    """Put ``attributes`` in the repeated ``KeyValue`` field ``out``; the count dropped."""
+    items, dropped = _last(list(attributes.items()), limit)
+    add = out.add
+    for key, value in items:
+        kv: KeyValue = add()
+        kv.key = key
+        _value(kv.value, value, max_len)
+    return dropped
+
+
+def encode(spans: list[tuple[Any, ...]], resource: Resource,
+           limits: SpanLimits) -> ExportTraceServiceRequest:  # fmt: skip
+    """One OTLP request for ``spans`` (queued by :meth:`RecordedSpan.end
+    <gateway.spans.RecordedSpan.end>`), as the SDK's encoder would make it."""
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    _attributes(rs.resource.attributes, resource.attributes, None, None)
+    if resource.schema_url:
+        rs.schema_url = resource.schema_url
+    scopes: dict[tuple[str, str, str], Any] = {}
+    max_len, event_len = limits.max_span_attribute_length, limits.max_attribute_length
+    for (name, trace_id, span_id, parent_id, parent_remote, _flags, state, kind, start, end,
+         attributes, events, links, code, description, scope) in spans:  # fmt: skip
+        ss = scopes.get(scope)
+        if ss is None:
+            ss = scopes[scope] = rs.scope_spans.add()
+            ss.scope.name = scope[0]
+            if scope[1]:
+                ss.scope.version = scope[1]
+            if scope[2]:
+                ss.schema_url = scope[2]
+        s = ss.spans.add()
+        s.trace_id = trace_id.to_bytes(16, "big")
+        s.span_id = span_id.to_bytes(8, "big")
+        if state:
+            s.trace_state = state
+        if parent_id:
+            s.parent_span_id = parent_id.to_bytes(8, "big")
+        s.flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
+        s.name = name
+        s.kind = kind + 1  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+        s.start_time_unix_nano = start
+        s.end_time_unix_nano = end
+        s.dropped_attributes_count = _attributes(
+            s.attributes, attributes, limits.max_span_attributes, max_len
+        )
+        kept, s.dropped_events_count = _last(events, limits.max_events)
+        for event_name, at, event_attributes in kept:
+            e = s.events.add()
+            e.name = event_name
+            e.time_unix_nano = at
+            e.dropped_attributes_count = _attributes(
+                e.attributes, event_attributes, limits.max_event_attributes, event_len
+            )
+        kept, s.dropped_links_count = _last(links, limits.max_links)
+        for link_trace, link_span, _, link_state, remote, link_attributes in kept:
+            link = s.links.add()
+            link.trace_id = link_trace.to_bytes(16, "big")
+            link.span_id = link_span.to_bytes(8, "big")
+            if link_state:
+                link.trace_state = link_state
+            link.flags = _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)
+            link.dropped_attributes_count = _attributes(
+                link.attributes, link_attributes, limits.max_link_attributes, event_len
+            )
+        if code:
+            s.status.code = code
+            if description:
+                s.status.message = description
+    return request
+
+
+class _Requests:
+    """Requests sent one at a time, in order, by a thread; at most ``max_spans`` waiting."""
+
+    def __init__(self, exporter: OTLPSpanExporter, resource: Resource, limits: SpanLimits,
+                 max_spans: int) -> None:  # fmt: skip
+        self._exporter = exporter
+        self._resource = resource
+        self._limits = limits
+        self._max = max_spans
+        self._waiting: collections.deque[tuple[ExportTraceServiceRequest, int] | None] = (
+            collections.deque()
+        )
+        self._held = 0  # spans queued or being sent
+        self._dropped = 0
+        self._warned = 0.0
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="otlp-grpc", daemon=True)
+        self._thread.start()
+
+    def take(self, spans: list[tuple[Any, ...]]) -> None:
+        with self._changed:
+            if self._held + len(spans) > self._max:
+                self._dropped += len(spans)
+                if time.monotonic() - self._warned > 10:  # at most one warning in 10 s
+                    LOG.warning("%d spans dropped so far: the OTLP exporter is behind",
+                                self._dropped)  # fmt: skip
+                    self._warned = time.monotonic()
+                return
+            self._held += len(spans)
+        request = encode(spans, self._resource, self._limits)
+        with self._changed:
+            self._waiting.append((request, len(spans)))
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting:
+                    self._changed.wait()
+                item = self._waiting.popleft()
+            if item is None:
+                return
+            request, count = item
+            try:
+                self._exporter.export(request)  # logs its own failures, after its retries
+            except Exception:
+                LOG.exception("OTLP export failed")
+            with self._changed:
+                self._held -= count
+                self._changed.notify_all()
+
+    def flush(self, timeout_millis: int) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._changed:
+            while self._held:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def shutdown(self, timeout_millis: int) -> None:
+        self.flush(timeout_millis)
+        with self._changed:
+            self._waiting.append(None)
+            self._changed.notify_all()
+        self._thread.join(timeout_millis / 1000)
+        self._exporter.shutdown()
+
+
+# -- other exporters: the SDK's spans and batch processor ----------------------------------
+
+
+class _Spans:
+    """Each span rebuilt as the SDK's ``ReadableSpan``, for its batch processor."""
+
+    def __init__(self, processor: BatchSpanProcessor, resource: Resource,
+                 limits: SpanLimits) -> None:  # fmt: skip
+        self._processor = processor
+        self._resource = resource
+        self._limits = limits
+        self._scopes: dict[tuple[str, str, str], InstrumentationScope] = {}
+        self._states: dict[str, TraceState] = {"": TraceState()}
+
+    def _state(self, header: str) -> TraceState:
+        found = self._states.get(header)
+        if found is None:
+            found = self._states[header] = TraceState.from_header([header])
+        return found
+
+    def _bounded(self, limit: int | None, values: dict[str, Any], max_len: int | None) -> Any:
+        return BoundedAttributes(limit, values, immutable=True, max_value_len=max_len)
+
+    def take(self, spans: list[tuple[Any, ...]]) -> None:
+        limits = self._limits
+        for (name, trace_id, span_id, parent_id, parent_remote, flags, header, kind, start,
+             end, attributes, events, links, code, description, scope) in spans:  # fmt: skip
+            ts = self._state(header)
+            context = SpanContext(trace_id, span_id, False, TraceFlags(flags), ts)
+            parent = None
+            if parent_id:
+                parent = SpanContext(trace_id, parent_id, parent_remote, TraceFlags(flags), ts)
+            if scope not in self._scopes:
+                self._scopes[scope] = InstrumentationScope(scope[0], scope[1] or None,
+                                                           scope[2] or None)  # fmt: skip
+            span_len, other_len = limits.max_span_attribute_length, limits.max_attribute_length
+            self._processor.on_end(ReadableSpan(
+                name=name, context=context, parent=parent, resource=self._resource,
+                attributes=self._bounded(limits.max_span_attributes, attributes, span_len),
+                events=[Event(n, self._bounded(limits.max_event_attributes, a, other_len), t)
+                        for n, t, a in _last(events, limits.max_events)[0]],
+                links=[Link(SpanContext(t, s, r, TraceFlags(f), self._state(h)),
+                            self._bounded(limits.max_link_attributes, a, other_len))
+                       for t, s, f, h, r, a in _last(links, limits.max_links)[0]],
+                kind=SpanKind(kind), status=Status(StatusCode(code), description),
+                start_time=start, end_time=end, instrumentation_scope=self._scopes[scope],
+            ))  # fmt: skip
+
+    def flush(self, timeout_millis: int) -> bool:
+        return self._processor.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: int) -> None:
+        self._processor.shutdown()  # type: ignore[no-untyped-call]
+
+
+# -- the loop -----------------------------------------------------------------------------
+
+
+def _ways(kinds: list[str], resource: Resource, limits: SpanLimits) -> list[_Way]:
+    from gateway.spans import env_int
+    from gateway.telemetry import make_exporter  # imports gateway.spans, which names this
+
+    ways: list[_Way] = []
+    for kind in kinds:
+        if kind == "otlp-grpc":
+            max_spans = env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+            ways.append(_Requests(_RequestExporter(), resource, limits, max_spans))
+        else:
+            ways.append(_Spans(BatchSpanProcessor(make_exporter(kind)), resource, limits))
+    return ways
+
+
+def main() -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+
+    def read() -> Any:
+        header = source.read(HEADER)
+        if len(header) < HEADER:
+            return None
+        body = source.read(int.from_bytes(header, "little"))
+        return marshal.loads(body)  # noqa: S302 - our own child's pipe
+
+    def reply(seq: int, ok: bool, text: str = "") -> None:
+        frame = marshal.dumps((seq, ok, text))
+        sink.write(len(frame).to_bytes(HEADER, "little") + frame)
+        sink.flush()
+
+    first = read()
+    if first is None:
+        return 1
+    _, hello, seq = first
+    logs.configure(hello["log_format"])
+    resource = Resource(hello["resource"], hello["schema_url"])
+    try:
+        ways = _ways(hello["exporters"], resource, SpanLimits())
+    except Exception as err:  # the exporter's own complaint, for the gateway to report
+        reply(seq, False, f"span exporter: {err}")
+        return 1
+    reply(seq, True)
+    timeout_millis = 30_000
+    while True:
+        message = read()
+        if message is None:  # the gateway has gone: export what is held, then stop
+            break
+        if message[0] == "spans":
+            for way in ways:
+                way.take(message[1])
+        elif message[0] == "flush":
+            _, timeout_millis, seq = message
+            reply(seq, all([way.flush(timeout_millis) for way in ways]))  # noqa: C419 - each
+        elif message[0] == "shutdown":
+            _, timeout_millis, seq = message
+            for way in ways:
+                way.shutdown(timeout_millis)
+            reply(seq, True)
+            return 0
+    for way in ways:
+        way.shutdown(timeout_millis)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
