@@ -1,8 +1,9 @@
 """The span exporter process of :class:`gateway.spans.SpanRecorder`.
 
-``python -m gateway.span_exporter`` reads frames from standard input, each a 4-byte
-little-endian length and a :mod:`marshal` tuple, and answers requests on standard output
-the same way, as ``(seq, ok, message)``:
+``python -m gateway.span_exporter FD`` reads frames from standard input, each a 4-byte
+little-endian length and a :mod:`marshal` tuple, and answers requests on the pipe whose
+write end is file descriptor ``FD``, the same way, as ``(seq, ok, message)``. Standard
+output and error are the gateway's (the console exporter writes to the first):
 
 * ``("start", settings, seq)`` first: the exporter kinds, the resource's attributes and
   schema URL, and the log format. The answer says whether the exporters could be made;
@@ -336,7 +337,8 @@ def _ways(kinds: list[str], resource: Resource, limits: SpanLimits) -> list[_Way
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    source = sys.stdin.buffer
+    sink = open(int(sys.argv[1]), "wb", buffering=0)  # noqa: SIM115 - open until exit
 
     def read() -> Any:
         header = source.read(HEADER)
@@ -348,7 +350,6 @@ def main() -> int:
     def reply(seq: int, ok: bool, text: str = "") -> None:
         frame = marshal.dumps((seq, ok, text))
         sink.write(len(frame).to_bytes(HEADER, "little") + frame)
-        sink.flush()
 
     first = read()
     if first is None:

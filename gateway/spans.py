@@ -376,13 +376,21 @@ class SpanRecorder(trace.TracerProvider):
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (root, os.environ.get("PYTHONPATH", "")) if p))  # fmt: skip
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.span_exporter"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
-        )  # fmt: skip
+        # Replies come on a pipe of their own: the child's standard output and error are the
+        # gateway's, for the console exporter and for the exporters' warnings.
+        replies, reply_end = os.pipe()
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 - our own module, by this interpreter
+                [sys.executable, "-m", "gateway.span_exporter", str(reply_end)],
+                stdin=subprocess.PIPE, env=env, bufsize=0, pass_fds=(reply_end,),
+            )  # fmt: skip
+        except BaseException:
+            os.close(replies)
+            raise
+        finally:
+            os.close(reply_end)
         assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        self._out, self._in = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        self._out, self._in = self._proc.stdin.fileno(), replies
         os.set_blocking(self._out, False)
         os.set_blocking(self._in, False)
         hello = {"exporters": list(exporters), "resource": dict(resource.attributes),
@@ -534,7 +542,6 @@ class SpanRecorder(trace.TracerProvider):
 
     def _stop_process(self, timeout: float) -> None:
         assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
         with contextlib.suppress(OSError):
             self._proc.stdin.close()
         try:
@@ -542,7 +549,8 @@ class SpanRecorder(trace.TracerProvider):
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        self._proc.stdout.close()
+        with contextlib.suppress(OSError):
+            os.close(self._in)
         self._dead = True
 
 
