@@ -48,6 +48,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -60,7 +61,7 @@ from opentelemetry.trace import (
 )
 
 from gateway import logs
-from gateway.spans import HEADER
+from gateway.spans import HEADER, Scope
 
 LOG = logging.getLogger(__name__)
 
@@ -98,7 +99,11 @@ def _last(items: Sequence[Any], limit: int | None) -> tuple[Sequence[Any], int]:
 def _value(out: AnyValue, value: Any, max_len: int | None) -> None:
     kind = type(value)
     if kind is str:
-        out.string_value = value if max_len is None else value[:max_len]
+        text = value if max_len is None else value[:max_len]
+        try:
+            out.string_value = text
+        except (UnicodeEncodeError, ValueError):  # not UTF-8: lone surrogates (os.fsdecode)
+            out.string_value = text.encode("utf-8", "replace").decode()
     elif kind is bool:
         out.bool_value = value
     elif kind is int:
@@ -139,10 +144,9 @@ def encode(spans: list[tuple[Any, ...]], resource: Resource,
     _attributes(rs.resource.attributes, resource.attributes, None, None)
     if resource.schema_url:
         rs.schema_url = resource.schema_url
-    scopes: dict[tuple[str, str, str], Any] = {}
-    max_len, event_len = limits.max_span_attribute_length, limits.max_attribute_length
-    for (name, trace_id, span_id, parent_id, parent_remote, _flags, state, kind, start, end,
-         attributes, events, links, code, description, scope) in spans:  # fmt: skip
+    scopes: dict[Scope, Any] = {}
+    for item in spans:
+        scope = item[-1]
         ss = scopes.get(scope)
         if ss is None:
             ss = scopes[scope] = rs.scope_spans.add()
@@ -151,45 +155,69 @@ def encode(spans: list[tuple[Any, ...]], resource: Resource,
                 ss.scope.version = scope[1]
             if scope[2]:
                 ss.schema_url = scope[2]
-        s = ss.spans.add()
-        s.trace_id = trace_id.to_bytes(16, "big")
-        s.span_id = span_id.to_bytes(8, "big")
-        if state:
-            s.trace_state = state
-        if parent_id:
-            s.parent_span_id = parent_id.to_bytes(8, "big")
-        s.flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
-        s.name = name
-        s.kind = kind + 1  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
-        s.start_time_unix_nano = start
-        s.end_time_unix_nano = end
-        s.dropped_attributes_count = _attributes(
-            s.attributes, attributes, limits.max_span_attributes, max_len
-        )
-        kept, s.dropped_events_count = _last(events, limits.max_events)
-        for event_name, at, event_attributes in kept:
-            e = s.events.add()
-            e.name = event_name
-            e.time_unix_nano = at
-            e.dropped_attributes_count = _attributes(
-                e.attributes, event_attributes, limits.max_event_attributes, event_len
-            )
-        kept, s.dropped_links_count = _last(links, limits.max_links)
-        for link_trace, link_span, _, link_state, remote, link_attributes in kept:
-            link = s.links.add()
-            link.trace_id = link_trace.to_bytes(16, "big")
-            link.span_id = link_span.to_bytes(8, "big")
-            if link_state:
-                link.trace_state = link_state
-            link.flags = _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)
-            link.dropped_attributes_count = _attributes(
-                link.attributes, link_attributes, limits.max_link_attributes, event_len
-            )
-        if code:
-            s.status.code = code
-            if description:
-                s.status.message = description
+            _attributes(ss.scope.attributes, dict(scope[3]), None, None)
+        try:
+            _span(ss.spans.add(), item, limits)
+        except Exception as err:  # a span this encoder cannot write costs only itself
+            del ss.spans[-1]
+            _dropped(f"a span could not be encoded ({type(err).__name__}: {err})")
     return request
+
+
+def _span(s: Any, item: tuple[Any, ...], limits: SpanLimits) -> None:
+    (name, trace_id, span_id, parent_id, parent_remote, _flags, state, kind, start, end,
+     attributes, events, links, code, description, _scope) = item  # fmt: skip
+    max_len, event_len = limits.max_span_attribute_length, limits.max_attribute_length
+    s.trace_id = trace_id.to_bytes(16, "big")
+    s.span_id = span_id.to_bytes(8, "big")
+    if state:
+        s.trace_state = state
+    if parent_id:
+        s.parent_span_id = parent_id.to_bytes(8, "big")
+    s.flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
+    s.name = name
+    s.kind = kind + 1  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+    s.start_time_unix_nano = start
+    s.end_time_unix_nano = end
+    s.dropped_attributes_count = _attributes(
+        s.attributes, attributes, limits.max_span_attributes, max_len
+    )
+    kept, s.dropped_events_count = _last(events, limits.max_events)
+    for event_name, at, event_attributes in kept:
+        e = s.events.add()
+        e.name = event_name
+        e.time_unix_nano = at
+        e.dropped_attributes_count = _attributes(
+            e.attributes, event_attributes, limits.max_event_attributes, event_len
+        )
+    kept, s.dropped_links_count = _last(links, limits.max_links)
+    for link_trace, link_span, _, link_state, remote, link_attributes in kept:
+        link = s.links.add()
+        link.trace_id = link_trace.to_bytes(16, "big")
+        link.span_id = link_span.to_bytes(8, "big")
+        if link_state:
+            link.trace_state = link_state
+        link.flags = _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)
+        link.dropped_attributes_count = _attributes(
+            link.attributes, link_attributes, limits.max_link_attributes, event_len
+        )
+    if code:
+        s.status.code = code
+        if description:
+            s.status.message = description
+
+
+_warned_at = 0.0
+_lost = 0
+
+
+def _dropped(why: str, count: int = 1) -> None:
+    """Count spans lost here and say so, at most once in 10 seconds."""
+    global _warned_at, _lost
+    _lost += count
+    if time.monotonic() - _warned_at > 10:
+        LOG.warning("%d spans dropped so far; the latest because %s", _lost, why)
+        _warned_at = time.monotonic()
 
 
 class _Requests:
@@ -205,8 +233,6 @@ class _Requests:
             collections.deque()
         )
         self._held = 0  # spans queued or being sent
-        self._dropped = 0
-        self._warned = 0.0
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="otlp-grpc", daemon=True)
         self._thread.start()
@@ -214,11 +240,7 @@ class _Requests:
     def take(self, spans: list[tuple[Any, ...]]) -> None:
         with self._changed:
             if self._held + len(spans) > self._max:
-                self._dropped += len(spans)
-                if time.monotonic() - self._warned > 10:  # at most one warning in 10 s
-                    LOG.warning("%d spans dropped so far: the OTLP exporter is behind",
-                                self._dropped)  # fmt: skip
-                    self._warned = time.monotonic()
+                _dropped("the OTLP exporter is behind", len(spans))
                 return
             self._held += len(spans)
         request = encode(spans, self._resource, self._limits)
@@ -273,7 +295,7 @@ class _Spans:
         self._processor = processor
         self._resource = resource
         self._limits = limits
-        self._scopes: dict[tuple[str, str, str], InstrumentationScope] = {}
+        self._scopes: dict[Scope, InstrumentationScope] = {}
         self._states: dict[str, TraceState] = {"": TraceState()}
 
     def _state(self, header: str) -> TraceState:
@@ -295,17 +317,20 @@ class _Spans:
             if parent_id:
                 parent = SpanContext(trace_id, parent_id, parent_remote, TraceFlags(flags), ts)
             if scope not in self._scopes:
-                self._scopes[scope] = InstrumentationScope(scope[0], scope[1] or None,
-                                                           scope[2] or None)  # fmt: skip
+                self._scopes[scope] = InstrumentationScope(
+                    scope[0], scope[1] or None, scope[2] or None, dict(scope[3]) or None
+                )
             span_len, other_len = limits.max_span_attribute_length, limits.max_attribute_length
             self._processor.on_end(ReadableSpan(
                 name=name, context=context, parent=parent, resource=self._resource,
                 attributes=self._bounded(limits.max_span_attributes, attributes, span_len),
-                events=[Event(n, self._bounded(limits.max_event_attributes, a, other_len), t)
-                        for n, t, a in _last(events, limits.max_events)[0]],
-                links=[Link(SpanContext(t, s, r, TraceFlags(f), self._state(h)),
-                            self._bounded(limits.max_link_attributes, a, other_len))
-                       for t, s, f, h, r, a in _last(links, limits.max_links)[0]],
+                events=BoundedList.from_seq(limits.max_events, [
+                    Event(n, self._bounded(limits.max_event_attributes, a, other_len), t)
+                    for n, t, a in events]),
+                links=BoundedList.from_seq(limits.max_links, [
+                    Link(SpanContext(t, s, r, TraceFlags(f), self._state(h)),
+                         self._bounded(limits.max_link_attributes, a, other_len))
+                    for t, s, f, h, r, a in links]),
                 kind=SpanKind(kind), status=Status(StatusCode(code), description),
                 start_time=start, end_time=end, instrumentation_scope=self._scopes[scope],
             ))  # fmt: skip
@@ -360,7 +385,7 @@ def main() -> int:
     try:
         ways = _ways(hello["exporters"], resource, SpanLimits())
     except Exception as err:  # the exporter's own complaint, for the gateway to report
-        reply(seq, False, f"span exporter: {err}")
+        reply(seq, False, f"span exporter (OTEL_EXPORTER_* settings): {err}")
         return 1
     reply(seq, True)
     timeout_millis = 30_000
@@ -370,7 +395,11 @@ def main() -> int:
             break
         if message[0] == "spans":
             for way in ways:
-                way.take(message[1])
+                try:
+                    way.take(message[1])
+                except Exception as err:  # never the end of export: the next batch may do
+                    _dropped(f"a batch could not be handled ({type(err).__name__}: {err})",
+                             len(message[1]))  # fmt: skip
         elif message[0] == "flush":
             _, timeout_millis, seq = message
             reply(seq, all([way.flush(timeout_millis) for way in ways]))  # noqa: C419 - each

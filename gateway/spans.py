@@ -84,6 +84,9 @@ _SEND_TIMEOUT_S = 10.0  # a pipe that stays full this long means the exporter is
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _INTERNAL = SpanKind.INTERNAL
 _OK = StatusCode.OK.value
+
+# A tracer's instrumentation scope: name, version, schema URL, attributes ("" for none).
+Scope = tuple[str, str, str, tuple[tuple[str, Any], ...]]
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
@@ -118,7 +121,7 @@ class RecordedSpan(trace.Span):
     def __init__(
         self,
         recorder: SpanRecorder,
-        scope: tuple[str, str, str],
+        scope: Scope,
         name: str,
         trace_id: int,
         parent: int,  # the parent's span id, 0 for a root
@@ -143,7 +146,7 @@ class RecordedSpan(trace.Span):
         self._kind = kind
         self._attributes = attributes
         self._links = links
-        self._start = start or time.time_ns()
+        self._start = time.time_ns() if start is None else start
         self._on_error = on_error
         self._end: int | None = None
         self._events: list[tuple[str, int, dict[str, Any]]] = []
@@ -160,19 +163,26 @@ class RecordedSpan(trace.Span):
     def is_recording(self) -> bool:
         return self._end is None
 
+    # As the SDK's: an attribute set again counts as the latest (span limits keep the last).
+
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         if self._end is None:
+            self._attributes.pop(key, None)
             self._attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, types.AttributeValue]) -> None:
         if self._end is None:
-            self._attributes.update(attributes)
+            mine = self._attributes
+            for key, value in attributes.items():
+                mine.pop(key, None)
+                mine[key] = value
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if self._end is None:
-            self._events.append((name, timestamp or time.time_ns(), dict(attributes or {})))
+            at = time.time_ns() if timestamp is None else timestamp
+            self._events.append((name, at, dict(attributes or {})))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._end is None and context.is_valid:
@@ -210,20 +220,21 @@ class RecordedSpan(trace.Span):
         event.update(attributes or {})
         self.add_event("exception", event, timestamp)
 
-    def failed(self, err: BaseException) -> None:
+    def failed(self, err: BaseException, *, escaped: bool) -> None:
         """What leaving the span's block with ``err`` does: as the API's ``use_span``, only
-        an ``Exception`` is an error (not a cancellation or ``GeneratorExit``)."""
+        an ``Exception`` is an error (not a cancellation or ``GeneratorExit``). ``escaped``
+        as the SDK sets it: true when the span itself was the block's context manager."""
         if isinstance(err, Exception) and self._end is None:
             record, status = self._on_error
             if record:
-                self.record_exception(err, escaped=True)
+                self.record_exception(err, escaped=escaped)
             if status:
                 self.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
 
     def end(self, end_time: int | None = None) -> None:
         if self._end is not None:
             return
-        self._end = end_time or time.time_ns()
+        self._end = time.time_ns() if end_time is None else end_time
         self._recorder._queue((
             self._name, self._trace_id, self._span_id, self._parent, self._remote, 1,
             self._header, self._kind, self._start, self._end, self._attributes, self._events,
@@ -234,7 +245,7 @@ class RecordedSpan(trace.Span):
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         if err is not None:
-            self.failed(err)
+            self.failed(err, escaped=True)
         self.end()
 
     def __repr__(self) -> str:
@@ -268,13 +279,13 @@ class _Current:
         otel_context.detach(self.token)
         span = self.span
         if err is not None and type(span) is RecordedSpan:
-            span.failed(err)
+            span.failed(err, escaped=False)
         if self.end_on_exit:
             span.end()
 
 
 class _Tracer(trace.Tracer):
-    def __init__(self, recorder: SpanRecorder, scope: tuple[str, str, str]) -> None:
+    def __init__(self, recorder: SpanRecorder, scope: Scope) -> None:
         self._recorder = recorder
         self._scope = scope
 
@@ -365,7 +376,7 @@ class SpanRecorder(trace.TracerProvider):
         self._max_queue = env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         self._batch = min(env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self._max_queue)
         self._spans: deque[tuple[Any, ...]] = deque()
-        self._tracers: dict[tuple[str, str, str], _Tracer] = {}
+        self._tracers: dict[Scope, _Tracer] = {}
         self._io = threading.Lock()  # one frame, or one request and its reply, at a time
         self._wake = threading.Event()
         self._closing = False
@@ -410,7 +421,8 @@ class SpanRecorder(trace.TracerProvider):
         schema_url: str | None = None,
         attributes: types.Attributes = None,
     ) -> trace.Tracer:
-        scope = (instrumenting_module_name, instrumenting_library_version or "", schema_url or "")
+        scope = (instrumenting_module_name, instrumenting_library_version or "",
+                 schema_url or "", _items(attributes))  # fmt: skip
         tracer = self._tracers.get(scope)
         if tracer is None:
             tracer = self._tracers.setdefault(scope, _Tracer(self, scope))
@@ -467,11 +479,12 @@ class SpanRecorder(trace.TracerProvider):
             spans = self._spans
             while spans and not self._dead:
                 batch = [spans.popleft() for _ in range(min(len(spans), self._batch))]
-                try:
-                    frame = marshal.dumps(("spans", batch))
-                except ValueError:  # an attribute value of a type OTLP has no place for
-                    frame = marshal.dumps(("spans", [_plain(item) for item in batch]))
-                self._send(frame, _SEND_TIMEOUT_S)
+                frame = _frame(batch)
+                if frame is None or not self._send(frame, _SEND_TIMEOUT_S):
+                    self.dropped += len(batch)
+            if self._dead and spans:  # what was queued when the exporter process stopped
+                self.dropped += len(spans)
+                spans.clear()
 
     # -- the pipe ----------------------------------------------------------------------------
 
@@ -554,9 +567,32 @@ class SpanRecorder(trace.TracerProvider):
         self._dead = True
 
 
+def _items(attributes: types.Attributes) -> tuple[tuple[str, Any], ...]:
+    """Attributes as a hashable tuple of pairs (a tracer's, for its scope)."""
+    return tuple((k, tuple(v) if isinstance(v, list | tuple) else v)
+                 for k, v in (attributes or {}).items())  # fmt: skip
+
+
+def _frame(batch: list[tuple[Any, ...]]) -> bytes | None:
+    """The ``spans`` frame for ``batch``; a value :mod:`marshal` cannot write is written as
+    :func:`_plain` makes it, and a batch that still cannot be written is ``None``."""
+    try:
+        return marshal.dumps(("spans", batch))
+    except ValueError:  # a value of a type OTLP has no place for
+        pass
+    try:
+        return marshal.dumps(("spans", [_plain(item) for item in batch]))
+    except (ValueError, TypeError) as err:
+        LOG.warning("%d spans could not be sent to the exporter process: %s", len(batch), err)
+        return None
+
+
 def _plain(item: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``item`` with every attribute value made of the exact types :mod:`marshal` writes:
-    a subclass (an enum) as its base type, anything else as its ``str``."""
+    """``item`` made of the exact types :mod:`marshal` writes: a subclass (an enum) as its
+    base type, anything else as its ``str``."""
+
+    def text(v: Any) -> str:
+        return str.__str__(v) if isinstance(v, str) else str(v)
 
     def scalar(v: Any) -> Any:
         if isinstance(v, bool):
@@ -567,14 +603,22 @@ def _plain(item: tuple[Any, ...]) -> tuple[Any, ...]:
             return float(v)
         if isinstance(v, bytes):
             return bytes(v)
-        return str.__str__(v) if isinstance(v, str) else str(v)
+        return text(v)
 
     def value(v: Any) -> Any:
         return [scalar(x) for x in v] if isinstance(v, list | tuple) else scalar(v)
 
-    def clean(attributes: dict[str, Any]) -> dict[str, Any]:
-        return {str(k): value(v) for k, v in attributes.items()}
+    def clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
+        return {text(k): value(v) for k, v in attributes.items()}
 
-    events = [(str(n), t, clean(a)) for n, t, a in item[11]]
-    links = [(*link[:5], clean(link[5])) for link in item[12]]
-    return (str(item[0]), *item[1:10], clean(item[10]), events, links, *item[13:])
+    (name, trace_id, span_id, parent, remote, flags, header, kind, start, end, attributes,
+     events, links, status, description, scope) = item  # fmt: skip
+    return (
+        text(name), trace_id, span_id, parent, bool(remote), int(flags), text(header),
+        int(kind), int(start), int(end), clean(attributes),
+        [(text(n), int(t), clean(a)) for n, t, a in events],
+        [(int(t), int(s), int(f), text(h), bool(r), clean(a)) for t, s, f, h, r, a in links],
+        int(status), None if description is None else text(description),
+        (text(scope[0]), text(scope[1]), text(scope[2]),
+         tuple((text(k), value(v)) for k, v in scope[3])),
+    )  # fmt: skip
