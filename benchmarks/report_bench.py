@@ -1,9 +1,11 @@
 """Compliance report benchmark: generation time and peak RSS for N decision records.
 
+
 Synthesises a ledger of ``--records`` decision records (realistic bodies: action,
-state, risk, 19 SHAP contributions, the bundled model's id, so drift is computed
-too) plus approvals, outcomes, halts and incidents, exports it once, then
-times ``build_report`` on the export in a child process and reads its peak RSS.
+state, risk, 19 SHAP contributions, the feature vector as the gateway records
+it, the bundled model's id, so drift is computed too) plus approvals, outcomes,
+halts and incidents, exports it once, then times ``build_report`` on the export
+in a child process and reads its peak RSS.
 
 Targets (issue 7): < 60 s and < 500 MB peak RSS for 1,000,000 decision records.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import subprocess
 import sys
@@ -25,10 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from explain.features import FEATURE_NAMES
+from adapters.action import Action, RuntimeState
+from explain.features import FEATURE_NAMES, Context, featurize
 from explain.registry import Registry
 from ledger import DataDir, Draft, LedgerConfig
 from ledger.export import export_ledger
+from ledger.record import parse_time
 
 TARGET_SECONDS = 60.0
 TARGET_MB = 500.0
@@ -76,11 +81,17 @@ def _decision(i: int, rng: random.Random, model_id: str) -> Draft:
         "risk": repr(risk),
         "base_value": "-0.5",
         "contributions": {n: repr(rng.uniform(-1, 1)) for n in FEATURE_NAMES},
+        "features": {},  # below: what the gateway records, the vector the model scored
         "model_id": model_id,
         "schema_version": "govgate.features/v1",
         "deadline": "2026-11-25T13:00:00.000000Z",
         "reason_required": True,
     }
+    action = Action.from_json(body["action"], "action")
+    state = RuntimeState.from_json(body["state"], "state")
+    vector = featurize(action, state, Context(now=parse_time(str(body["scored_at"]))))
+    body["features"] = {n: None if math.isnan(v) else repr(float(v))
+                        for n, v in zip(FEATURE_NAMES, vector, strict=True)}  # fmt: skip
     return Draft(
         "decision", body, actor="engine-1", target=f"libvirt/vm-{i % 500}", decision_id=f"d-{i}"
     )

@@ -34,16 +34,17 @@ import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from ledger.record import Record, format_time, parse_time
+from ledger.record import format_time, parse_time
 
 __all__ = [
     "ART73_DEADLINES",
     "RETENTION_MINIMUM_DAYS",
+    "Entry",
     "Evidence",
     "ModelCard",
     "Period",
@@ -56,7 +57,29 @@ GAP_SECONDS = 86_400.0  # a stretch without any record longer than this is repor
 MAX_LISTED = 1000  # events listed one by one per section; beyond, only counted
 # Seconds-to-approval histogram edges (upper bounds, exclusive); the last bin is open.
 APPROVAL_EDGES = (10.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
-_DRIFT_BATCH = 4096  # feature rows binned at a time
+_MAP = (dict, Mapping)  # a JSON object: dict first, the cheap check that nearly always hits
+_BATCH = 4096  # rows of numbers (contributions, feature vectors) converted at a time
+
+
+class Entry(Protocol):
+    """The payload fields of a record that evidence is drawn from: a :class:`ledger.Record`,
+    or the lighter view the report reads from an export it has verified."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def time(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def decision_id(self) -> str: ...
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+
 
 #: Art. 73 reporting deadlines, in days from awareness (Regulation (EU) 2024/1689).
 ART73_DEADLINES = {
@@ -156,7 +179,7 @@ def _plain(value: Any) -> Any:
     """TOML values as JSON-safe values; floats as decimal strings (reproducible bytes)."""
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, Mapping):
+    if isinstance(value, _MAP):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
@@ -182,6 +205,54 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+class _Batches:
+    """Rows of a body's number maps (SHAP contributions, feature vectors: decimal strings,
+    ``null`` for unknown), gathered by key order and converted to float64 matrices
+    :data:`_BATCH` rows at a time, far cheaper than one ``float()`` per value.
+
+    A value that is not a number becomes NaN, and its row is marked bad. (A JSON ``true``
+    in a batch converted in one go counts as 1; govgate never writes one.)
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, ...], list[list[Any]]] = {}
+
+    def add(self, values: Mapping[str, Any]) -> bool:
+        """Gather one map; True when a batch is full (time to :meth:`take`)."""
+        names = tuple(values)
+        rows = self._rows.get(names)
+        if rows is None:
+            rows = self._rows[names] = []
+        rows.append(list(values.values()))
+        return len(rows) >= _BATCH
+
+    def take(self) -> list[tuple[tuple[str, ...], npt.NDArray[np.float64], npt.NDArray[np.bool_]]]:
+        """Every batch gathered so far: (names, a matrix with a column per name, the rows
+        that held a value that is neither a number nor ``null``)."""
+        out = [(names, *_matrix(rows)) for names, rows in self._rows.items()]
+        self._rows.clear()
+        return out
+
+
+def _matrix(rows: list[list[Any]]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    table = np.array(rows, dtype=object)
+    table[np.equal(table, None)] = np.nan  # type: ignore[call-overload]
+    try:
+        return table.astype(np.float64), np.zeros(len(rows), dtype=bool)
+    except (TypeError, ValueError):  # a value that is not a number: one at a time
+        pass
+    x = np.empty((len(rows), len(rows[0])), dtype=np.float64)
+    bad = np.zeros(len(rows), dtype=bool)
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            number = math.nan if value is None else _num(value)
+            if number is None:
+                bad[i] = not (isinstance(value, float) and math.isnan(value))
+                number = math.nan
+            x[i, j] = number
+    return x, bad
 
 
 def _r(x: float, places: int = 6) -> float:
@@ -212,6 +283,12 @@ class _Stats:
         self.low = min(self.low, x)
         self.high = max(self.high, x)
 
+    def merge(self, other: _Stats) -> None:
+        self.n += other.n
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+
     def to_json(self) -> dict[str, Any]:
         if not self.n:
             return {"count": 0, "mean": None, "min": None, "max": None}
@@ -233,12 +310,35 @@ class _Listed:
         if len(self.items) < MAX_LISTED:
             self.items.append(item)
 
+    def merge(self, later: _Listed) -> None:
+        self.total += later.total
+        self.items.extend(later.items[: MAX_LISTED - len(self.items)])
+
     def to_json(self) -> dict[str, Any]:
         return {"count": self.total, "items": self.items, "truncated": self.total > len(self.items)}
 
 
+# What Evidence.merge adds up, field by field.
+_SUMMED = ("records", "in_period", "unreadable", "checkpoints_in_period", "decisions",
+           "without_request_id", "dry_runs", "fallbacks", "explained", "shap_rows",
+           "approvals", "denials", "completed", "expiries", "halted_decisions",
+           "access_refusals", "recovered", "_drift_errors")  # fmt: skip
+_COUNTED = ("kinds", "verdicts", "verbs", "runtimes", "fallback_verdicts", "by_model",
+            "by_policy", "rollbacks", "outcomes", "rollback_outcomes", "severities",
+            "_drift_n")  # fmt: skip
+_TABLES = ("by_day", "reviewers")
+_LISTED = ("policy_activations", "halts", "resumes", "incidents", "models")  # gaps: apart
+_STATS = ("risk", "auto_executed_risk", "approved_risk", "time_to_approval")
+_LOCAL = ("_policy_text", "_model_card", "_drift_rows", "_drift_recorded", "_shap",
+          "_handlers", "_cards")  # fmt: skip
+
+
 class Evidence:
-    """Feed records in index order; :meth:`result` returns the evidence sections."""
+    """Feed records in index order; :meth:`result` returns the evidence sections.
+
+    A long ledger can be read in parts, each by its own evidence
+    (:meth:`starting_at`), perhaps in another process, and the parts joined in order
+    (:meth:`merge`)."""
 
     def __init__(
         self,
@@ -252,7 +352,7 @@ class Evidence:
         self._lo, self._hi = period.start_text, period.end_text
         self._policy_text = policy_text
         self._model_card = model_card
-        self._drift_on = drift
+        self.drift = drift
         # completeness
         self.records = 0
         self.in_period = 0
@@ -262,11 +362,18 @@ class Evidence:
         self.last_index: int | None = None
         self.unreadable = 0
         self.kinds: Counter[str] = Counter()
-        self._prev_time: dt.datetime | None = None
+        self._prev_time = ""  # the time of the last record in the period, as written
+        self._prev_day = ""
         self.gaps = _Listed()
         self.checkpoints_in_period = 0
         self.covering: dict[str, Any] | None = None
         self._before_end = 0  # records with time < end: a prefix of the log
+        # what merge() needs of a part that starts after the log's first record
+        self._first_in_period = ""  # the time of the first record in the period
+        self._gap_from_start = False  # whether that record's gap was counted from the start
+        self._closed_first = False  # whether the first record fed was past the period
+        self._orphans: list[tuple[str, str, str, bool]] = []  # reviews of unknown decisions
+        self._from = 0  # the index of the first record this evidence is of
         self._last_checkpoint_size = 0
         # decisions
         self.decisions = 0
@@ -315,10 +422,21 @@ class Evidence:
         self.models = _Listed()
         self.model_in_force: str | None = None
         # drift: per model id, per feature, bin counts laid out as the card's profile
-        self._drift_rows: dict[str, list[Any]] = defaultdict(list)
         self._drift_counts: dict[str, list[npt.NDArray[np.float64]]] = {}
         self._drift_n: Counter[str] = Counter()
         self._drift_errors = 0
+        self._local()
+
+    def _local(self) -> None:
+        """What stays in the process that made it (see :meth:`__getstate__`)."""
+        self._drift_rows: dict[str, list[Any]] = defaultdict(list)  # derived vectors
+        self._drift_recorded: dict[str, _Batches] = {}  # recorded vectors
+        self._shap = _Batches()  # contributions waiting to be summed
+        # one handler per record kind: _on_decision for "decision", ...
+        self._handlers: dict[str, Callable[[Entry], None]] = {
+            name.removeprefix("_on_"): getattr(self, name)
+            for name in dir(type(self)) if name.startswith("_on_")
+        }  # fmt: skip
         self._cards: dict[str, ModelCard | None] = {}
 
     # -- feeding -----------------------------------------------------------------------
@@ -346,7 +464,14 @@ class Evidence:
     _in_period_checkpoint = False
     _candidate: dict[str, Any] | None = None
 
-    def feed(self, rec: Record) -> None:
+    def starting_at(self, index: int) -> Evidence:
+        """This evidence is of the records from ``index`` on, to be merged (:meth:`merge`)
+        after the evidence of the records before (records' times never go back)."""
+        self._before_end = index  # if the period has not closed before: merge() checks
+        self._from = index
+        return self
+
+    def feed(self, rec: Entry) -> None:
         self.records += 1
         t = rec.time
         if rec.index == 0 or not self.first_time:
@@ -355,6 +480,7 @@ class Evidence:
         if t >= self._hi:
             if not self._closed:
                 self._closed = True
+                self._closed_first = self.records == 1
                 if self._candidate is not None and self._candidate["size"] == self._before_end:
                     self.covering = self._candidate
             self._in_period_checkpoint = False
@@ -371,41 +497,139 @@ class Evidence:
         if self.first_index is None:
             self.first_index = rec.index
         self.last_index = rec.index
-        when = parse_time(t)
-        prev = self._prev_time or self.period.start
-        if (when - prev).total_seconds() > GAP_SECONDS:
-            self.gaps.add(
-                {
-                    "from": format_time(prev),
-                    "to": t,
-                    "hours": _r((when - prev).total_seconds() / 3600, 2),
-                }
-            )
-        self._prev_time = when
-        handler = getattr(self, f"_on_{rec.kind}", None)
+        if t[:10] != self._prev_day:  # a gap of more than a day crosses a date
+            if not self._first_in_period:
+                self._first_in_period = t
+                self._gap_from_start = self._gap_to(parse_time(t), t)
+            else:
+                self._gap_to(parse_time(t), t)
+            self._prev_day = t[:10]
+        self._prev_time = t
+        handler = self._handlers.get(rec.kind)
         if handler is not None:
-            handler(rec, when)
+            handler(rec)
+
+    def _gap_to(self, when: dt.datetime, text: str) -> bool:
+        """Record a gap if nothing was written for more than a day before ``when``."""
+        prev = parse_time(self._prev_time) if self._prev_time else self.period.start
+        if (when - prev).total_seconds() <= GAP_SECONDS:
+            return False
+        self.gaps.add(
+            {"from": format_time(prev), "to": text,
+             "hours": _r((when - prev).total_seconds() / 3600, 2)}
+        )  # fmt: skip
+        return True
 
     def finish(self) -> None:
         """Call after the last record: closes the trailing gap and the covering checkpoint."""
-        prev = self._prev_time or self.period.start
+        prev = parse_time(self._prev_time) if self._prev_time else self.period.start
         end = min(self.period.end, parse_time(self.last_time)) if self.last_time else prev
         if self.last_time and self.last_time >= self._hi:
             end = self.period.end
-        if (end - prev).total_seconds() > GAP_SECONDS:
-            self.gaps.add(
-                {
-                    "from": format_time(prev),
-                    "to": format_time(end),
-                    "hours": _r((end - prev).total_seconds() / 3600, 2),
-                }
-            )
+        self._gap_to(end, format_time(end))
         candidate = self._candidate
         if self.covering is None and candidate and candidate["size"] == self._before_end:
             self.covering = candidate
         self._closed = True
 
-    def _before_state(self, rec: Record) -> None:
+    # -- parts of a ledger, read apart and joined --------------------------------------
+
+    def merge(self, later: Evidence) -> None:
+        """Fold in ``later``: the evidence of the records right after this evidence's
+        (made with :meth:`starting_at`), as if one evidence had been fed them all. Called
+        before :meth:`finish`; joining the same parts in the same order always gives the
+        same result, whatever process read each part.
+        """
+        later.flush()
+        self.flush()
+        # The checkpoint that covers the period, from the state where the parts meet.
+        if self.covering is None:
+            candidate = self._candidate
+            if (not self._closed and later._closed_first and candidate is not None
+                    and candidate["size"] == self._before_end):  # fmt: skip
+                self.covering = candidate
+            else:
+                self.covering = later.covering
+        if later.records:
+            if not self.records:
+                self.first_time = later.first_time
+            self.last_time = later.last_time
+            if not self._closed:
+                self._before_end = later._before_end
+            self._candidate = later._candidate
+            self._closed = self._closed or later._closed
+            self._in_period_checkpoint = later._in_period_checkpoint
+        # Gaps: the one before later's first record in the period is from this one's last.
+        if later._first_in_period:
+            gaps = later.gaps
+            if self._prev_time:
+                if later._gap_from_start:
+                    gaps = _Listed(gaps.items[1:], gaps.total - 1)
+                self._gap_to(parse_time(later._first_in_period), later._first_in_period)
+            elif not self._first_in_period:
+                self._first_in_period = later._first_in_period
+                self._gap_from_start = later._gap_from_start
+            self.gaps.merge(gaps)
+            self._prev_time, self._prev_day = later._prev_time, later._prev_day
+        if self.first_index is None:
+            self.first_index = later.first_index
+        if later.last_index is not None:
+            self.last_index = later.last_index
+        # Reviews of decisions made before later's records, in their order.
+        for kind, decision_id, time, count in later._orphans:
+            if decision_id in self._open:
+                self._settle(kind, decision_id, time, count)
+            elif self._from:
+                self._orphans.append((kind, decision_id, time, count))
+        self._open.update(later._open)
+        self.policy_in_force = later.policy_in_force or self.policy_in_force
+        self.model_in_force = later.model_in_force or self.model_in_force
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        for name in _COUNTED:
+            getattr(self, name).update(getattr(later, name))
+        for name in _TABLES:
+            mine = getattr(self, name)
+            for key, counts in getattr(later, name).items():
+                mine[key].update(counts)
+        for name in _LISTED:
+            getattr(self, name).merge(getattr(later, name))
+        for name in _STATS:
+            getattr(self, name).merge(getattr(later, name))
+        self.risk_bins = [a + b for a, b in zip(self.risk_bins, later.risk_bins, strict=True)]
+        pairs = zip(self.approval_bins, later.approval_bins, strict=True)
+        self.approval_bins = [a + b for a, b in pairs]
+        for name, total in later.abs_shap.items():
+            self.abs_shap[name] = self.abs_shap.get(name, 0.0) + total
+        for model_id, counts in later._drift_counts.items():
+            mine_counts = self._drift_counts.get(model_id)
+            if mine_counts is None:
+                self._drift_counts[model_id] = [c.copy() for c in counts]
+            else:
+                for a, b in zip(mine_counts, counts, strict=True):
+                    a += b
+
+    def flush(self) -> None:
+        """Convert the numbers still gathered (SHAP sums, drift bins)."""
+        self._sum_shap()
+        for model_id in {*self._drift_rows, *self._drift_recorded}:
+            self._flush_drift(model_id)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For a worker process's part: the figures, without the lookups it was made with."""
+        self.flush()
+        state = dict(self.__dict__)
+        for name in _LOCAL:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._policy_text = None
+        self._model_card = None
+        self._local()
+
+    def _before_state(self, rec: Entry) -> None:
         """Outside the period: keep only what records inside it depend on."""
         b = rec.body
         if rec.time < self._lo:
@@ -429,16 +653,16 @@ class Evidence:
 
     # -- one handler per kind ----------------------------------------------------------
 
-    def _on_decision(self, rec: Record, when: dt.datetime) -> None:
+    def _on_decision(self, rec: Entry) -> None:
         b = rec.body
         self.decisions += 1
         verdict = str(b.get("verdict", "") or "UNKNOWN")
         self.verdicts[verdict] += 1
-        action = b.get("action") if isinstance(b.get("action"), Mapping) else {}
-        assert isinstance(action, Mapping)
+        action = b.get("action")
+        action = action if isinstance(action, _MAP) else {}
         self.verbs[str(action.get("verb", "") or "unknown")] += 1
-        target = action.get("target") if isinstance(action.get("target"), Mapping) else {}
-        assert isinstance(target, Mapping)
+        target = action.get("target")
+        target = target if isinstance(target, _MAP) else {}
         self.runtimes[str(target.get("runtime", "") or "unknown")] += 1
         self.by_day[rec.time[:10]][verdict] += 1
         if "request_id" not in b:
@@ -458,47 +682,50 @@ class Evidence:
             if verdict in ("EXECUTED", "EXECUTING"):
                 self.auto_executed_risk.add(risk)
         contributions = b.get("contributions")
-        if isinstance(contributions, Mapping):
+        if isinstance(contributions, _MAP):
             self.explained += 1
             self.shap_rows += 1
-            for name, value in contributions.items():
-                c = _num(value)
-                if c is not None:
-                    self.abs_shap[name] = self.abs_shap.get(name, 0.0) + abs(c)
+            if self._shap.add(contributions):
+                self._sum_shap()
         model_id = b.get("model_id")
         if isinstance(model_id, str) and model_id:
             self.by_model[model_id] += 1
-            if self._drift_on:
+            if self.drift:
                 self._drift_row(model_id, b, rec)
         if verdict == "PENDING_APPROVAL":
             required = max(int(_num(b.get("approvals_required")) or 1), 1)
-            self._open[rec.decision_id] = _Open(when, required, risk)
+            self._open[rec.decision_id] = _Open(parse_time(rec.time), required, risk)
 
-    def _review_state(self, rec: Record, *, count: bool) -> None:
-        if rec.kind == "expiry":
-            self._open.pop(rec.decision_id, None)
-            if count:
+    def _review_state(self, rec: Entry, *, count: bool) -> None:
+        if count:
+            reviewer = rec.actor or str(rec.body.get("reviewer", "")) or "unknown"
+            if rec.kind == "expiry":
                 self.expiries += 1
-            return
-        reviewer = rec.actor or str(rec.body.get("reviewer", "")) or "unknown"
-        pending = self._open.get(rec.decision_id)
-        if rec.kind == "denial":
-            self._open.pop(rec.decision_id, None)
-            if count:
+            elif rec.kind == "denial":
                 self.denials += 1
                 self.reviewers[reviewer]["denied"] += 1
+            else:
+                self.approvals += 1
+                self.reviewers[reviewer]["approved"] += 1
+        if rec.decision_id in self._open:
+            self._settle(rec.kind, rec.decision_id, rec.time, count)
+        elif self._from:  # decided before these records, if at all: see merge()
+            self._orphans.append((rec.kind, rec.decision_id, rec.time, count))
+
+    def _settle(self, kind: str, decision_id: str, time: str, count: bool) -> None:
+        """What a review does to the decision waiting for it, if one is."""
+        if kind != "approval":
+            self._open.pop(decision_id, None)
             return
-        if count:
-            self.approvals += 1
-            self.reviewers[reviewer]["approved"] += 1
+        pending = self._open.get(decision_id)
         if pending is None:
             return
         pending.approvals += 1
         if pending.approvals >= pending.required:
-            del self._open[rec.decision_id]
+            del self._open[decision_id]
             if count:
                 self.completed += 1
-                seconds = max((parse_time(rec.time) - pending.time).total_seconds(), 0.0)
+                seconds = max((parse_time(time) - pending.time).total_seconds(), 0.0)
                 self.time_to_approval.add(seconds)
                 k = next(
                     (i for i, e in enumerate(APPROVAL_EDGES) if seconds < e), len(APPROVAL_EDGES)
@@ -507,22 +734,22 @@ class Evidence:
                 if pending.risk is not None:
                     self.approved_risk.add(pending.risk)
 
-    def _on_approval(self, rec: Record, when: dt.datetime) -> None:
+    def _on_approval(self, rec: Entry) -> None:
         self._review_state(rec, count=True)
 
     _on_denial = _on_approval
     _on_expiry = _on_approval
 
-    def _on_halt(self, rec: Record, when: dt.datetime) -> None:
+    def _on_halt(self, rec: Entry) -> None:
         self.halts.add(_scope_event(rec))
 
-    def _on_resume(self, rec: Record, when: dt.datetime) -> None:
+    def _on_resume(self, rec: Entry) -> None:
         self.resumes.add(_scope_event(rec))
 
-    def _on_rollback(self, rec: Record, when: dt.datetime) -> None:
+    def _on_rollback(self, rec: Entry) -> None:
         self.rollbacks[rec.actor or "unknown"] += 1
 
-    def _on_outcome(self, rec: Record, when: dt.datetime) -> None:
+    def _on_outcome(self, rec: Entry) -> None:
         b = rec.body
         status = str(b.get("status", "") or "unknown")
         if b.get("rollback"):
@@ -532,10 +759,10 @@ class Evidence:
         if b.get("recovered"):
             self.recovered += 1
 
-    def _on_access(self, rec: Record, when: dt.datetime) -> None:
+    def _on_access(self, rec: Entry) -> None:
         self.access_refusals += 1
 
-    def _on_policy(self, rec: Record, when: dt.datetime) -> None:
+    def _on_policy(self, rec: Entry) -> None:
         b = rec.body
         item = {
             "policy_id": str(b.get("policy_id", "")),
@@ -545,7 +772,7 @@ class Evidence:
         }
         self.policy_activations.add({**item, "index": rec.index})
 
-    def _on_model(self, rec: Record, when: dt.datetime) -> None:
+    def _on_model(self, rec: Entry) -> None:
         b = rec.body
         self.models.add(
             {
@@ -561,7 +788,7 @@ class Evidence:
             }
         )
 
-    def _on_incident(self, rec: Record, when: dt.datetime) -> None:
+    def _on_incident(self, rec: Entry) -> None:
         b = rec.body
         severity = str(b.get("severity", "") or "minor")
         harmful = b.get("harmful") is True
@@ -576,7 +803,7 @@ class Evidence:
             "severity": severity,
             "description": str(b.get("description", "")),
         }
-        item["art73"] = _art73(when, severity, harmful, self.period.end)
+        item["art73"] = _art73(parse_time(rec.time), severity, harmful, self.period.end)
         self.incidents.add(item)
 
     # -- drift -------------------------------------------------------------------------
@@ -586,42 +813,68 @@ class Evidence:
             self._cards[model_id] = self._model_card(model_id) if self._model_card else None
         return self._cards[model_id]
 
-    def _drift_row(self, model_id: str, b: Mapping[str, Any], rec: Record) -> None:
+    def _sum_shap(self) -> None:
+        """Add the gathered contributions' absolute values to the per-feature sums (a value
+        that is not a finite number is left out)."""
+        for names, x, _ in self._shap.take():
+            sums = np.where(np.isfinite(x), np.abs(x), 0.0).sum(axis=0)
+            for name, total in zip(names, sums.tolist(), strict=True):
+                self.abs_shap[name] = self.abs_shap.get(name, 0.0) + total
+
+    def _drift_row(self, model_id: str, b: Mapping[str, Any], rec: Entry) -> None:
         card = self._card(model_id)
         if card is None or card.profile is None:
             return
-        from adapters.action import Action, RuntimeState
-        from explain.features import Context, featurize
+        from explain.features import SCHEMA_VERSION
 
-        try:
-            action = Action.from_json(b["action"], "action")
-            state = RuntimeState.from_json(b.get("state", {}), "state")
-            at = parse_time(str(b.get("scored_at") or rec.time))
-            row = featurize(action, state, Context(now=at))
-        except (KeyError, TypeError, ValueError) as err:
-            del err
-            self._drift_errors += 1
-            return
-        rows = self._drift_rows[model_id]
-        rows.append(row)
-        if len(rows) >= _DRIFT_BATCH:
+        features = b.get("features")
+        if isinstance(features, _MAP) and b.get("schema_version") == SCHEMA_VERSION:
+            # The vector the model scored, as the gateway recorded it.
+            full = self._drift_recorded.setdefault(model_id, _Batches()).add(features)
+        else:  # a record from before features were recorded: derive them again
+            from adapters.action import Action, RuntimeState
+            from explain.features import Context, featurize
+
+            try:
+                action = Action.from_json(b["action"], "action")
+                state = RuntimeState.from_json(b.get("state", {}), "state")
+                at = parse_time(str(b.get("scored_at") or rec.time))
+                row = featurize(action, state, Context(now=at))
+            except (KeyError, TypeError, ValueError):
+                self._drift_errors += 1
+                return
+            rows = self._drift_rows[model_id]
+            rows.append(row)
+            full = len(rows) >= _BATCH
+        if full:
             self._flush_drift(model_id)
 
     def _flush_drift(self, model_id: str) -> None:
-        rows = self._drift_rows.pop(model_id, [])
-        card = self._cards.get(model_id)
-        if not rows or card is None or card.profile is None:
-            return
         from explain.features import FEATURE_NAMES
 
-        x = np.vstack(rows)
-        counts = self._drift_counts.setdefault(
-            model_id,
-            [np.zeros(len(card.profile.features[n].fractions)) for n in FEATURE_NAMES],
-        )
-        for i, name in enumerate(FEATURE_NAMES):
-            counts[i] += card.profile.features[name].histogram(x[:, i]) * len(x)
-        self._drift_n[model_id] += len(x)
+        card = self._cards.get(model_id)
+        if card is None or card.profile is None:
+            return
+        matrices = []
+        if rows := self._drift_rows.pop(model_id, []):
+            matrices.append(np.array(rows, dtype=np.float64))
+        if recorded := self._drift_recorded.get(model_id):
+            for names, x, bad in recorded.take():
+                try:
+                    columns = [names.index(n) for n in FEATURE_NAMES]
+                except ValueError:  # a feature is missing from these records
+                    self._drift_errors += len(x)
+                    continue
+                self._drift_errors += int(bad.sum())
+                matrices.append(x[~bad][:, columns])
+        for x in matrices:
+            counts = self._drift_counts.setdefault(
+                model_id,
+                [np.zeros(len(card.profile.features[n].fractions)) for n in FEATURE_NAMES],
+            )
+            for i, name in enumerate(FEATURE_NAMES):
+                counts[i] += card.profile.features[name].histogram(x[:, i]) * len(x)
+            self._drift_n[model_id] += len(x)
 
     # -- result ------------------------------------------------------------------------
 
@@ -788,6 +1041,7 @@ class Evidence:
         }
 
     def _explanations(self) -> dict[str, Any]:
+        self._sum_shap()
         n = self.shap_rows
         means = sorted(((-_r(s / n), f) for f, s in self.abs_shap.items()) if n else [])
         importance = [{"feature": f, "mean_abs_shap": -m} for m, f in means]
@@ -801,7 +1055,7 @@ class Evidence:
         from explain.drift import Thresholds, psi
         from explain.features import FEATURE_NAMES
 
-        for model_id in list(self._drift_rows):
+        for model_id in {*self._drift_rows, *self._drift_recorded}:
             self._flush_drift(model_id)
         levels = Thresholds()
         models = {}
@@ -852,10 +1106,10 @@ class Evidence:
         }
 
 
-def _scope_event(rec: Record) -> dict[str, Any]:
+def _scope_event(rec: Entry) -> dict[str, Any]:
     b = rec.body
     scope = b.get("scope") if isinstance(b.get("scope"), Mapping) else {}
-    assert isinstance(scope, Mapping)
+    assert isinstance(scope, _MAP)
     if scope.get("all"):
         text = "everything"
     elif scope.get("runtime"):

@@ -17,8 +17,6 @@ import datetime as dt
 import platform
 from typing import TYPE_CHECKING, Any
 
-import xgboost as xgb
-
 from explain.drift import Profile
 from explain.features import FEATURES, SCHEMA_VERSION
 
@@ -75,7 +73,7 @@ def build_card(
         "created": created.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
         "schema_version": SCHEMA_VERSION,
         "model_type": "XGBoost gradient-boosted trees, binary:logistic",
-        "software": {"xgboost": xgb.__version__, "python": platform.python_version()},
+        "software": {"xgboost": _xgboost_version(), "python": platform.python_version()},
         "features": [
             {
                 "name": f.name,
@@ -111,6 +109,12 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return str(v)
+
+
+def _xgboost_version() -> str:
+    import xgboost as xgb  # here: reading a card (the report, drift) needs no XGBoost
+
+    return str(xgb.__version__)
 
 
 def render_markdown(card: dict[str, Any]) -> str:

@@ -70,11 +70,14 @@ class Explanation:
 
         Floats are written in Python's shortest round-trip form, so an auditor
         gets back exactly the float64 values, and the payload stays float-free.
+        ``features`` is the vector the model scored, an unknown value (NaN) as
+        ``null``: what the model saw, recorded, rather than re-derived later.
         """
         return {
             "risk": repr(self.risk),
             "base_value": repr(self.base_value),
             "contributions": {n: repr(c) for n, c in self.contributions.items()},
+            "features": {n: None if math.isnan(v) else repr(v) for n, v in self.values.items()},
             "model_id": self.model_id,
             "schema_version": self.schema_version,
         }

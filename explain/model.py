@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
 
 import numpy as np
-import xgboost as xgb
 
 from explain.errors import ModelCorruptError, SchemaMismatchError
 from explain.features import FEATURE_NAMES, SCHEMA_VERSION
+
+if TYPE_CHECKING:  # imported when a model is loaded: reading cards needs no XGBoost
+    import xgboost as xgb
 
 __all__ = ["SCHEMA_ATTR", "Model", "ModelId", "load_model", "model_bytes", "model_id_of"]
 
@@ -67,6 +69,8 @@ def load_model(raw: bytes, expected_id: str | None = None, *, nthread: int = 1) 
             f"model file hashes to {mid[:12]}..., not its id {expected_id[:12]}...: "
             "it was changed or is not the file it claims to be"
         )
+    import xgboost as xgb
+
     try:
         booster = xgb.Booster(params={"nthread": nthread}, model_file=bytearray(raw))
     except xgb.core.XGBoostError as err:

@@ -1,11 +1,15 @@
-"""Scanner processes for fast verification, started with nothing but the scanner imported.
+"""Worker processes started with nothing but their task's module imported.
+
+Fast verification scans chunks of an export in them (:func:`ledger._scan.scan_file_range`,
+the default task); the compliance report reads parts of an export in them
+(:func:`compliance.report.read_part`).
 
 ``multiprocessing``'s ``spawn`` start method runs the parent's ``__main__``
 again in every worker; under the ``govgate`` command that imports the whole
 CLI (about 1.5 s a process, more than scanning a million records takes on
 two cores). These workers are plain ``python -c`` processes on the parent's
-``sys.path`` that import :mod:`ledger._scan` only, take argument tuples for
-:func:`~ledger._scan.scan_file_range` on stdin and answer, in order, on stdout.
+``sys.path`` that import the task's module only, take argument tuples for the
+task on stdin and answer, in order, on stdout.
 The peer of each pipe is this package's own process, so pickle is safe.
 
 Chunk ``k`` goes to worker ``k % n`` and each worker answers in the order it
@@ -14,6 +18,7 @@ was asked, so results come back in submission order without any bookkeeping.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -26,21 +31,23 @@ __all__ = ["ScanPool", "serve"]
 
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from ledger._workers import serve; serve()"
+    "from ledger._workers import serve; serve(sys.argv[2])"
 )
+SCAN = "ledger._scan:scan_file_range"
 
 
 class ScanPool:
-    """``n`` scanner processes; :meth:`submit` and :meth:`result` pair up first in, first out."""
+    """``n`` worker processes running ``task`` (``module:function``); :meth:`submit` and
+    :meth:`result` pair up first in, first out."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, task: str = SCAN) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._sent = self._received = 0
         try:
             for _ in range(n):
                 self._procs.append(
                     subprocess.Popen(  # noqa: S603 (this interpreter, fixed code)
-                        [sys.executable, "-c", _BOOT, json.dumps(sys.path)],
+                        [sys.executable, "-c", _BOOT, json.dumps(sys.path), task],
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                     )
@@ -64,7 +71,7 @@ class ScanPool:
         try:
             ok, value = pickle.load(pipe)  # noqa: S301 (our own worker's answer)
         except EOFError:
-            raise RuntimeError("a scanner process ended unexpectedly") from None
+            raise RuntimeError("a worker process ended unexpectedly") from None
         if not ok:
             raise value
         return value
@@ -94,25 +101,25 @@ class ScanPool:
         self.close(kill=exc is not None or self._received != self._sent)
 
 
-def serve() -> None:
-    """Worker loop: scan each argument tuple read from stdin, answer on stdout."""
-    from ledger._scan import scan_file_range
-
+def serve(task: str = SCAN) -> None:
+    """Worker loop: run ``task`` on each argument tuple read from stdin, answer on stdout."""
+    module, _, name = task.partition(":")
+    run = getattr(importlib.import_module(module), name)
     out: IO[bytes] = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not corrupt the answers
     source = sys.stdin.buffer
     while True:
         try:
-            args = pickle.load(source)  # noqa: S301 (sent by the verifying process)
+            args = pickle.load(source)  # noqa: S301 (sent by the process that started us)
         except EOFError:
             return
         try:
-            reply: tuple[bool, Any] = (True, scan_file_range(*args))
+            reply: tuple[bool, Any] = (True, run(*args))
         except Exception as e:
             reply = (False, e)
         try:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:  # an exception that does not pickle
-            data = pickle.dumps((False, RuntimeError(f"scanner failed: {e!r}")))
+            data = pickle.dumps((False, RuntimeError(f"{task} failed: {e!r}")))
         out.write(data)
         out.flush()

@@ -47,7 +47,7 @@ from ledger.merkle import Frontier, fold_range
 from ledger.note import NoteVerifier
 from ledger.record import ZERO_HASH, open_record
 
-__all__ = ["VerifyResult", "verify_export", "verify_stream"]
+__all__ = ["ExportPart", "VerifyResult", "export_parts", "verify_export", "verify_stream"]
 
 _CHUNK = 4096  # lines parsed between hand-offs to the signature pool
 _MAX_LINE = 16 * 1024 * 1024
@@ -350,6 +350,28 @@ def _file_ranges(
         filled += got
     if line_no > first:
         yield path, begin, base + pos - begin, line_no - first, start, first, level
+
+
+@dataclass(frozen=True)
+class ExportPart:
+    """A run of an export's lines, ``length`` bytes from ``offset``: records from index
+    ``start`` on, and the checkpoint lines after them."""
+
+    offset: int
+    length: int
+    start: int
+
+
+def export_parts(path: Path, per_part: int) -> Iterator[ExportPart]:
+    """The export at ``path`` (after its header) cut before every ``per_part``-th record,
+    so that parts can be read apart, and the same export is always cut the same way.
+    Raises :class:`VerificationError` at a line too long or not ended."""
+    with path.open("rb") as f:
+        f.readline()
+        for _, offset, length, _lines, start, _first, _level in _file_ranges(
+            f, str(path), 2, per_part, 0
+        ):
+            yield ExportPart(offset, length, start)
 
 
 def _verify_chunked(

@@ -278,3 +278,8 @@ def test_explanation_record_is_float_free_and_exact(bundled_model: Model):
     assert float(rec["base_value"]) == exp.base_value
     assert {k: float(v) for k, v in rec["contributions"].items()} == dict(exp.contributions)
     assert rec["model_id"] == bundled_model.id
+    # The vector the model scored, exactly, an unknown value as null.
+    assert list(rec["features"]) == list(exp.values)
+    for name, value in exp.values.items():
+        recorded = rec["features"][name]
+        assert recorded is None if math.isnan(value) else float(recorded) == value
