@@ -1,6 +1,5 @@
 """Compliance report benchmark: generation time and peak RSS for N decision records.
 
-
 Synthesises a ledger of ``--records`` decision records (realistic bodies: action,
 state, risk, 19 SHAP contributions, the feature vector as the gateway records
 it, the bundled model's id, so drift is computed too) plus approvals, outcomes,
@@ -8,6 +7,11 @@ halts and incidents, exports it once, then times ``build_report`` on the export
 in a child process and reads its peak RSS.
 
 Targets (issue 7): < 60 s and < 500 MB peak RSS for 1,000,000 decision records.
+Peak RSS is the report process's; its worker processes (one per CPU, reading
+parts of the export) are smaller. ``--no-signatures`` verifies the chain, the
+Merkle roots and the signed checkpoints, which bind every record's bytes; with
+signatures, every record's Ed25519 signature is checked too, at about 74 µs each
+here, which alone takes longer than the target for 2.3 million records.
 
 Usage::
 
@@ -181,8 +185,9 @@ def main() -> None:
             "peak_rss_mb": round(rss, 1),
             "verified": out[2] == "True",
             "decisions_counted": int(out[3]),
-            "meets_time_target": seconds < TARGET_SECONDS,
-            "meets_rss_target": rss < TARGET_MB,
+            # The targets are for 1,000,000 decision records; a smaller run is not judged.
+            "meets_time_target": seconds < TARGET_SECONDS if args.records >= 1_000_000 else None,
+            "meets_rss_target": rss < TARGET_MB if args.records >= 1_000_000 else None,
         }
         print(json.dumps(result, indent=2))
 
