@@ -173,9 +173,10 @@ class RecordedSpan(trace.Span):
     def set_attributes(self, attributes: Mapping[str, types.AttributeValue]) -> None:
         if self._end is None:
             mine = self._attributes
-            for key, value in attributes.items():
-                mine.pop(key, None)
-                mine[key] = value
+            if not mine.keys().isdisjoint(attributes):
+                for key in attributes:
+                    mine.pop(key, None)
+            mine.update(attributes)
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
