@@ -429,6 +429,11 @@ class SpanRecorder(trace.TracerProvider):
             tracer = self._tracers.setdefault(scope, _Tracer(self, scope))
         return tracer
 
+    @property
+    def exporter_pid(self) -> int:
+        """The exporter process's pid (for the operator, and benchmarks of its CPU)."""
+        return self._proc.pid
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export every span ended so far; ``False`` if that took longer than the timeout."""
         if self._dead:
