@@ -24,6 +24,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
@@ -34,6 +35,13 @@ _BOOT = (
     "from ledger._workers import serve; serve(sys.argv[2])"
 )
 SCAN = "ledger._scan:scan_file_range"
+
+
+def _path() -> list[str]:
+    """The worker's ``sys.path``: this process's, after the directory holding this package
+    (a test run may have put a directory with a ``ledger`` folder of its own first)."""
+    root = str(Path(__file__).resolve().parents[1])
+    return [root, *(p for p in sys.path if p != root)]
 
 
 class ScanPool:
@@ -47,7 +55,7 @@ class ScanPool:
             for _ in range(n):
                 self._procs.append(
                     subprocess.Popen(  # noqa: S603 (this interpreter, fixed code)
-                        [sys.executable, "-c", _BOOT, json.dumps(sys.path), task],
+                        [sys.executable, "-c", _BOOT, json.dumps(_path()), task],
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                     )

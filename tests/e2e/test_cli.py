@@ -13,12 +13,14 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
+import math
 import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from cli_harness import ORIGIN, QUIET, Govgate
@@ -646,7 +648,7 @@ def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
 def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -> None:
     """An auditor re-scores a recorded decision from its body alone and gets the same bits."""
     from adapters.action import Action, RuntimeState
-    from explain.features import Context, featurize
+    from explain.features import FEATURE_NAMES, Context, featurize
     from explain.history import parse_time
     from explain.registry import Registry
     from explain.scorer import Scorer
@@ -668,10 +670,19 @@ def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -
     for d in [*sample[:5], *(x for x in served if "risk" in x["body"])]:
         body = d["body"]
         model = Registry(data / "models").load(body["model_id"])
+        # From the vector the record says the model scored: every bit of the explanation.
+        seen = body["features"]
+        vector = np.array([[math.nan if seen[n] is None else float(seen[n])
+                            for n in FEATURE_NAMES]], dtype=np.float32)  # fmt: skip
+        again = Scorer(model).score(vector).explanation(0).to_record()
+        assert again == {k: body[k] for k in again}, d["index"]
+        # From the recorded action and state: the same score. (The vector itself may differ
+        # in its last bits: the record keeps the target's uptime in whole seconds.)
         x = featurize(
             Action.from_json(body["action"]),
             RuntimeState.from_json(body["state"]),
             Context(now=parse_time(body["scored_at"], "scored_at")),
         )
-        again = Scorer(model).score(x[None, :]).explanation(0).to_record()
-        assert again == {k: body[k] for k in again}, d["index"]
+        derived = Scorer(model).score(x[None, :]).explanation(0).to_record()
+        for key in ("risk", "contributions", "base_value"):
+            assert derived[key] == body[key], (d["index"], key)
