@@ -8,14 +8,12 @@ distinct verbs, reviewers, days and *open* approvals, not on the ledger's size.
 
 Events are counted by their own record time in the period ``[start, end)``;
 a record before the period still updates what later records need (the policy
-in force, the decision an approval completes). Invariants:
-
-* nothing is invented: a figure that the records cannot give (thresholds when
-  the policy text is unavailable, drift without a model card) is reported as
-  not recorded, with the reason;
-* the result is a plain JSON value built only from the records (and the
-  optional policy texts and model cards passed in), so the same ledger and
-  period always give the same value.
+in force, the decision an approval completes). This module holds the reading:
+one handler per record kind, and the joining of parts read apart
+(:meth:`Evidence.merge`). Its accumulators are in :mod:`compliance.tally`, the
+sections that :meth:`Evidence.result` builds in :mod:`compliance.sections`; the
+names other modules import from here are re-exported from those two. Invariant:
+parts of a ledger read apart and merged in order give the result of one reading.
 
 Example::
 
@@ -28,17 +26,39 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import math
-import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from compliance.sections import (
+    APPROVAL_EDGES,
+    ART73_DEADLINES,
+    GAP_SECONDS,
+    RETENTION_MINIMUM_DAYS,
+    RISK_BINS,
+    incident_event,
+    model_event,
+    policy_event,
+    scope_event,
+    sections,
+)
+from compliance.tally import (
+    BATCH,
+    MAP,
+    Batches,
+    Entry,
+    Listed,
+    ModelCard,
+    Open,
+    Period,
+    PolicyText,
+    Stats,
+    number,
+    rounded,
+)
 from ledger.record import format_time, parse_time
 
 __all__ = [
@@ -50,273 +70,6 @@ __all__ = [
     "Period",
     "PolicyText",
 ]
-
-RISK_BINS = 20  # risk histogram: [0, 0.05), [0.05, 0.1), ... [0.95, 1]
-RETENTION_MINIMUM_DAYS = 183  # six months (Art. 19(1), 26(6)), counted generously as 183 days
-GAP_SECONDS = 86_400.0  # a stretch without any record longer than this is reported as a gap
-MAX_LISTED = 1000  # events listed one by one per section; beyond, only counted
-# Seconds-to-approval histogram edges (upper bounds, exclusive); the last bin is open.
-APPROVAL_EDGES = (10.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0)
-_MAP = (dict, Mapping)  # a JSON object: dict first, the cheap check that nearly always hits
-_BATCH = 4096  # rows of numbers (contributions, feature vectors) converted at a time
-
-
-class Entry(Protocol):
-    """The payload fields of a record that evidence is drawn from: a :class:`ledger.Record`,
-    or the lighter view the report reads from an export it has verified."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def time(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def actor(self) -> str: ...
-    @property
-    def target(self) -> str: ...
-    @property
-    def decision_id(self) -> str: ...
-    @property
-    def body(self) -> Mapping[str, Any]: ...
-
-
-#: Art. 73 reporting deadlines, in days from awareness (Regulation (EU) 2024/1689).
-ART73_DEADLINES = {
-    "general": (15, "Art. 73(2)"),
-    "death": (10, "Art. 73(4)"),
-    "widespread-or-critical-infrastructure": (2, "Art. 73(3)"),
-}
-# How the gateway's incident severity maps onto Art. 73 (docs/compliance.md).
-_SEVERITY_CLASS = {
-    "serious": "general",
-    "critical": "widespread-or-critical-infrastructure",
-}
-
-
-@dataclass(frozen=True)
-class Period:
-    """The half-open period ``[start, end)`` in UTC."""
-
-    start: dt.datetime
-    end: dt.datetime
-
-    def __post_init__(self) -> None:
-        if self.start.tzinfo is None or self.end.tzinfo is None:
-            raise ValueError("period bounds must be timezone-aware")
-        if self.end <= self.start:
-            raise ValueError("the period must end after it starts")
-
-    @classmethod
-    def parse(cls, start: str, end: str) -> Period:
-        """Dates (``2026-11-01``, midnight UTC) or RFC 3339 times."""
-        return cls(_parse_bound(start), _parse_bound(end))
-
-    @property
-    def start_text(self) -> str:
-        return format_time(self.start)
-
-    @property
-    def end_text(self) -> str:
-        return format_time(self.end)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"from": self.start_text, "to": self.end_text}
-
-
-def _parse_bound(text: str) -> dt.datetime:
-    try:
-        if len(text) == 10:
-            return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
-    if t.tzinfo is None:
-        raise ValueError(f"{text!r} has no timezone; add Z or an offset")
-    return t.astimezone(dt.UTC)
-
-
-@dataclass(frozen=True)
-class PolicyText:
-    """A policy file's bytes, found outside the ledger and checked against its recorded id."""
-
-    policy_id: str
-    raw: bytes
-
-    def thresholds(self) -> dict[str, Any]:
-        """The default thresholds and every rule's overrides, read from the TOML as written."""
-        doc = tomllib.loads(self.raw.decode("utf-8"))
-        defaults = doc.get("defaults", {})
-        keys = (
-            "execute_below",
-            "approve_below",
-            "above",
-            "approvals",
-            "approvals_above",
-            "min_confidence",
-            "fallback",
-            "fallback_irreversible",
-        )
-        rules = []
-        for rule in doc.get("rules", []):
-            overrides = {k: _plain(rule[k]) for k in (*keys, "forbid") if k in rule}
-            rules.append(
-                {
-                    "name": str(rule.get("name", "")),
-                    "match": _plain(rule.get("match", {})),
-                    "overrides": overrides,
-                }
-            )
-        return {
-            "recorded": True,
-            "how": "policy file whose SHA-256 equals the recorded policy id",
-            "defaults": {k: _plain(defaults[k]) for k in keys if k in defaults},
-            "rules": rules,
-        }
-
-
-def _plain(value: Any) -> Any:
-    """TOML values as JSON-safe values; floats as decimal strings (reproducible bytes)."""
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, _MAP):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-@dataclass
-class ModelCard:
-    """A model card from the registry, and (optionally) its drift reference."""
-
-    model_id: str
-    card: Mapping[str, Any]
-    card_sha256: str
-    profile: Any = None  # explain.drift.Profile, or None without a usable reference
-
-
-def _num(value: Any) -> float | None:
-    """A body number (decimal string or JSON number), or None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-class _Batches:
-    """Rows of a body's number maps (SHAP contributions, feature vectors: decimal strings,
-    ``null`` for unknown), gathered by key order and converted to float64 matrices
-    :data:`_BATCH` rows at a time, far cheaper than one ``float()`` per value.
-
-    A value that is not a number becomes NaN, and its row is marked bad. (A JSON ``true``
-    in a batch converted in one go counts as 1; govgate never writes one.)
-    """
-
-    def __init__(self) -> None:
-        self._rows: dict[tuple[str, ...], list[list[Any]]] = {}
-
-    def add(self, values: Mapping[str, Any]) -> bool:
-        """Gather one map; True when a batch is full (time to :meth:`take`)."""
-        names = tuple(values)
-        rows = self._rows.get(names)
-        if rows is None:
-            rows = self._rows[names] = []
-        rows.append(list(values.values()))
-        return len(rows) >= _BATCH
-
-    def take(self) -> list[tuple[tuple[str, ...], npt.NDArray[np.float64], npt.NDArray[np.bool_]]]:
-        """Every batch gathered so far: (names, a matrix with a column per name, the rows
-        that held a value that is neither a number nor ``null``)."""
-        out = [(names, *_matrix(rows)) for names, rows in self._rows.items()]
-        self._rows.clear()
-        return out
-
-
-def _matrix(rows: list[list[Any]]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    table = np.array(rows, dtype=object)
-    table[np.equal(table, None)] = np.nan  # type: ignore[call-overload]
-    try:
-        return table.astype(np.float64), np.zeros(len(rows), dtype=bool)
-    except (TypeError, ValueError):  # a value that is not a number: one at a time
-        pass
-    x = np.empty((len(rows), len(rows[0])), dtype=np.float64)
-    bad = np.zeros(len(rows), dtype=bool)
-    for i, row in enumerate(rows):
-        for j, value in enumerate(row):
-            number = math.nan if value is None else _num(value)
-            if number is None:
-                bad[i] = not (isinstance(value, float) and math.isnan(value))
-                number = math.nan
-            x[i, j] = number
-    return x, bad
-
-
-def _r(x: float, places: int = 6) -> float:
-    """Rounded, so that sums in a fixed order print the same everywhere."""
-    return round(x, places)
-
-
-@dataclass
-class _Open:
-    """A decision waiting for approvals: what the approval that completes it needs."""
-
-    time: dt.datetime
-    required: int
-    risk: float | None
-    approvals: int = 0
-
-
-@dataclass
-class _Stats:
-    n: int = 0
-    total: float = 0.0
-    low: float = math.inf
-    high: float = -math.inf
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        self.total += x
-        self.low = min(self.low, x)
-        self.high = max(self.high, x)
-
-    def merge(self, other: _Stats) -> None:
-        self.n += other.n
-        self.total += other.total
-        self.low = min(self.low, other.low)
-        self.high = max(self.high, other.high)
-
-    def to_json(self) -> dict[str, Any]:
-        if not self.n:
-            return {"count": 0, "mean": None, "min": None, "max": None}
-        return {
-            "count": self.n,
-            "mean": _r(self.total / self.n),
-            "min": _r(self.low),
-            "max": _r(self.high),
-        }
-
-
-@dataclass
-class _Listed:
-    items: list[dict[str, Any]] = field(default_factory=list)
-    total: int = 0
-
-    def add(self, item: dict[str, Any]) -> None:
-        self.total += 1
-        if len(self.items) < MAX_LISTED:
-            self.items.append(item)
-
-    def merge(self, later: _Listed) -> None:
-        self.total += later.total
-        self.items.extend(later.items[: MAX_LISTED - len(self.items)])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.total, "items": self.items, "truncated": self.total > len(self.items)}
-
 
 # What Evidence.merge adds up, field by field.
 _SUMMED = ("records", "in_period", "unreadable", "checkpoints_in_period", "decisions",
@@ -364,7 +117,7 @@ class Evidence:
         self.kinds: Counter[str] = Counter()
         self._prev_time = ""  # the time of the last record in the period, as written
         self._prev_day = ""
-        self.gaps = _Listed()
+        self.gaps = Listed()
         self.checkpoints_in_period = 0
         self.covering: dict[str, Any] | None = None
         self._before_end = 0  # records with time < end: a prefix of the log
@@ -390,25 +143,25 @@ class Evidence:
         self.by_policy: Counter[str] = Counter()
         # risk
         self.risk_bins = [0] * RISK_BINS
-        self.risk = _Stats()
-        self.auto_executed_risk = _Stats()
-        self.approved_risk = _Stats()
+        self.risk = Stats()
+        self.auto_executed_risk = Stats()
+        self.approved_risk = Stats()
         self.abs_shap: dict[str, float] = {}
         self.shap_rows = 0
         # policy
         self.policy_in_force: dict[str, Any] | None = None
-        self.policy_activations = _Listed()
+        self.policy_activations = Listed()
         # oversight
-        self._open: dict[str, _Open] = {}
+        self._open: dict[str, Open] = {}
         self.reviewers: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.approvals = 0
         self.denials = 0
         self.completed = 0
-        self.time_to_approval = _Stats()
+        self.time_to_approval = Stats()
         self.approval_bins = [0] * (len(APPROVAL_EDGES) + 1)
         self.expiries = 0
-        self.halts = _Listed()
-        self.resumes = _Listed()
+        self.halts = Listed()
+        self.resumes = Listed()
         self.halted_decisions = 0
         self.rollbacks: Counter[str] = Counter()
         self.access_refusals = 0
@@ -417,9 +170,9 @@ class Evidence:
         self.rollback_outcomes: Counter[str] = Counter()
         self.recovered = 0
         # incidents and models
-        self.incidents = _Listed()
+        self.incidents = Listed()
         self.severities: Counter[str] = Counter()
-        self.models = _Listed()
+        self.models = Listed()
         self.model_in_force: str | None = None
         # drift: per model id, per feature, bin counts laid out as the card's profile
         self._drift_counts: dict[str, list[npt.NDArray[np.float64]]] = {}
@@ -430,8 +183,8 @@ class Evidence:
     def _local(self) -> None:
         """What stays in the process that made it (see :meth:`__getstate__`)."""
         self._drift_rows: dict[str, list[Any]] = defaultdict(list)  # derived vectors
-        self._drift_recorded: dict[str, _Batches] = {}  # recorded vectors
-        self._shap = _Batches()  # contributions waiting to be summed
+        self._drift_recorded: dict[str, Batches] = {}  # recorded vectors
+        self._shap = Batches()  # contributions waiting to be summed
         # one handler per record kind: _on_decision for "decision", ...
         self._handlers: dict[str, Callable[[Entry], None]] = {
             name.removeprefix("_on_"): getattr(self, name)
@@ -516,7 +269,7 @@ class Evidence:
             return False
         self.gaps.add(
             {"from": format_time(prev), "to": text,
-             "hours": _r((when - prev).total_seconds() / 3600, 2)}
+             "hours": rounded((when - prev).total_seconds() / 3600, 2)}
         )  # fmt: skip
         return True
 
@@ -564,7 +317,7 @@ class Evidence:
             gaps = later.gaps
             if self._prev_time:
                 if later._gap_from_start:
-                    gaps = _Listed(gaps.items[1:], gaps.total - 1)
+                    gaps = Listed(gaps.items[1:], gaps.total - 1)
                 self._gap_to(parse_time(later._first_in_period), later._first_in_period)
             elif not self._first_in_period:
                 self._first_in_period = later._first_in_period
@@ -634,19 +387,14 @@ class Evidence:
         b = rec.body
         if rec.time < self._lo:
             if rec.kind == "policy":
-                self.policy_in_force = {
-                    "policy_id": str(b.get("policy_id", "")),
-                    "source": str(b.get("source", "")),
-                    "since": rec.time,
-                    "actor": rec.actor,
-                }
+                self.policy_in_force = policy_event(rec)
             elif rec.kind == "model" and b.get("event", "activate") == "activate":
                 self.model_in_force = str(b.get("model_id", ""))
             elif rec.kind == "decision" and b.get("verdict") == "PENDING_APPROVAL":
-                self._open[rec.decision_id] = _Open(
+                self._open[rec.decision_id] = Open(
                     parse_time(rec.time),
-                    max(int(_num(b.get("approvals_required")) or 1), 1),
-                    _num(b.get("risk")),
+                    max(int(number(b.get("approvals_required")) or 1), 1),
+                    number(b.get("risk")),
                 )
             elif rec.kind in ("approval", "denial", "expiry"):
                 self._review_state(rec, count=False)
@@ -659,10 +407,10 @@ class Evidence:
         verdict = str(b.get("verdict", "") or "UNKNOWN")
         self.verdicts[verdict] += 1
         action = b.get("action")
-        action = action if isinstance(action, _MAP) else {}
+        action = action if isinstance(action, MAP) else {}
         self.verbs[str(action.get("verb", "") or "unknown")] += 1
         target = action.get("target")
-        target = target if isinstance(target, _MAP) else {}
+        target = target if isinstance(target, MAP) else {}
         self.runtimes[str(target.get("runtime", "") or "unknown")] += 1
         self.by_day[rec.time[:10]][verdict] += 1
         if "request_id" not in b:
@@ -675,14 +423,14 @@ class Evidence:
         if verdict == "HALTED":
             self.halted_decisions += 1
         self.by_policy[str(b.get("policy_id", "") or "not recorded")] += 1
-        risk = _num(b.get("risk"))
+        risk = number(b.get("risk"))
         if risk is not None:
             self.risk.add(risk)
             self.risk_bins[min(int(risk * RISK_BINS), RISK_BINS - 1) if risk >= 0 else 0] += 1
             if verdict in ("EXECUTED", "EXECUTING"):
                 self.auto_executed_risk.add(risk)
         contributions = b.get("contributions")
-        if isinstance(contributions, _MAP):
+        if isinstance(contributions, MAP):
             self.explained += 1
             self.shap_rows += 1
             if self._shap.add(contributions):
@@ -693,8 +441,8 @@ class Evidence:
             if self.drift:
                 self._drift_row(model_id, b, rec)
         if verdict == "PENDING_APPROVAL":
-            required = max(int(_num(b.get("approvals_required")) or 1), 1)
-            self._open[rec.decision_id] = _Open(parse_time(rec.time), required, risk)
+            required = max(int(number(b.get("approvals_required")) or 1), 1)
+            self._open[rec.decision_id] = Open(parse_time(rec.time), required, risk)
 
     def _review_state(self, rec: Entry, *, count: bool) -> None:
         if count:
@@ -741,10 +489,10 @@ class Evidence:
     _on_expiry = _on_approval
 
     def _on_halt(self, rec: Entry) -> None:
-        self.halts.add(_scope_event(rec))
+        self.halts.add(scope_event(rec))
 
     def _on_resume(self, rec: Entry) -> None:
-        self.resumes.add(_scope_event(rec))
+        self.resumes.add(scope_event(rec))
 
     def _on_rollback(self, rec: Entry) -> None:
         self.rollbacks[rec.actor or "unknown"] += 1
@@ -763,47 +511,14 @@ class Evidence:
         self.access_refusals += 1
 
     def _on_policy(self, rec: Entry) -> None:
-        b = rec.body
-        item = {
-            "policy_id": str(b.get("policy_id", "")),
-            "source": str(b.get("source", "")),
-            "since": rec.time,
-            "actor": rec.actor,
-        }
-        self.policy_activations.add({**item, "index": rec.index})
+        self.policy_activations.add({**policy_event(rec), "index": rec.index})
 
     def _on_model(self, rec: Entry) -> None:
-        b = rec.body
-        self.models.add(
-            {
-                "time": rec.time,
-                "index": rec.index,
-                "event": str(b.get("event", "")),
-                "model_id": str(b.get("model_id", "")),
-                "previous_model_id": str(b.get("previous_model_id", "")),
-                "card_sha256": str(b.get("card_sha256", "")),
-                "roc_auc": str(b.get("roc_auc", "")),
-                "reason": str(b.get("reason", "")),
-                "actor": rec.actor,
-            }
-        )
+        self.models.add(model_event(rec))
 
     def _on_incident(self, rec: Entry) -> None:
-        b = rec.body
-        severity = str(b.get("severity", "") or "minor")
-        harmful = b.get("harmful") is True
-        self.severities[severity] += 1
-        item: dict[str, Any] = {
-            "time": rec.time,
-            "index": rec.index,
-            "decision_id": rec.decision_id,
-            "target": rec.target,
-            "actor": rec.actor,
-            "harmful": harmful,
-            "severity": severity,
-            "description": str(b.get("description", "")),
-        }
-        item["art73"] = _art73(parse_time(rec.time), severity, harmful, self.period.end)
+        item = incident_event(rec, self.period.end)
+        self.severities[item["severity"]] += 1
         self.incidents.add(item)
 
     # -- drift -------------------------------------------------------------------------
@@ -828,9 +543,9 @@ class Evidence:
         from explain.features import SCHEMA_VERSION
 
         features = b.get("features")
-        if isinstance(features, _MAP) and b.get("schema_version") == SCHEMA_VERSION:
+        if isinstance(features, MAP) and b.get("schema_version") == SCHEMA_VERSION:
             # The vector the model scored, as the gateway recorded it.
-            full = self._drift_recorded.setdefault(model_id, _Batches()).add(features)
+            full = self._drift_recorded.setdefault(model_id, Batches()).add(features)
         else:  # a record from before features were recorded: derive them again
             from adapters.action import Action, RuntimeState
             from explain.features import Context, featurize
@@ -845,7 +560,7 @@ class Evidence:
                 return
             rows = self._drift_rows[model_id]
             rows.append(row)
-            full = len(rows) >= _BATCH
+            full = len(rows) >= BATCH
         if full:
             self._flush_drift(model_id)
 
@@ -879,290 +594,5 @@ class Evidence:
     # -- result ------------------------------------------------------------------------
 
     def result(self) -> dict[str, Any]:
-        return {
-            "completeness": self._completeness(),
-            "decisions": self._decisions(),
-            "risk": self._risk(),
-            "oversight": self._oversight(),
-            "outcomes": self._outcomes(),
-            "incidents": self._incidents(),
-            "models": self._models(),
-            "explanations": self._explanations(),
-            "drift": self._drift(),
-            "retention": self._retention(),
-        }
-
-    def _completeness(self) -> dict[str, Any]:
-        return {
-            "records_in_ledger": self.records,
-            "records_in_period": self.in_period,
-            "first_index_in_period": self.first_index,
-            "last_index_in_period": self.last_index,
-            "records_by_kind": dict(sorted(self.kinds.items())),
-            "unreadable_records": self.unreadable,
-            "gap_threshold_hours": _r(GAP_SECONDS / 3600, 2),
-            "gaps": self.gaps.to_json(),
-            "checkpoints_in_period": self.checkpoints_in_period,
-            "covering_checkpoint": self.covering,
-            "logged_fields": [
-                "index",
-                "time",
-                "kind",
-                "prev",
-                "key_id",
-                "trace_id",
-                "actor",
-                "target",
-                "decision_id",
-                "body",
-            ],
-        }
-
-    def _decisions(self) -> dict[str, Any]:
-        return {
-            "count": self.decisions,
-            "by_verdict": dict(sorted(self.verdicts.items())),
-            "by_verb": dict(sorted(self.verbs.items())),
-            "by_runtime": dict(sorted(self.runtimes.items())),
-            "by_policy": dict(sorted(self.by_policy.items())),
-            "by_day": {d: dict(sorted(c.items())) for d, c in sorted(self.by_day.items())},
-            "without_request_id": self.without_request_id,
-            "dry_runs": self.dry_runs,
-            "fallbacks": {
-                "count": self.fallbacks,
-                "by_verdict": dict(sorted(self.fallback_verdicts.items())),
-            },
-            "halted_by_stop_switch": self.halted_decisions,
-        }
-
-    def _thresholds(self, policy_id: str, source: str) -> dict[str, Any]:
-        text = self._policy_text(policy_id, source) if self._policy_text else None
-        if text is None or hashlib.sha256(text.raw).hexdigest() != policy_id:
-            return {
-                "recorded": False,
-                "why": "the ledger records the policy's id (SHA-256) and source path, not its "
-                "text, and no policy file with that SHA-256 was available",
-            }
-        try:
-            return text.thresholds()
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, AttributeError, TypeError) as err:
-            return {"recorded": False, "why": f"the policy file does not parse: {err}"}
-
-    def _risk(self) -> dict[str, Any]:
-        policies = []
-        if self.policy_in_force is not None:
-            policies.append({**self.policy_in_force, "in_force_at_start": True})
-        policies += [{**p, "in_force_at_start": False} for p in self.policy_activations.items]
-        for p in policies:
-            p["thresholds"] = self._thresholds(p["policy_id"], p["source"])
-        width = 1 / RISK_BINS
-        return {
-            "scored": self.risk.n,
-            "unscored": self.decisions - self.risk.n,
-            "summary": self.risk.to_json(),
-            "histogram": [
-                {"from": _r(i * width, 4), "to": _r((i + 1) * width, 4), "count": c}
-                for i, c in enumerate(self.risk_bins)
-            ],
-            "policies": policies,
-            "policy_activations_in_period": self.policy_activations.total,
-            "residual_risk_accepted": {
-                "auto_executed": self.auto_executed_risk.to_json(),
-                "approved_by_people": self.approved_risk.to_json(),
-            },
-        }
-
-    def _oversight(self) -> dict[str, Any]:
-        reviewers = {}
-        for name, c in sorted(self.reviewers.items()):
-            n = c["approved"] + c["denied"]
-            reviewers[name] = {
-                "approved": c["approved"],
-                "denied": c["denied"],
-                "approval_rate": _r(c["approved"] / n, 4) if n else None,
-            }
-        labels = [f"<{int(e)}s" for e in APPROVAL_EDGES] + [f">={int(APPROVAL_EDGES[-1])}s"]
-        return {
-            "approvals": self.approvals,
-            "denials": self.denials,
-            "completed_by_approval": self.completed,
-            "expiries": self.expiries,
-            "still_pending_at_end": len(self._open),
-            "reviewers": reviewers,
-            "time_to_approval_seconds": {
-                **self.time_to_approval.to_json(),
-                "histogram": [
-                    {"bin": lab, "count": n}
-                    for lab, n in zip(labels, self.approval_bins, strict=True)
-                ],
-            },
-            "overrides": {
-                "denials": self.denials,
-                "rollbacks": sum(self.rollbacks.values()),
-                "rollbacks_by_actor": dict(sorted(self.rollbacks.items())),
-            },
-            "halts": self.halts.to_json(),
-            "resumes": self.resumes.to_json(),
-            "access_refusals": self.access_refusals,
-        }
-
-    def _outcomes(self) -> dict[str, Any]:
-        return {
-            "by_status": dict(sorted(self.outcomes.items())),
-            "rollbacks": dict(sorted(self.rollback_outcomes.items())),
-            "recovered_after_restart": self.recovered,
-        }
-
-    def _incidents(self) -> dict[str, Any]:
-        return {
-            **self.incidents.to_json(),
-            "by_severity": dict(sorted(self.severities.items())),
-            "severity_mapping": {
-                "serious": "serious incident, general deadline (Art. 73(2), 15 days)",
-                "critical": "serious incident affecting critical infrastructure or widespread "
-                "(Art. 73(3), 2 days)",
-                "major": "not a serious incident by its label; assess",
-                "minor": "not a serious incident by its label",
-            },
-            "death_not_recorded": "incident records carry no field for a death; where one "
-            "occurred, Art. 73(4) requires a report within 10 days",
-        }
-
-    def _models(self) -> dict[str, Any]:
-        cards = {}
-        for model_id in sorted(self.by_model):
-            card = self._card(model_id)
-            cards[model_id] = None if card is None else _card_summary(card)
-        return {
-            "in_force_at_start": self.model_in_force,
-            "activations": self.models.to_json(),
-            "decisions_by_model": dict(sorted(self.by_model.items())),
-            "cards": cards,
-        }
-
-    def _explanations(self) -> dict[str, Any]:
-        self._sum_shap()
-        n = self.shap_rows
-        means = sorted(((-_r(s / n), f) for f, s in self.abs_shap.items()) if n else [])
-        importance = [{"feature": f, "mean_abs_shap": -m} for m, f in means]
-        return {
-            "decisions_explained": self.explained,
-            "decisions_without_explanation": self.decisions - self.explained,
-            "global_importance": importance,
-        }
-
-    def _drift(self) -> dict[str, Any]:
-        from explain.drift import Thresholds, psi
-        from explain.features import FEATURE_NAMES
-
-        for model_id in {*self._drift_rows, *self._drift_recorded}:
-            self._flush_drift(model_id)
-        levels = Thresholds()
-        models = {}
-        for model_id in sorted(self.by_model):
-            card = self._card(model_id)
-            if card is None or card.profile is None:
-                models[model_id] = {
-                    "available": False,
-                    "why": "no model card with a drift reference for this model",
-                }
-                continue
-            n = self._drift_n[model_id]
-            if not n:
-                models[model_id] = {"available": False, "why": "no decisions could be featurized"}
-                continue
-            counts = self._drift_counts[model_id]
-            features = []
-            for i, name in enumerate(FEATURE_NAMES):
-                value = psi(card.profile.features[name].fractions, (counts[i] / n).tolist())
-                features.append({"feature": name, "psi": _r(value), "level": levels.level(value)})
-            models[model_id] = {"available": True, "decisions": n, "features": features}
-        return {
-            "method": "population stability index against the model card's training "
-            "profile (explain.drift), per feature",
-            "thresholds": {"moderate": levels.moderate, "significant": levels.significant},
-            "unreadable_decisions": self._drift_errors,
-            "models": models,
-        }
-
-    def _retention(self) -> dict[str, Any]:
-        if not self.first_time:
-            return {
-                "oldest_record": None,
-                "held_days": 0,
-                "minimum_days": RETENTION_MINIMUM_DAYS,
-                "meets_minimum": False,
-            }
-        # Measured at the period's end, or at the newest record if the period ends later.
-        at = min(self.period.end, parse_time(self.last_time))
-        held = (at - parse_time(self.first_time)).total_seconds() / 86_400
-        return {
-            "oldest_record": self.first_time,
-            "newest_record": self.last_time,
-            "held_days": _r(held, 2),
-            "minimum_days": RETENTION_MINIMUM_DAYS,
-            "meets_minimum": held >= RETENTION_MINIMUM_DAYS,
-            "measured_at": format_time(at),
-        }
-
-
-def _scope_event(rec: Entry) -> dict[str, Any]:
-    b = rec.body
-    scope = b.get("scope") if isinstance(b.get("scope"), Mapping) else {}
-    assert isinstance(scope, _MAP)
-    if scope.get("all"):
-        text = "everything"
-    elif scope.get("runtime"):
-        text = f"runtime {scope.get('runtime')}"
-    else:
-        text = str(scope.get("selector", "")) or "unspecified"
-    return {
-        "time": rec.time,
-        "index": rec.index,
-        "scope": text,
-        "actor": rec.actor,
-        "reason": str(b.get("reason", "")),
-    }
-
-
-def _art73(aware: dt.datetime, severity: str, harmful: bool, end: dt.datetime) -> dict[str, Any]:
-    """The Art. 73 reporting deadline for an incident, counted from the record's time."""
-    klass = _SEVERITY_CLASS.get(severity) if harmful else None
-    if klass is None:
-        return {
-            "serious_incident": False,
-            "deadline": None,
-            "basis": None,
-            "why": "not labelled harmful with severity serious or critical",
-        }
-    days, basis = ART73_DEADLINES[klass]
-    deadline = aware + dt.timedelta(days=days)
-    return {
-        "serious_incident": True,
-        "class": klass,
-        "aware": format_time(aware),
-        "days": days,
-        "basis": basis,
-        "deadline": format_time(deadline),
-        "deadline_passed_by_period_end": deadline <= end,
-        "if_death": format_time(aware + dt.timedelta(days=ART73_DEADLINES["death"][0])),
-    }
-
-
-def _card_summary(card: ModelCard) -> dict[str, Any]:
-    c = card.card
-    metrics = c.get("metrics", {}) if isinstance(c.get("metrics"), Mapping) else {}
-    keep = ("roc_auc", "pr_auc", "brier", "log_loss", "holdout_rows", "holdout_positive_rate")
-    return {
-        "card_sha256": card.card_sha256,
-        "created": str(c.get("created", "")),
-        "schema_version": str(c.get("schema_version", "")),
-        "model_type": str(c.get("model_type", "")),
-        "data": _plain(c.get("data", {})),
-        "metrics": {k: _plain(metrics[k]) for k in keep if k in metrics},
-        "intended_use": str(c.get("intended_use", "")),
-        "limits": [str(x) for x in c.get("limits", [])]
-        if isinstance(c.get("limits"), list)
-        else [],
-        "drift_reference": card.profile is not None,
-    }
+        """The evidence sections (:func:`compliance.sections.sections`)."""
+        return sections(self)
