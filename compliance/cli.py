@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from compliance.errors import ReportError
-from compliance.report import build_report, report_bytes
 
 __all__ = ["report_command"]
 
@@ -75,6 +74,8 @@ def report_command(
             tasks[stage] = bar.add_task(stage, total=total)
         bar.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
 
+    from compliance.report import build_report  # here: other commands need none of it
+
     try:
         with bar:
             report = build_report(
@@ -111,6 +112,8 @@ def report_command(
 
 def _render(report: dict[str, Any], fmt: Format) -> bytes:
     """The bytes ``--out`` gets; weasyprint is imported only for PDF."""
+    from compliance.report import report_bytes
+
     if fmt is Format.HTML:
         from compliance.html import render_html
 
