@@ -116,6 +116,8 @@ def _line(d: types_pb2.Decision, con: Console) -> None:
 
 
 def _prepare(data: Path) -> ServeConfig:
+    # Absolute: the config reads a relative policy or roles path from the data directory.
+    data = data.resolve()
     certs = data / "certs"
     if not (certs / "ca.pem").exists():
         init_certs(certs, IDENTITIES)
