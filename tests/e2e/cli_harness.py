@@ -87,8 +87,8 @@ class Govgate:
         self.runs.append(run)
         return run
 
-    def sub(self, *args: str | Path, timeout: float = 60) -> Run:
-        """The installed ``govgate`` script in a subprocess."""
+    def sub(self, *args: str | Path, timeout: float = 60, cwd: Path | None = None) -> Run:
+        """The installed ``govgate`` script in a subprocess (in ``cwd``, if given)."""
         argv = [str(a) for a in args]
         env = {k: v for k, v in os.environ.items() if k != "GOVGATE_DATA_DIR"}
         env["COLUMNS"] = "200"
@@ -99,6 +99,7 @@ class Govgate:
             timeout=timeout,
             env=env,
             check=False,
+            cwd=cwd,
         )
         run = Run(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         self.runs.append(run)

@@ -615,7 +615,9 @@ def test_rotated_log_verifies_with_the_original_and_the_new_key(
 
 def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
     data = tmp_path / "demo"
-    r = gg.sub("demo", "--data", data, "--records", "200", "--pace", "0", timeout=120)
+    # A relative --data, as the README's ./scripts/demo.sh runs it (demo-data).
+    r = gg.sub("demo", "--data", "demo", "--records", "200", "--pace", "0", timeout=120,
+               cwd=tmp_path)  # fmt: skip
     assert r.code == 0, r
     text = " ".join(r.out.split())
     assert "Tampering is caught" in text, r
