@@ -133,6 +133,13 @@ def first_index(part: list[Rec | tuple[int, str]]) -> int:
     return next(line.index for line in part if isinstance(line, Rec))
 
 
+def one_reading(period: Period) -> dict[str, Any]:
+    """The evidence of the made-up ledger read in one go."""
+    whole = feed(Evidence(period, drift=False), ledger())
+    whole.finish()
+    return whole.result()
+
+
 def joined(period: Period, parts: list[list[Rec | tuple[int, str]]]) -> dict[str, Any]:
     total = Evidence(period, drift=False)
     for part in parts:
@@ -155,9 +162,7 @@ PERIODS = [
 def test_every_single_cut_gives_the_evidence_of_one_reading(start: str, end: str):
     period = Period.parse(start, end)
     lines = ledger()
-    whole = feed(Evidence(period, drift=False), lines)
-    whole.finish()
-    expected = whole.result()
+    expected = one_reading(period)
     assert expected["completeness"]["records_in_ledger"] == 20
     for cut in cuts(lines):
         assert joined(period, [lines[:cut], lines[cut:]]) == expected, f"cut before {cut}"
@@ -167,27 +172,22 @@ def test_every_single_cut_gives_the_evidence_of_one_reading(start: str, end: str
 def test_a_part_for_every_record_gives_the_evidence_of_one_reading(start: str, end: str):
     period = Period.parse(start, end)
     lines = ledger()
-    whole = feed(Evidence(period, drift=False), lines)
-    whole.finish()
     starts = [0, *cuts(lines), len(lines)]
     parts = [lines[a:b] for a, b in itertools.pairwise(starts)]
-    assert joined(period, parts) == whole.result()
+    assert joined(period, parts) == one_reading(period)
 
 
 def test_the_made_up_ledger_crosses_cuts_with_what_matters():
     """The cases above are only worth something if the ledger has them: check it does."""
-    whole = feed(Evidence(Period.parse(*PERIODS[0]), drift=False), ledger())
-    whole.finish()
-    ev = whole.result()
+    ev = one_reading(Period.parse(*PERIODS[0]))
     assert ev["completeness"]["gaps"]["count"] == 5  # four, and one from the period's start
     oversight = ev["oversight"]
     assert (oversight["approvals"], oversight["denials"], oversight["expiries"]) == (3, 1, 1)
     assert oversight["time_to_approval_seconds"]["count"] == 2  # d1 (two approvals) and d5
     assert ev["completeness"]["covering_checkpoint"]["size"] == 20
-    windowed = feed(Evidence(Period.parse(*PERIODS[1]), drift=False), ledger())
-    windowed.finish()
+    windowed = one_reading(Period.parse(*PERIODS[1]))
     # the records before the period's end (80 h) are the first 14: a checkpoint at 14 covers
-    assert windowed.result()["completeness"]["covering_checkpoint"]["size"] == 14
+    assert windowed["completeness"]["covering_checkpoint"]["size"] == 14
 
 
 @pytest.mark.parametrize("part", [1, 2, 3, 7])
