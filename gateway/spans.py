@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import inspect
 import logging
 import marshal
 import os
@@ -52,7 +54,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -262,17 +264,19 @@ def _link(context: SpanContext, attributes: types.Attributes) -> tuple[Any, ...]
 
 class _Current:
     """``start_as_current_span``'s context manager: what the API's ``use_span`` does, as a
-    class (a generator-based one costs microseconds more per span)."""
+    class (a generator-based one costs microseconds more per span). The span starts on
+    entry; as a decorator, each call of the function gets a span of its own."""
 
-    __slots__ = ("end_on_exit", "span", "token")
+    __slots__ = ("end_on_exit", "span", "start", "token")
 
-    def __init__(self, span: trace.Span, end_on_exit: bool) -> None:
-        self.span = span
+    def __init__(self, start: Callable[[], trace.Span], end_on_exit: bool) -> None:
+        self.start = start
         self.end_on_exit = end_on_exit
 
     def __enter__(self) -> trace.Span:
-        self.token = otel_context.attach(trace.set_span_in_context(self.span))
-        return self.span
+        self.span = span = self.start()
+        self.token = otel_context.attach(trace.set_span_in_context(span))
+        return span
 
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
@@ -283,6 +287,24 @@ class _Current:
             span.failed(err, escaped=False)
         if self.end_on_exit:
             span.end()
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        start, end_on_exit = self.start, self.end_on_exit
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def traced_async(*args: Any, **kwargs: Any) -> Any:
+                with _Current(start, end_on_exit):
+                    return await func(*args, **kwargs)
+
+            return traced_async
+
+        @functools.wraps(func)
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            with _Current(start, end_on_exit):
+                return func(*args, **kwargs)
+
+        return traced
 
 
 class _Tracer(trace.Tracer):
@@ -342,9 +364,11 @@ class _Tracer(trace.Tracer):
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
     ) -> _Current:
-        span = self.start_span(name, context, kind, attributes, links, start_time,
-                               record_exception, set_status_on_exception)  # fmt: skip
-        return _Current(span, end_on_exit)
+        start = functools.partial(
+            self.start_span, name, context, kind, attributes, links, start_time,
+            record_exception, set_status_on_exception,
+        )  # fmt: skip
+        return _Current(start, end_on_exit)
 
 
 # -- the gateway's side: the queue and the pipe ---------------------------------------------

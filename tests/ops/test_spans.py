@@ -680,6 +680,35 @@ def test_start_as_current_span_is_current_in_its_block_only(
         assert spans[name].parent_span_id == spans["outer"].span_id
 
 
+def test_start_as_current_span_decorates_with_a_span_per_call(
+    start: Start, collector: Collector
+) -> None:
+    """As the API's: ``@tracer.start_as_current_span(...)`` on a function, plain or async."""
+    recorder = start()
+    tracer = recorder.get_tracer("test")
+
+    @tracer.start_as_current_span("work")
+    def work(x: int) -> trace.Span:
+        return trace.get_current_span()
+
+    @tracer.start_as_current_span("async work")
+    async def async_work() -> trace.Span:
+        await asyncio.sleep(0)
+        return trace.get_current_span()
+
+    first, second = work(1), work(2)
+    third = asyncio.run(async_work())
+    assert first is not second  # each call its own span, current while it runs
+    assert first.get_span_context().span_id != second.get_span_context().span_id
+    assert not any(s.is_recording() for s in (first, second, third))  # ended after the call
+    assert work.__name__ == "work"
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert recorder.force_flush(10_000)
+    names = [s.name for r in collector.received() for rs in r.resource_spans
+             for ss in rs.scope_spans for s in ss.spans]  # fmt: skip
+    assert sorted(names) == ["async work", "work", "work"]
+
+
 # -- faults ------------------------------------------------------------------------------------
 
 
