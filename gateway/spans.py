@@ -14,10 +14,11 @@ figures). So the gateway keeps only the cheap half of tracing:
   never waited for.
 * A thread ships the queue to the exporter process every 100 ms, or as soon as
   ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans wait, as one :mod:`marshal` frame on a pipe.
-* The exporter process (:mod:`gateway.span_exporter`, started by the recorder) rebuilds
-  each span as the SDK's ``ReadableSpan``, applies the SDK's span limits (``OTEL_SPAN_*``,
-  ``OTEL_ATTRIBUTE_*``) and hands it to the SDK's ``BatchSpanProcessor`` and OTLP (or
-  console) exporter, configured by the same ``OTEL_*`` variables as ever.
+* The exporter process (:mod:`gateway.span_exporter`, started by the recorder) applies
+  the SDK's span limits (``OTEL_SPAN_*``, ``OTEL_ATTRIBUTE_*``) and exports through the
+  SDK's own exporters, configured by the same ``OTEL_*`` variables as ever: for OTLP over
+  gRPC it encodes each batch as one request itself; otherwise it rebuilds each span as
+  the SDK's ``ReadableSpan`` for the SDK's ``BatchSpanProcessor``.
 
 Sampling is the SDK's own sampler (``OTEL_TRACES_SAMPLER``), asked once per local root
 span. A span started under one of this recorder's recorded spans shares its decision, as
@@ -378,8 +379,8 @@ class SpanRecorder(trace.TracerProvider):
     """An OpenTelemetry tracer provider whose spans are exported by a child process.
 
     ``exporters`` are what :func:`gateway.telemetry.exporter_kind` returns (``otlp-grpc``,
-    ``otlp-http``, ``console``); each gets its own batch processor in the child, which
-    reads the exporters' own ``OTEL_EXPORTER_*`` variables. ``sampler`` defaults to the
+    ``otlp-http``, ``console``); each is made in the child, which reads the exporters'
+    own ``OTEL_EXPORTER_*`` variables. ``sampler`` defaults to the
     one ``OTEL_TRACES_SAMPLER`` names. Raises :class:`RuntimeError` with the child's
     message when the exporter process cannot start.
     """

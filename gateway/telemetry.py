@@ -3,8 +3,8 @@
 Two pieces, both at the gRPC edge:
 
 * :func:`setup_tracing` builds a :class:`~gateway.spans.SpanRecorder` from the
-  environment alone: spans are recorded here and exported by the SDK's batch
-  processor and exporters in a child process (:mod:`gateway.spans` says why). Tracing
+  environment alone: spans are recorded here and exported through the SDK's
+  exporters from a child process (:mod:`gateway.spans` says why). Tracing
   is **off unless asked for**: with no ``OTEL_TRACES_EXPORTER`` and no OTLP
   endpoint variable it returns ``None``, no provider is installed, and every
   span the gateway starts is the API's no-op span.
@@ -26,7 +26,7 @@ Example::
     server = grpc.aio.server(interceptors=[TracingInterceptor(), ErrorMapper(gw.authorize)])
     ...
     if provider is not None:
-        provider.shutdown()  # flushes what the batch processor still holds
+        provider.shutdown()  # exports what is still queued, then stops the exporter process
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ def setup_tracing(service_name: str = "govgate", *, set_global: bool = True) -> 
     """A tracer provider exporting as ``OTEL_*`` says, or ``None`` when tracing is off.
 
     The provider is a :class:`~gateway.spans.SpanRecorder`: spans are recorded in this
-    process and exported, by the SDK's batch processor and exporters, from a child process
-    it starts. ``set_global`` installs it as OpenTelemetry's global provider (once per
-    process), which is what the gateway's default tracers use. Call ``shutdown()`` on it
-    when stopping: it exports the spans still queued and stops the child. Raises
+    process and exported, through the SDK's exporters, from a child process it starts.
+    ``set_global`` installs it as OpenTelemetry's global provider (once per process),
+    which is what the gateway's default tracers use. Call ``shutdown()`` on it when
+    stopping: it exports the spans still queued and stops the child. Raises
     :class:`~gateway.config.ConfigError` for an exporter or protocol this build cannot
     provide, naming the variable, or when the exporter process cannot start.
     """
