@@ -123,7 +123,7 @@ class Evidence:
         self._before_end = 0  # records with time < end: a prefix of the log
         # what merge() needs of a part that starts after the log's first record
         self._first_in_period = ""  # the time of the first record in the period
-        self._gap_from_start = False  # whether that record's gap was counted from the start
+        self._start_gap: dict[str, Any] | None = None  # in a later part: its gap from the start
         self._closed_first = False  # whether the first record fed was past the period
         self._orphans: list[tuple[str, str, str, bool]] = []  # reviews of unknown decisions
         self._from = 0  # the index of the first record this evidence is of
@@ -251,27 +251,26 @@ class Evidence:
             self.first_index = rec.index
         self.last_index = rec.index
         if t[:10] != self._prev_day:  # a gap of more than a day crosses a date
+            gap = self._gap(parse_time(t), t)
             if not self._first_in_period:
                 self._first_in_period = t
-                self._gap_from_start = self._gap_to(parse_time(t), t)
-            else:
-                self._gap_to(parse_time(t), t)
+                if self._from:  # a gap from the start only if no earlier part has a record
+                    self._start_gap, gap = gap, None
+            if gap is not None:
+                self.gaps.add(gap)
             self._prev_day = t[:10]
         self._prev_time = t
         handler = self._handlers.get(rec.kind)
         if handler is not None:
             handler(rec)
 
-    def _gap_to(self, when: dt.datetime, text: str) -> bool:
-        """Record a gap if nothing was written for more than a day before ``when``."""
+    def _gap(self, when: dt.datetime, text: str) -> dict[str, Any] | None:
+        """The gap before ``when`` if nothing was written for more than a day before it."""
         prev = parse_time(self._prev_time) if self._prev_time else self.period.start
         if (when - prev).total_seconds() <= GAP_SECONDS:
-            return False
-        self.gaps.add(
-            {"from": format_time(prev), "to": text,
-             "hours": rounded((when - prev).total_seconds() / 3600, 2)}
-        )  # fmt: skip
-        return True
+            return None
+        return {"from": format_time(prev), "to": text,
+                "hours": rounded((when - prev).total_seconds() / 3600, 2)}  # fmt: skip
 
     def finish(self) -> None:
         """Call after the last record: closes the trailing gap and the covering checkpoint."""
@@ -279,7 +278,8 @@ class Evidence:
         end = min(self.period.end, parse_time(self.last_time)) if self.last_time else prev
         if self.last_time and self.last_time >= self._hi:
             end = self.period.end
-        self._gap_to(end, format_time(end))
+        if (gap := self._gap(end, format_time(end))) is not None:
+            self.gaps.add(gap)
         candidate = self._candidate
         if self.covering is None and candidate and candidate["size"] == self._before_end:
             self.covering = candidate
@@ -291,7 +291,10 @@ class Evidence:
         """Fold in ``later``: the evidence of the records right after this evidence's
         (made with :meth:`starting_at`), as if one evidence had been fed them all. Called
         before :meth:`finish`; joining the same parts in the same order always gives the
-        same result, whatever process read each part.
+        same result, whatever process read each part. Counts, lists and what is in force
+        are exactly those of one reading; sums of floats (mean risk, mean |SHAP|, drift
+        bins) are added in another order, so they may differ from one reading's in the
+        last bits, which can, rarely, move a figure rounded to six places.
         """
         later.flush()
         self.flush()
@@ -314,15 +317,17 @@ class Evidence:
             self._in_period_checkpoint = later._in_period_checkpoint
         # Gaps: the one before later's first record in the period is from this one's last.
         if later._first_in_period:
-            gaps = later.gaps
+            first = later._first_in_period
+            gap = later._start_gap
             if self._prev_time:
-                if later._gap_from_start:
-                    gaps = Listed(gaps.items[1:], gaps.total - 1)
-                self._gap_to(parse_time(later._first_in_period), later._first_in_period)
-            elif not self._first_in_period:
-                self._first_in_period = later._first_in_period
-                self._gap_from_start = later._gap_from_start
-            self.gaps.merge(gaps)
+                gap = self._gap(parse_time(first), first)
+            else:
+                self._first_in_period = first
+                if self._from:  # still a later part: the gap from the start waits too
+                    self._start_gap, gap = gap, None
+            if gap is not None:
+                self.gaps.add(gap)
+            self.gaps.merge(later.gaps)
             self._prev_time, self._prev_day = later._prev_time, later._prev_day
         if self.first_index is None:
             self.first_index = later.first_index

@@ -25,6 +25,7 @@ import pytest
 from compliance_scenario import Built
 
 import compliance.report
+import compliance.tally
 from compliance.evidence import Evidence, Period
 from compliance.report import build_report, report_bytes
 from ledger.record import format_time
@@ -175,6 +176,24 @@ def test_a_part_for_every_record_gives_the_evidence_of_one_reading(start: str, e
     starts = [0, *cuts(lines), len(lines)]
     parts = [lines[a:b] for a, b in itertools.pairwise(starts)]
     assert joined(period, parts) == one_reading(period)
+
+
+def test_listed_gaps_are_the_first_ones_whatever_the_cuts(monkeypatch: pytest.MonkeyPatch):
+    """Only the first gaps are listed (MAX_LISTED, here 2): a part's gap from the period's
+    start, which merging drops, must not have taken a listed place from a later gap."""
+    monkeypatch.setattr(compliance.tally, "MAX_LISTED", 2)
+    lines: list[Rec | tuple[int, str]] = [Rec(0, at(12), "outcome")]
+    lines += [Rec(i, at(34 + 48 * (i - 1)), "outcome") for i in range(1, 6)]
+    period = Period.parse("2026-03-01", at(34 + 48 * 4 + 1))
+    expected = feed(Evidence(period, drift=False), lines)
+    expected.finish()
+    gaps = expected.result()["completeness"]["gaps"]
+    # Four gaps of 48 h; none from the start (12 h). A part from record 1 on sees one
+    # from the start (34 h), which merging replaces with "none since record 0".
+    assert (gaps["count"], len(gaps["items"])) == (4, 2)
+    for cut in range(1, len(lines)):
+        got = joined(period, [lines[:cut], lines[cut:]])["completeness"]["gaps"]
+        assert got == gaps, f"cut before {cut}"
 
 
 def test_the_made_up_ledger_crosses_cuts_with_what_matters():
