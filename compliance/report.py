@@ -276,7 +276,7 @@ def _aggregate(
         start_of_records = f.tell()
     if isinstance(parsed, dict):
         header = parsed
-    total = header.get("size") if isinstance(header.get("size"), int) else 0
+    total: int = header["size"] if isinstance(header.get("size"), int) else 0
     try:
         parts = [(p.offset, p.length, p.start) for p in export_parts(export, _PART)]
     except VerificationError:  # a broken export (the integrity section says so): one part
@@ -290,20 +290,12 @@ def _aggregate(
         evidence.merge(part)
         done += part.records
         if progress is not None:
-            progress("reading", done, max(int(total or 0), done))
+            progress("reading", done, max(total, done))
 
     if workers > 1:
         with ScanPool(workers, "compliance.report:read_part") as pool:
-            pending = 0
-            for offset, length, start in parts:
-                pool.submit((*task, offset, length, start))
-                pending += 1
-                if pending > 2 * workers:  # a few parts ahead: memory stays flat
-                    merge(pool.result())
-                    pending -= 1
-            while pending:
-                merge(pool.result())
-                pending -= 1
+            for part in pool.map((*task, offset, length, start) for offset, length, start in parts):
+                merge(part)
     else:
         for offset, length, start in parts:
             merge(read_part(*task, offset, length, start))

@@ -24,6 +24,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -70,6 +71,20 @@ class ScanPool:
         pickle.dump(args, pipe, protocol=pickle.HIGHEST_PROTOCOL)
         pipe.flush()
         self._sent += 1
+
+    def map(self, tasks: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        """The answers to ``tasks``, in order, with at most ``2 n + 1`` asked and not yet
+        read (a few ahead keep every worker busy; memory stays flat)."""
+        pending = 0
+        for args in tasks:
+            self.submit(args)
+            pending += 1
+            if pending > 2 * len(self._procs):
+                yield self.result()
+                pending -= 1
+        while pending:
+            yield self.result()
+            pending -= 1
 
     def result(self) -> Any:
         """The answer to the oldest submission not yet answered; its exception if it raised."""

@@ -436,16 +436,8 @@ def _verify_chunked(
     # threads, and no re-import of this process's __main__ (see ledger._workers).
     assert isinstance(path, str)
     with ScanPool(workers) as pool:
-        pending = 0
-        for args in _file_ranges(f, path, first_line, per_chunk, level):
-            pool.submit(args)
-            pending += 1
-            if pending > 2 * workers:  # a few chunks ahead, memory stays flat
-                finish(pool.result())
-                pending -= 1
-        while pending:
-            finish(pool.result())
-            pending -= 1
+        for res in pool.map(_file_ranges(f, path, first_line, per_chunk, level)):
+            finish(res)
 
 
 def verify_stream(
