@@ -459,10 +459,14 @@ class Gateway:
             respond_by=respond_by,
         )
         target = action.target
+        # The halt version the halts were read at: the guard below claims the next one, so
+        # a halt another replica records meanwhile (even one synced here) refuses this record.
+        seen = self._state.halt_version
         halt = self._halted(target, None)
         state, described = RuntimeState(), False
         if halt is None:
             state, described = await self._describe(d)
+            seen = self._state.halt_version
             halt = self._halted(target, state.labels)
             if halt is None and not described:  # fail closed: it may be in a halted scope
                 halt = next((h for h in self._halts if h.selector), None)
@@ -507,7 +511,7 @@ class Gateway:
         if runs and self.replica:
             body["replica"] = d.executor = self.replica
         # Whether it runs or is halted depends on the halts: none may have changed unseen.
-        guard = (self._next_halt(),) if runs or d.state == "HALTED" else ()
+        guard = (f"halt:{seen + 1}",) if runs or d.state == "HALTED" else ()
         draft = Draft("decision", body, trace_id=trace_id, actor=requester, target=str(target),
                       decision_id=d.decision_id, claims=(f"request:{request_id}",),
                       unclaimed=guard)  # fmt: skip
@@ -732,11 +736,6 @@ class Gateway:
         return [self.decisions[i] for i in self._pending if i in self.decisions and
                 self.decisions[i].state == "PENDING_APPROVAL"]  # fmt: skip
 
-    def _next_halt(self) -> str:
-        """The claim the next halt or resume takes: a step that must not run under a halt this
-        replica has not seen yet needs it still free."""
-        return f"halt:{self._state.halt_version + 1}"
-
     async def review(
         self,
         decision_id: str,
@@ -780,6 +779,7 @@ class Gateway:
             result = trial.review(reviewer, approve, reason, digest, now)
         except ApprovalError as err:
             raise ReviewRefusedError(err.code, str(err)) from err
+        seen = self._state.halt_version  # before the halts are read (see _decide)
         if result is ReviewOutcome.READY:  # it would run now: the stop switch has the last word
             halt = await self._halt_covering(d.action.target)
             if halt is not None:
@@ -799,7 +799,7 @@ class Gateway:
         rec = await self._record(
             Draft(kind, body, actor=reviewer, target=str(d.action.target),
                   decision_id=decision_id, trace_id=d.trace_id,
-                  claims=(self._step(d),), unclaimed=(self._next_halt(),) if ready else ()),
+                  claims=(self._step(d),), unclaimed=(f"halt:{seen + 1}",) if ready else ()),
             of=d,
         )  # fmt: skip
         if ready:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_pipeline import ALICE, APPROVE_ALL, BOB, ENGINE, EXAMPLE_POLICY, NODE, act
@@ -148,6 +149,33 @@ async def test_a_halt_through_one_replica_stops_the_other(pair: Pair):
     halts = await pair.a.ledger.store.query(RecordQuery(kind="halt"))
     resumes = await pair.a.ledger.store.query(RecordQuery(kind="resume"))
     assert [r.body["version"] for r in halts + resumes] == [1, 2]
+
+
+async def test_a_halt_that_arrives_while_deciding_stops_the_decision(pair: Pair):
+    """b reads the halts, then plans; meanwhile a halts and b catches up. b's decision
+    record must still find the halt version it decided under taken, and decide again."""
+    planning, go_on = asyncio.Event(), asyncio.Event()
+    lv = pair.lv
+
+    class SlowPlan:  # libvirt, with a plan that waits until the halt is in
+        def __getattr__(self, name: str) -> Any:
+            return getattr(lv, name)
+
+        async def plan(self, *args: Any, **kwargs: Any) -> Any:
+            planning.set()
+            await go_on.wait()
+            return await lv.plan(*args, **kwargs)
+
+    pair.b.adapters["libvirt"] = SlowPlan()  # type: ignore[assignment]
+    deciding = asyncio.create_task(pair.b.propose("r-9", act("resize", vcpus=4),
+                                                  requester=ENGINE))  # fmt: skip
+    await asyncio.wait_for(planning.wait(), 10)
+    await pair.a.halt(Halt(all=True), "incident 43", ALICE)
+    await pair.b.sync()  # b sees the halt while its decision is still being made
+    go_on.set()
+    d = await asyncio.wait_for(deciding, 10)
+    assert d.state == "HALTED", d.reasons
+    assert await kinds_of(pair.b, d.decision_id) == ["decision"]
 
 
 async def test_an_overdue_approval_expires_once_whoever_sweeps(pair: Pair):
