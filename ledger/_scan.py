@@ -1,12 +1,14 @@
-"""Chunk scanner for fast verification (chain, Merkle roots, checkpoints; no signatures).
+"""Range scanner for fast verification (chain, Merkle roots, checkpoints; no signatures).
 
-:func:`scan_chunk` checks a run of export lines that starts at a record index
-aligned to ``2**level`` records (level :data:`CHUNK_LEVEL` by default), in
-another process, and returns what the sequential part of the verifier needs
-to join chunks: the chain's two ends,
-the chunk's compact Merkle range (after every record and at every checkpoint
-line), where the signing key id changes, and the ``key`` records (which the
-main process opens strictly, since rotations are rare and matter).
+:func:`scan_byte_range` checks the export lines that start within a byte range
+of the file, in another process, and returns what the sequential part of the
+verifier needs to join ranges: the chain's two ends, the range's compact
+Merkle range (after its last record and at every checkpoint line), where the
+signing key id changes, and the ``key`` records (which the main process opens
+strictly, since rotations are rare and matter). Ranges are cut by bytes, so
+the main process never reads the export itself. Every record names its index,
+so a range is placed in the tree by its first record's; the joiner checks that
+it is the index that follows the range before.
 
 Per record it reads only what the chain needs, from the *end* of the payload.
 RFC 8785 fixes the payload's key order, so ``index``, ``key_id``, ``kind``,
@@ -19,12 +21,12 @@ parsed: any change to it changes the leaf hash, which the next record's
 
 Two implementations of that check: :func:`_scan_each` goes record by record
 and names the first fault; :class:`_Bulk` makes the same checks over a whole
-chunk at once (numpy over the envelope tails, one regular-expression pass over
+range at once (numpy over the envelope tails, one regular-expression pass over
 all decoded payload tails, joined comparisons for indexes, chain and times) and
 only ever returns the result :func:`_scan_each` would return, or declines.
-A chunk it declines, such as any chunk with a fault, is scanned record by
-record. :func:`scan_file_range` feeds :class:`_Bulk` a batch of lines at a time,
-so each line is hashed and decoded while it is still in the CPU cache.
+A range it declines, such as any range with a fault, is scanned record by
+record. :func:`scan_byte_range` feeds :class:`_Bulk` a block of lines at a
+time, so each line is hashed and decoded while it is still in the CPU cache.
 """
 
 from __future__ import annotations
@@ -32,16 +34,16 @@ from __future__ import annotations
 import binascii
 import re
 from binascii import a2b_base64 as a2b
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
 
-from ledger.merkle import _NODE_PREFIX, Frontier, leaf_hash
+from ledger.merkle import _NODE_PREFIX, CompactRange, compact_ids, leaf_hash
 
-__all__ = ["CHUNK_LEVEL", "ChunkResult", "scan_chunk", "scan_file_range"]
-
-CHUNK_LEVEL = 13  # chunks of 8192 records start at multiples of 8192: their ranges are subtrees
+__all__ = ["ChunkResult", "scan_byte_range", "scan_chunk"]
 
 _PAYLOAD_PREFIX = b'{"payload":"'
 _ENVELOPE_TAIL = re.compile(
@@ -54,15 +56,20 @@ _PAYLOAD_TAIL = re.compile(
     rb'"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)",'
     rb'"trace_id":"(?:[0-9a-f]{32})?"\}\Z'
 )
+_BATCH = 1 << 20  # bytes of lines that scan_byte_range scans together (they stay in cache)
 _READ_BUFFER = 1 << 20
-_BATCH = 1 << 20  # bytes of lines scanned together in scan_file_range
+_MAX_LINE = 16 * 1024 * 1024  # the longest line, newline included (as the verifier's)
 _TAIL_CHARS = 400  # base64 characters decoded first (300 bytes); the whole payload if needed
 
 
 @dataclass
 class ChunkResult:
-    start: int  # index of the chunk's first record
+    """What a scan of consecutive export lines found. Lines count from the scan's
+    ``first_line``; indexes are the ones the records name, from the first one's on."""
+
+    start: int = -1  # index the first record names (-1: none read); the joiner checks it
     count: int = 0  # records that passed
+    lines: int = 0  # lines scanned, records and checkpoints
     first_line: int = 0  # line of the first record
     first_prev: bytes = b""
     first_time: str = ""
@@ -71,8 +78,11 @@ class ChunkResult:
     hashes: list[bytes] = field(default_factory=list)  # compact range [start, start + count)
     key_runs: list[tuple[int, str]] = field(default_factory=list)  # (index, key id) changes
     key_records: list[tuple[int, int, bytes]] = field(default_factory=list)  # index, line, raw
+    # records before it in the scan, line, raw, compact range [start, start + records before)
     checkpoints: list[tuple[int, int, bytes, list[bytes]]] = field(default_factory=list)
-    error: tuple[int, int, str] | None = None  # index, line, reason
+    # index (-1: the first record, whose index was not read; None: not a record's fault),
+    # line, reason
+    error: tuple[int | None, int, str] | None = None
 
 
 def _tail_fields(b64: bytes) -> re.Match[bytes] | None:
@@ -92,43 +102,39 @@ def _tail_fields(b64: bytes) -> re.Match[bytes] | None:
     return m
 
 
-def scan_chunk(start: int, first_line: int, blob: bytes, level: int = CHUNK_LEVEL) -> ChunkResult:
-    """Check ``blob``'s lines (records from index ``start``, and checkpoint lines) on their own.
-
-    ``start`` is a multiple of ``2**level`` and ``blob`` holds at most that many
-    records, one line each, joined by newlines (one bytes object pickles fast).
-    """
-    return _scan_lines(start, first_line, blob.split(b"\n"), level)
+def scan_chunk(first_line: int, blob: bytes) -> ChunkResult:
+    """Check ``blob``'s lines (records and checkpoint lines, joined by newlines) on their own."""
+    return _scan_lines(first_line, blob.split(b"\n"))
 
 
-def _scan_lines(start: int, first_line: int, lines: list[bytes], level: int) -> ChunkResult:
-    """Scan ``lines``: in bulk when that can vouch for the chunk, else one by one."""
-    if start % (1 << level):
-        raise ValueError(f"chunks must start at a multiple of 2**{level}")
-    fast = _scan_bulk(start, first_line, lines, level)
-    return fast if fast is not None else _scan_each(start, first_line, lines, level)
+def _scan_lines(first_line: int, lines: list[bytes]) -> ChunkResult:
+    """Scan ``lines``: in bulk when that can vouch for them, else one by one."""
+    fast = _scan_bulk(first_line, lines)
+    return fast if fast is not None else _scan_each(first_line, lines)
 
 
-def _scan_each(start: int, first_line: int, lines: list[bytes], level: int) -> ChunkResult:
+def _scan_each(first_line: int, lines: list[bytes]) -> ChunkResult:
     """The reference scan: record by record, stopping at the first fault."""
-    res = ChunkResult(start)
-    frontier = Frontier()
+    res = ChunkResult(lines=len(lines))
+    tree: CompactRange | None = None  # from the first record's index on
     key = ""
     for offset, raw in enumerate(lines):
         line = first_line + offset
         if raw.startswith(b'{"checkpoint"'):
-            res.checkpoints.append((res.count, line, raw, list(frontier.hashes)))
+            res.checkpoints.append((res.count, line, raw, tree.hashes if tree else []))
             continue
-        index = start + res.count
-        if frontier.size == 1 << level:
-            raise ValueError(f"chunk holds more than 2**{level} records")
+        index = tree.end if tree else -1
         q = raw.find(b'"', len(_PAYLOAD_PREFIX))
         env = _ENVELOPE_TAIL.match(raw, q) if raw.startswith(_PAYLOAD_PREFIX) and q > 0 else None
         m = _tail_fields(raw[len(_PAYLOAD_PREFIX) : q]) if env else None
         if env is None or m is None:
             res.error = (index, line, "malformed record envelope or payload")
             break
-        if int(m[1]) != index:
+        if tree is None:
+            index = res.start = int(m[1])
+            res.first_line = line
+            tree = CompactRange(index)
+        elif int(m[1]) != index:
             res.error = (index, line, f"expected index {index}, found {int(m[1])}")
             break
         if m[2] != env[1]:
@@ -136,7 +142,7 @@ def _scan_each(start: int, first_line: int, lines: list[bytes], level: int) -> C
             break
         prev, time = bytes.fromhex(m[4].decode()), m[5].decode()
         if res.count == 0:
-            res.first_prev, res.first_time, res.first_line = prev, time, line
+            res.first_prev, res.first_time = prev, time
         else:
             if prev != res.last_leaf:
                 res.error = (
@@ -155,10 +161,10 @@ def _scan_each(start: int, first_line: int, lines: list[bytes], level: int) -> C
         if m[3] == b"key":
             res.key_records.append((index, line, raw))
         leaf = leaf_hash(raw)
-        frontier.append(leaf)
+        tree.append(leaf)
         res.last_leaf, res.last_time = leaf, time
         res.count += 1
-    res.hashes = list(frontier.hashes)
+    res.hashes = tree.hashes if tree else []
     return res
 
 
@@ -199,35 +205,35 @@ _IS_HEX = _table(_HEX)
 _IS_B64 = _table(_B64)
 
 
-def _merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
-    """Every complete subtree hash over ``leaves``: level ``l`` holds nodes ``(l, 0..)``."""
-    levels = [leaves]
+def _merkle_levels(leaves: list[bytes], begin: int) -> list[tuple[int, list[bytes]]]:
+    """Every complete subtree hash over ``leaves``, the leaves at ``begin`` on: level ``l``
+    holds ``(first index, hashes)`` of nodes ``(l, first index..)`` (a node whose sibling
+    lies before ``begin`` pairs with nothing)."""
+    levels = [(begin, leaves)]
     copy = _NODE_PREFIX.copy
-    while len(levels[-1]) > 1:
-        below = iter(levels[-1])
-        row = []
+    lo, row = begin, leaves
+    while len(row) - (lo & 1) > 1:
+        below = iter(row[1:] if lo & 1 else row)
+        up = []
         for left, right in zip(below, below, strict=False):  # an odd last node waits
             h = copy()
             h.update(left)
             h.update(right)
-            row.append(h.digest())
-        levels.append(row)
+            up.append(h.digest())
+        lo, row = (lo + 1) >> 1, up
+        levels.append((lo, row))
     return levels
 
 
-def _compact(levels: list[list[bytes]], size: int) -> list[bytes]:
-    """The frontier hashes of the first ``size`` leaves (``Frontier.hashes`` after them)."""
-    return [
-        levels[lv][(size >> lv) - 1]
-        for lv in range(size.bit_length() - 1, -1, -1)
-        if size >> lv & 1
-    ]
+def _compact(levels: list[tuple[int, list[bytes]]], begin: int, end: int) -> list[bytes]:
+    """The hashes of the compact range ``[begin, end)`` (:func:`~ledger.merkle.compact_ids`)."""
+    return [levels[lv][1][i - levels[lv][0]] for lv, i in compact_ids(begin, end)]
 
 
-def _scan_bulk(start: int, first_line: int, lines: list[bytes], level: int) -> ChunkResult | None:
-    """:func:`_scan_each`'s result when every line of the chunk passes, else None."""
-    bulk = _Bulk(level)
-    return bulk.result(start, first_line) if bulk.add(lines) else None
+def _scan_bulk(first_line: int, lines: list[bytes]) -> ChunkResult | None:
+    """:func:`_scan_each`'s result when every line passes, else None."""
+    bulk = _Bulk()
+    return bulk.result(first_line) if bulk.add(lines) else None
 
 
 class _Bulk:
@@ -247,8 +253,7 @@ class _Bulk:
     ids, the chain and times are compared as ``_scan_each`` does, but all at once.
     """
 
-    def __init__(self, level: int) -> None:
-        self.level = level
+    def __init__(self) -> None:
         self.lines = 0  # lines added so far
         self.at: list[int] = []  # which of them are checkpoint lines
         self.checkpoint_lines: list[bytes] = []
@@ -276,8 +281,6 @@ class _Bulk:
         n = len(records)
         if not n:
             return True
-        if len(self.leaves) + n > 1 << self.level:
-            return False
         # The envelope: prefix, quote-free payload of a length base64 allows, fixed tail.
         sizes = np.fromiter(map(len, records), np.int64, n)
         if sizes.min() < _MIN_LINE or ((sizes - _MIN_LINE) % 4).any():
@@ -322,12 +325,13 @@ class _Bulk:
         self.leaves += map(leaf_hash, records)
         return True
 
-    def result(self, start: int, first_line: int) -> ChunkResult | None:
-        """The chunk's result if all its lines, now added, pass together; else None."""
+    def result(self, first_line: int) -> ChunkResult | None:
+        """The scan's result if all its lines, now added, pass together; else None."""
         n = len(self.leaves)
         if not n:
             return None
         indexes, kids, kinds, prevs, times, traces = zip(*self.found, strict=True)
+        start = int(indexes[0])  # the joined comparison below refuses non-canonical digits
         if b",".join(indexes) != ",".join(map(str, range(start, start + n))).encode():
             return None
         kid_bytes = np.frombuffer(b"".join(kids), np.uint8).reshape(n, 8)
@@ -359,6 +363,7 @@ class _Bulk:
         res = ChunkResult(
             start,
             count=n,
+            lines=self.lines,
             first_line=first_line + line_of[0],
             first_prev=prev[:32],
             first_time=times[0].decode(),
@@ -376,55 +381,85 @@ class _Bulk:
         res.key_records = [
             (start + k, first_line + line_of[k], raw) for k, raw in self.key_records.items()
         ]
-        levels = _merkle_levels(leaves)
+        levels = _merkle_levels(leaves, start)
         res.checkpoints = [
-            (k - before, first_line + k, raw, _compact(levels, k - before))
+            (k - before, first_line + k, raw, _compact(levels, start, start + k - before))
             for before, (k, raw) in enumerate(zip(self.at, self.checkpoint_lines, strict=True))
         ]
-        res.hashes = _compact(levels, n)
+        res.hashes = _compact(levels, start, start + n)
         return res
 
 
-def scan_file_range(
-    path: str, offset: int, length: int, lines: int, start: int, first_line: int, level: int
-) -> ChunkResult:
-    """:func:`scan_chunk` over ``length`` bytes of the file at ``path`` from ``offset``.
+class _LineFault(Exception):
+    """A line the verifier refuses before reading it: too long, or not ended."""
 
-    The range must hold exactly ``lines`` newline-terminated lines, as the
-    caller saw when it cut the file; a file that changes meanwhile is refused.
-    """
-    changed = ChunkResult(start)
-    changed.error = (start, first_line, "export changed while it was being verified")
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _range_lines(f: IO[bytes], offset: int, end: int) -> Iterator[list[bytes]]:
+    """The lines of ``f`` (without their newlines) that start at an offset in
+    ``[offset, end)``, about :data:`_BATCH` bytes of them at a time. A line that starts
+    before ``offset`` belongs to the range before. Raises :class:`_LineFault` at a line
+    of the range that is too long or that the file ends in the middle of (its number
+    counting from 0 at the range's first line)."""
+    if offset > 0:
+        f.seek(offset - 1)  # skip the line that byte is in, unless it ends there
+        if not f.readline(_MAX_LINE).endswith(b"\n"):
+            return  # the range before holds the file's end or a line too long
+    else:
+        f.seek(0)
+    pos = batch_at = f.tell()
+    readline = f.readline
+    batch: list[bytes] = []
+    done = 0  # lines yielded
+    while pos < end:
+        raw = readline(_MAX_LINE)  # a line of _MAX_LINE bytes, newline included, is allowed
+        if not raw.endswith(b"\n"):
+            at = done + len(batch)
+            if batch:
+                yield batch
+            if not raw:
+                return
+            if len(raw) == _MAX_LINE and f.read(1):
+                raise _LineFault(at, f"line longer than {_MAX_LINE} bytes")
+            raise _LineFault(at, "export does not end with a newline (truncated?)")
+        pos += len(raw)
+        batch.append(raw[:-1])
+        if pos - batch_at >= _BATCH:
+            yield batch
+            done += len(batch)
+            batch, batch_at = [], pos
+    if batch:
+        yield batch
+
+
+def scan_byte_range(path: str, offset: int, end: int) -> ChunkResult:
+    """Check the lines of the export at ``path`` that start at an offset in ``[offset, end)``
+    (line numbers count from 0 at the first of them)."""
     with open(path, "rb", buffering=_READ_BUFFER) as f:
-        f.seek(offset)
-        if start % (1 << level) == 0:  # else _scan_lines raises, once the range is read
-            # A batch of lines at a time, each scanned while it is in cache; readlines()
-            # stops once it holds more than its hint.
-            bulk: _Bulk | None = _Bulk(level)
-            count = size = 0
-            last = b""
-            while size < length and count <= lines:
-                left = length - size
-                hint = min(left - 1, max(_BATCH - 1, 1))  # 0 would mean: to the end
-                got = f.readlines(hint) if left > 1 else [f.read(left)]
-                if not got or not got[0]:
-                    break
-                count += len(got)
-                size += sum(map(len, got))
-                last = got[-1]
-                if bulk is not None and not bulk.add([raw[:-1] for raw in got]):
+        bulk: _Bulk | None = _Bulk()
+        try:
+            for lines in _range_lines(f, offset, end):
+                assert bulk is not None
+                if not bulk.add(lines):
                     bulk = None
-            if count != lines or size != length or not last.endswith(b"\n"):
-                return changed
-            res = bulk.result(start, first_line) if bulk is not None else None
-            if res is not None:
-                return res
-            f.seek(offset)  # the bulk scan cannot vouch: read again, one record at a time
-        data = f.read(length)
-    split = data.split(b"\n")  # one piece more than lines: after the last newline
-    if len(data) != length or len(split) != lines + 1 or not data.endswith(b"\n"):
-        return changed
-    split.pop()
-    if start % (1 << level):
-        return _scan_lines(start, first_line, split, level)
-    return _scan_each(start, first_line, split, level)
+                    break
+        except _LineFault:
+            bulk = None
+        res = bulk.result(0) if bulk is not None else None
+        if res is not None:
+            return res
+        # The bulk scan cannot vouch: read again, one record at a time.
+        every: list[bytes] = []
+        fault: _LineFault | None = None
+        try:
+            for lines in _range_lines(f, offset, end):
+                every += lines
+        except _LineFault as e:
+            fault = e
+    res = _scan_each(0, every)
+    if res.error is None and fault is not None:
+        res.error = (None, fault.line, fault.reason)
+    return res

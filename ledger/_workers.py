@@ -1,6 +1,6 @@
 """Worker processes started with nothing but their task's module imported.
 
-Fast verification scans chunks of an export in them (:func:`ledger._scan.scan_file_range`,
+Fast verification scans byte ranges of an export in them (:func:`ledger._scan.scan_byte_range`,
 the default task); the compliance report reads parts of an export in them
 (:func:`compliance.report.read_part`).
 
@@ -12,7 +12,7 @@ two cores). These workers are plain ``python -c`` processes on the parent's
 task on stdin and answer, in order, on stdout.
 The peer of each pipe is this package's own process, so pickle is safe.
 
-Chunk ``k`` goes to worker ``k % n`` and each worker answers in the order it
+Task ``k`` goes to worker ``k % n`` and each worker answers in the order it
 was asked, so results come back in submission order without any bookkeeping.
 """
 
@@ -35,7 +35,7 @@ _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from ledger._workers import serve; serve(sys.argv[2])"
 )
-SCAN = "ledger._scan:scan_file_range"
+SCAN = "ledger._scan:scan_byte_range"
 
 
 def _path() -> list[str]:

@@ -31,8 +31,10 @@ from ledger.errors import ProofError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "CompactRange",
     "Frontier",
     "NodeId",
+    "compact_ids",
     "consistency_ranges",
     "decompose",
     "fold_nodes",
@@ -103,6 +105,57 @@ def decompose(begin: int, end: int) -> list[NodeId]:
         pos += 1 << level
         remaining -= 1 << level
     return nodes
+
+
+def compact_ids(begin: int, end: int) -> list[NodeId]:
+    """The compact range ``[begin, end)``: its fewest complete subtrees, left to right.
+
+    Any ``0 <= begin <= end`` (unlike :func:`decompose`): the subtrees grow from
+    ``begin`` and shrink towards ``end``. A :class:`Frontier` of size ``begin``
+    takes them, in order, with :meth:`Frontier.append_subtree`.
+    """
+    if not 0 <= begin <= end:
+        raise ValueError(f"bad range [{begin}, {end})")
+    left: list[NodeId] = []
+    right: list[NodeId] = []
+    level = 0
+    while begin < end:
+        if begin & 1:
+            left.append((level, begin))
+            begin += 1
+        if end & 1 and begin < end:
+            right.append((level, end - 1))
+            end -= 1
+        begin >>= 1
+        end >>= 1
+        level += 1
+    return left + right[::-1]
+
+
+class CompactRange:
+    """The hashes of :func:`compact_ids` ``(begin, end)`` as leaves are appended at ``end``."""
+
+    __slots__ = ("_nodes", "begin", "end")
+
+    def __init__(self, begin: int) -> None:
+        if begin < 0:
+            raise ValueError(f"bad range start {begin}")
+        self.begin = self.end = begin
+        self._nodes: list[tuple[int, bytes]] = []  # (level, hash), left to right
+
+    def append(self, leaf: bytes) -> None:
+        nodes, h, level = self._nodes, leaf, 0
+        self.end += 1
+        # The new node pairs with the one to its left when both lie in the range and
+        # their parent is aligned: the range's end is a multiple of the parent's width.
+        while nodes and nodes[-1][0] == level and not self.end & ((2 << level) - 1):
+            h = node_hash(nodes.pop()[1], h)
+            level += 1
+        nodes.append((level, h))
+
+    @property
+    def hashes(self) -> list[bytes]:
+        return [h for _, h in self._nodes]
 
 
 def fold_range(hashes: Sequence[bytes]) -> bytes:

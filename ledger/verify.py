@@ -38,12 +38,12 @@ from typing import IO, Any, cast
 import numpy as np
 import orjson
 
-from ledger._scan import CHUNK_LEVEL, ChunkResult, scan_chunk
+from ledger._scan import ChunkResult, scan_byte_range, scan_chunk
 from ledger._workers import ScanPool
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import KeyFormatError, NoteError, RecordError, VerificationError
 from ledger.export import EXPORT_FORMAT
-from ledger.merkle import Frontier, fold_range
+from ledger.merkle import Frontier, compact_ids
 from ledger.note import NoteVerifier
 from ledger.record import ZERO_HASH, open_record
 
@@ -51,6 +51,8 @@ __all__ = ["ExportPart", "VerifyResult", "export_parts", "verify_export", "verif
 
 _CHUNK = 4096  # lines parsed between hand-offs to the signature pool
 _MAX_LINE = 16 * 1024 * 1024
+RANGE_BYTES = 8 << 20  # fast mode: bytes of the export each worker task scans
+STREAM_CHUNK = 8192  # fast mode, an export read from a pipe: records scanned together
 
 
 @dataclass
@@ -214,33 +216,59 @@ def _parse_checkpoint_line(raw: bytes) -> Any:
         return None
 
 
-def _join(st: _State, res: ChunkResult, level: int) -> None:
-    """Fold one scanned chunk into the sequential state; raise at its first fault."""
-    if res.count and res.first_prev != st.prev:
-        culprit = max(res.start - 1, 0)
+def _extended(frontier: Frontier, begin: int, end: int, hashes: list[bytes]) -> Frontier:
+    """``frontier`` (of size ``begin``) followed by the compact range ``[begin, end)``."""
+    out = frontier.copy()
+    for (level, _), h in zip(compact_ids(begin, end), hashes, strict=True):
+        out.append_subtree(level, h)
+    return out
+
+
+def _join(st: _State, res: ChunkResult, lines_before: int = 0) -> None:
+    """Fold one scanned run of lines into the sequential state; raise at its first fault.
+
+    ``lines_before`` turns the scan's line numbers into the export's. The run's
+    first record must be the one that follows the records so far.
+    """
+    expected = st.frontier.size
+    start = expected if res.start < 0 else res.start
+    leading = [cp for cp in res.checkpoints if cp[0] == 0]  # lines before any record
+    for _, line, raw, _ in leading:
+        _checkpoint(st, lines_before + line, _parse_checkpoint_line(raw))
+    checkpoints = res.checkpoints[len(leading) :]
+    first_line = lines_before + res.first_line
+    if start != expected:
         raise VerificationError(
-            f"record {res.start} does not chain to record {culprit}",
+            f"expected index {expected}, found {start} (record dropped, duplicated, "
+            "reordered or inserted)",
+            index=expected,
+            line=first_line,
+        )
+    if res.count and res.first_prev != st.prev:
+        culprit = max(start - 1, 0)
+        raise VerificationError(
+            f"record {start} does not chain to record {culprit}",
             index=culprit,
-            line=res.first_line,
+            line=first_line,
         )
     if res.count and res.first_time < st.last_time:
         raise VerificationError(
             f"time {res.first_time} is before the previous record's {st.last_time}",
-            index=res.start,
-            line=res.first_line,
+            index=start,
+            line=first_line,
         )
     # Events in index order; at one index: genesis key, key-id change, key switch, checkpoint.
     events: list[tuple[int, int, Any]] = []
     events += [(i, 1, kid) for i, kid in res.key_runs]
     events += [(i, 0 if i == 0 else 2, (line, raw)) for i, line, raw in res.key_records]
-    events += [(res.start + pos - 1, 3, cp) for cp in res.checkpoints for pos in (cp[0],)]
+    events += [(start + cp[0] - 1, 3, cp) for cp in checkpoints]
     events.sort(key=lambda e: (e[0], e[1]))
     switch_at: int | None = None  # the record that must carry the key a key record named
     for index, order, payload in events:
         if order == 1:
             if st.active is None:
                 raise VerificationError(
-                    "record 0 must be the log's genesis key record", index=0, line=res.first_line
+                    "record 0 must be the log's genesis key record", index=0, line=first_line
                 )
             if switch_at is not None and index > switch_at:
                 raise VerificationError(
@@ -258,46 +286,49 @@ def _join(st: _State, res: ChunkResult, level: int) -> None:
             try:
                 rec = open_record(raw).record
             except RecordError as e:
-                raise VerificationError(f"malformed record: {e}", index=index, line=line) from e
-            _adopt_key(st, rec.body, index, line)
+                raise VerificationError(
+                    f"malformed record: {e}", index=index, line=lines_before + line
+                ) from e
+            _adopt_key(st, rec.body, index, lines_before + line)
             if index > 0:
                 switch_at = index + 1
         else:
             pos, line, raw, hashes = payload
-            if switch_at is not None and switch_at < res.start + pos:
+            if switch_at is not None and switch_at < start + pos:
                 raise VerificationError(
                     f"signed by key {st.keys[-2].key_id}, but the active key is "
                     f"{st.active.key_id if st.active else '?'}",
                     index=switch_at,
                 )
-            root = fold_range([*st.frontier.hashes, *hashes])
-            _checkpoint(st, line, _parse_checkpoint_line(raw), size=res.start + pos, root=root)
-    if switch_at is not None and switch_at < res.start + res.count:
+            root = _extended(st.frontier, start, start + pos, hashes).root()
+            _checkpoint(
+                st, lines_before + line, _parse_checkpoint_line(raw), size=start + pos, root=root
+            )
+    if switch_at is not None and switch_at < start + res.count:
         raise VerificationError("record after a key rotation is not signed by the new key",
                                 index=switch_at)  # fmt: skip
     if res.error is not None:
-        index, line, reason = res.error
-        raise VerificationError(reason, index=index, line=line)
-    if res.count == 1 << level:
-        st.frontier.append_subtree(level, res.hashes[0])
-    elif res.count:
-        st.frontier = Frontier(res.start + res.count, [*st.frontier.hashes, *res.hashes])
+        at, line, reason = res.error
+        raise VerificationError(
+            reason, index=expected if at == -1 else at, line=lines_before + line
+        )
     if res.count:
+        st.frontier = _extended(st.frontier, start, start + res.count, res.hashes)
         st.prev, st.last_time = res.last_leaf, res.last_time
 
 
-_BLOCK = 1 << 20  # bytes read at a time while cutting an export into chunks
+_BLOCK = 1 << 20  # bytes read at a time while cutting an export into parts
 
 
 def _file_ranges(
-    f: IO[bytes], path: str, first_line: int, per_chunk: int, level: int
-) -> Iterator[tuple[str, int, int, int, int, int, int]]:
-    """:func:`~ledger._scan.scan_file_range` arguments for each chunk of the rest of ``f``.
+    f: IO[bytes], first_line: int, per_chunk: int
+) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(offset, length, lines, first record, first line)`` of each part of the rest of ``f``.
 
-    Chunks hold ``per_chunk`` records and the checkpoint lines after them. Lines
+    Parts hold ``per_chunk`` records and the checkpoint lines after them. Lines
     are found a block at a time with numpy (no Python work per line); a line that
     is too long or not ended by a newline raises when it is reached, after the
-    chunks before it, as a line-by-line reading would.
+    parts before it, as a line-by-line reading would.
     """
     begin = base = f.tell()  # base: the file offset of buf[0]
     first = line_no = first_line
@@ -323,7 +354,7 @@ def _file_ranges(
             opens = is_record & (before % per_chunk == 0) & (before > start)
             for k in np.flatnonzero(opens[:limit]).tolist():  # a record after a full chunk
                 offset = base + int(starts[k])
-                yield path, begin, offset - begin, line_no + k - first, start, first, level
+                yield begin, offset - begin, line_no + k - first, start, first
                 begin, first, start = offset, line_no + k, int(before[k])
             if limit < n:
                 raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no + limit)
@@ -349,7 +380,7 @@ def _file_ranges(
             break
         filled += got
     if line_no > first:
-        yield path, begin, base + pos - begin, line_no - first, start, first, level
+        yield begin, base + pos - begin, line_no - first, start, first
 
 
 @dataclass(frozen=True)
@@ -368,9 +399,7 @@ def export_parts(path: Path, per_part: int) -> Iterator[ExportPart]:
     Raises :class:`VerificationError` at a line too long or not ended."""
     with path.open("rb") as f:
         f.readline()
-        for _, offset, length, _lines, start, _first, _level in _file_ranges(
-            f, str(path), 2, per_part, 0
-        ):
+        for offset, length, _lines, start, _first in _file_ranges(f, 2, per_part):
             yield ExportPart(offset, length, start)
 
 
@@ -381,63 +410,74 @@ def _verify_chunked(
     total: int,
     workers: int,
     progress: Callable[[int, int], None] | None,
-    level: int = CHUNK_LEVEL,
+    range_bytes: int = RANGE_BYTES,
+    stream_chunk: int = STREAM_CHUNK,
 ) -> None:
-    """Fast mode: chunks scanned in worker processes, joined here in order.
+    """Fast mode: runs of lines scanned on their own (in worker processes), joined here
+    in order.
 
-    This process only finds where each chunk of ``2**level`` records starts;
-    workers read their byte range of the file themselves (no copy through
-    pipes). A stream that is not a regular file is scanned here instead.
+    An export file is cut into byte ranges of ``range_bytes``. Workers read their
+    range themselves, from the first line that starts in it, so this process never
+    reads the export (on two cores that left the workers a whole core). A stream
+    that is not a regular file is read here and scanned ``stream_chunk`` records at a
+    time.
     """
-    per_chunk = 1 << level
     path = getattr(f, "name", None)
-    by_range = (
-        workers > 1
-        and total > 2 * per_chunk
-        and isinstance(path, str)
-        and os.path.isfile(path)
-        and f.seekable()
-        and hasattr(f, "readinto")
-    )
-
-    def chunks() -> Iterator[tuple[Any, ...]]:
-        start = records = lines_in_chunk = 0
-        first = line_no = first_line
-        batch: list[bytes] = []
-        for raw in f:
-            if len(raw) > _MAX_LINE:
-                raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no)
-            if not raw.endswith(b"\n"):
-                raise VerificationError(
-                    "export does not end with a newline (truncated?)", line=line_no
-                )
-            is_checkpoint = raw.startswith(b'{"checkpoint"')
-            if records == per_chunk and not is_checkpoint:
-                yield start, first, b"\n".join(batch), level
-                start, records, lines_in_chunk, first = start + records, 0, 0, line_no
-                batch = []
-            batch.append(raw[:-1])
-            lines_in_chunk += 1
-            line_no += 1
-            records += not is_checkpoint
-        if lines_in_chunk:
-            yield start, first, b"\n".join(batch), level
-
-    def finish(res: ChunkResult) -> None:
-        _join(st, res, level)
+    if not (isinstance(path, str) and os.path.isfile(path) and f.seekable()):
+        _verify_stream_chunks(f, first_line, st, total, progress, stream_chunk)
+        return
+    size = os.fstat(f.fileno()).st_size
+    ranges = [(path, o, min(o + range_bytes, size)) for o in range(f.tell(), size, range_bytes)]
+    lines_before = first_line
+    if workers > 1 and len(ranges) > 1:
+        # Fresh interpreters that import only the scanner: no fork of a process that has
+        # threads, and no re-import of this process's __main__ (see ledger._workers).
+        with ScanPool(min(workers, len(ranges))) as pool:
+            for res in pool.map(ranges):
+                _join(st, res, lines_before)
+                lines_before += res.lines
+                if progress:
+                    progress(st.frontier.size, total)
+        return
+    for args in ranges:
+        res = scan_byte_range(*args)
+        _join(st, res, lines_before)
+        lines_before += res.lines
         if progress:
             progress(st.frontier.size, total)
 
-    if not by_range:
-        for args in chunks():
-            finish(scan_chunk(*args))
-        return
-    # Fresh interpreters that import only the scanner: no fork of a process that has
-    # threads, and no re-import of this process's __main__ (see ledger._workers).
-    assert isinstance(path, str)
-    with ScanPool(workers) as pool:
-        for res in pool.map(_file_ranges(f, path, first_line, per_chunk, level)):
-            finish(res)
+
+def _verify_stream_chunks(
+    f: IO[bytes],
+    first_line: int,
+    st: _State,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+    per_chunk: int,
+) -> None:
+    """Fast mode for an export that cannot be read twice: chunks of ``per_chunk`` records
+    (and the checkpoint lines after them) scanned in this process."""
+    records = 0
+    first = line_no = first_line
+    batch: list[bytes] = []
+    for raw in f:
+        if len(raw) > _MAX_LINE:
+            raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no)
+        if not raw.endswith(b"\n"):
+            raise VerificationError("export does not end with a newline (truncated?)", line=line_no)
+        is_checkpoint = raw.startswith(b'{"checkpoint"')
+        if records == per_chunk and not is_checkpoint:
+            _join(st, scan_chunk(first, b"\n".join(batch)))
+            if progress:
+                progress(st.frontier.size, total)
+            records, first, batch = 0, line_no, []
+        batch.append(raw[:-1])
+        line_no += 1
+        records += not is_checkpoint
+    if batch:
+        _join(st, scan_chunk(first, b"\n".join(batch)))
+        if progress:
+            progress(st.frontier.size, total)
 
 
 def verify_stream(
@@ -447,13 +487,14 @@ def verify_stream(
     signatures: bool = True,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    chunk_level: int = CHUNK_LEVEL,
+    range_bytes: int = RANGE_BYTES,
+    stream_chunk: int = STREAM_CHUNK,
 ) -> VerifyResult:
     """Verify an export read from ``f``; raise :class:`VerificationError` at the first fault.
 
     ``threads`` bounds the signature threads (full mode) or scanning processes
-    (fast mode); ``chunk_level`` sets fast mode's chunk of ``2**chunk_level``
-    records (tests make it small).
+    (fast mode); ``range_bytes`` and ``stream_chunk`` set how much fast mode
+    scans at a time from a file and from a pipe (tests make them small).
     """
     lines = _lines(f)
     try:
@@ -479,7 +520,7 @@ def verify_stream(
     )
     workers = max(1, threads or os.cpu_count() or 1)
     if not signatures:
-        _verify_chunked(f, header_line + 1, st, total, workers, progress, chunk_level)
+        _verify_chunked(f, header_line + 1, st, total, workers, progress, range_bytes, stream_chunk)
         return _finish(st, total, trusted)
     pending: list[Future[tuple[int, int] | None]] = []
 
@@ -563,7 +604,8 @@ def verify_export(
     signatures: bool = True,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    chunk_level: int = CHUNK_LEVEL,
+    range_bytes: int = RANGE_BYTES,
+    stream_chunk: int = STREAM_CHUNK,
 ) -> VerifyResult:
     """Verify the export file at ``path`` (see :func:`verify_stream`)."""
     with path.open("rb", buffering=1 << 20) as f:
@@ -573,5 +615,6 @@ def verify_export(
             signatures=signatures,
             threads=threads,
             progress=progress,
-            chunk_level=chunk_level,
+            range_bytes=range_bytes,
+            stream_chunk=stream_chunk,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ import pytest
 from ledger.errors import KeyFormatError, NoteError, ProofError
 from ledger.merkle import (
     EMPTY_ROOT,
+    CompactRange,
     Frontier,
+    compact_ids,
     leaf_hash,
     node_hash,
     prove_consistency,
@@ -192,6 +195,41 @@ def test_frontier_matches_tree() -> None:
         assert created[0] == (0, s - 1, LEAF_HASHES[s - 1]), "the leaf comes first"
         assert f.size == s
         assert f.root() == ROOTS[s], f"size {s}"
+
+
+def test_compact_ranges_join_a_frontier_into_every_prefix_root() -> None:
+    """For every range [b, e) of the test tree: CompactRange's hashes are the nodes of
+    compact_ids (their hashes from NodeHashes()), each node is complete and inside the
+    range, and a frontier of size b that takes them has RootHashes()[e]."""
+    n = len(LEAF_HASHES)
+    for b in range(n + 1):
+        f = Frontier()
+        for h in LEAF_HASHES[:b]:
+            f.append(h)
+        r = CompactRange(b)
+        for e in range(b, n + 1):
+            if e > b:
+                r.append(LEAF_HASHES[e - 1])
+            ids = compact_ids(b, e)
+            assert r.hashes == [NODES[lv][i] for lv, i in ids], (b, e)
+            covered = [x for lv, i in ids for x in range(i << lv, (i + 1) << lv)]
+            assert covered == list(range(b, e)), (b, e)
+            joined = f.copy()
+            for (lv, _), h in zip(ids, r.hashes, strict=True):
+                joined.append_subtree(lv, h)
+            assert joined.size == e, (b, e)
+            assert joined.root() == ROOTS[e], (b, e)
+
+
+def test_compact_ids_are_the_fewest_subtrees() -> None:
+    """No two neighbours could merge: siblings never both appear (checked to 64)."""
+    for b in range(65):
+        for e in range(b, 65):
+            ids = compact_ids(b, e)
+            for (l1, i1), (l2, i2) in itertools.pairwise(ids):
+                assert not (l1 == l2 and i1 % 2 == 0 and i2 == i1 + 1), (b, e)
+    with pytest.raises(ValueError, match="bad range"):
+        compact_ids(3, 2)
 
 
 # --------------------------------------------------------------------------- proof builders
