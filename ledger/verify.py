@@ -33,12 +33,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
-import numpy as np
 import orjson
 
-from ledger._scan import ChunkResult, scan_byte_range, scan_chunk
 from ledger._workers import ScanPool
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import KeyFormatError, NoteError, RecordError, VerificationError
@@ -46,6 +44,9 @@ from ledger.export import EXPORT_FORMAT
 from ledger.merkle import Frontier, compact_ids
 from ledger.note import NoteVerifier
 from ledger.record import ZERO_HASH, open_record
+
+if TYPE_CHECKING:  # the scanner (and numpy) load only where fast mode scans here
+    from ledger._scan import ChunkResult
 
 __all__ = ["ExportPart", "VerifyResult", "export_parts", "verify_export", "verify_stream"]
 
@@ -330,6 +331,8 @@ def _file_ranges(
     is too long or not ended by a newline raises when it is reached, after the
     parts before it, as a line-by-line reading would.
     """
+    import numpy as np  # here only: verification in worker processes needs none in this one
+
     begin = base = f.tell()  # base: the file offset of buf[0]
     first = line_no = first_line
     start = records = 0  # the current chunk's first record; records before line_no
@@ -439,6 +442,8 @@ def _verify_chunked(
                 if progress:
                     progress(st.frontier.size, total)
         return
+    from ledger._scan import scan_byte_range
+
     for args in ranges:
         res = scan_byte_range(*args)
         _join(st, res, lines_before)
@@ -457,6 +462,8 @@ def _verify_stream_chunks(
 ) -> None:
     """Fast mode for an export that cannot be read twice: chunks of ``per_chunk`` records
     (and the checkpoint lines after them) scanned in this process."""
+    from ledger._scan import scan_chunk
+
     records = 0
     first = line_no = first_line
     batch: list[bytes] = []
