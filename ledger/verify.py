@@ -283,6 +283,12 @@ def _join(st: _State, res: ChunkResult, lines_before: int = 0) -> None:
                 )
             switch_at = None
         elif order in (0, 2):
+            if switch_at is not None and index >= switch_at:  # a key record kept the old key
+                raise VerificationError(
+                    f"signed by key {st.keys[-2].key_id}, but the active key is "
+                    f"{st.active.key_id if st.active else '?'}",
+                    index=switch_at,
+                )
             line, raw = payload
             try:
                 rec = open_record(raw).record
@@ -290,9 +296,12 @@ def _join(st: _State, res: ChunkResult, lines_before: int = 0) -> None:
                 raise VerificationError(
                     f"malformed record: {e}", index=index, line=lines_before + line
                 ) from e
+            before = st.active.key_id if st.active else None
             _adopt_key(st, rec.body, index, lines_before + line)
-            if index > 0:
-                switch_at = index + 1
+            assert st.active is not None
+            # The next record must carry the named key: a change of key id (unless the
+            # record names the key already active).
+            switch_at = index + 1 if index > 0 and st.active.key_id != before else None
         else:
             pos, line, raw, hashes = payload
             if switch_at is not None and switch_at < start + pos:
@@ -467,24 +476,31 @@ def _verify_stream_chunks(
     records = 0
     first = line_no = first_line
     batch: list[bytes] = []
+
+    def join() -> None:
+        _join(st, scan_chunk(first, b"\n".join(batch)))
+        if progress:
+            progress(st.frontier.size, total)
+
     for raw in f:
+        fault = None
         if len(raw) > _MAX_LINE:
-            raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=line_no)
-        if not raw.endswith(b"\n"):
-            raise VerificationError("export does not end with a newline (truncated?)", line=line_no)
+            fault = f"line longer than {_MAX_LINE} bytes"
+        elif not raw.endswith(b"\n"):
+            fault = "export does not end with a newline (truncated?)"
+        if fault is not None:
+            if batch:  # a fault in the lines before this one comes first
+                join()
+            raise VerificationError(fault, line=line_no)
         is_checkpoint = raw.startswith(b'{"checkpoint"')
         if records == per_chunk and not is_checkpoint:
-            _join(st, scan_chunk(first, b"\n".join(batch)))
-            if progress:
-                progress(st.frontier.size, total)
+            join()
             records, first, batch = 0, line_no, []
         batch.append(raw[:-1])
         line_no += 1
         records += not is_checkpoint
     if batch:
-        _join(st, scan_chunk(first, b"\n".join(batch)))
-        if progress:
-            progress(st.frontier.size, total)
+        join()
 
 
 def verify_stream(
