@@ -19,9 +19,10 @@ Two ways out, both applying the SDK's span limits (``OTEL_SPAN_*``, ``OTEL_ATTRI
 like the SDK, a span over a limit keeps its latest attributes, events and links and
 counts the rest as dropped):
 
-* **OTLP/gRPC** (the default protocol): each frame is encoded straight into one OTLP
-  ``ExportTraceServiceRequest`` (a quarter of the CPU time of the SDK's encoder, which
-  first needs a ``ReadableSpan`` per span) and sent by the SDK's own gRPC exporter, so
+* **OTLP/gRPC** (the default protocol): each frame is written straight in protobuf's
+  wire format as one OTLP ``ExportTraceServiceRequest`` (:mod:`gateway.otlp_wire`; a
+  sixth of the CPU time of the SDK's encoder, which first needs a ``ReadableSpan`` per
+  span) and sent by the SDK's own gRPC exporter, so
   that its endpoint, headers, TLS, compression, timeout and retries are configured by
   the usual ``OTEL_EXPORTER_OTLP_*`` variables. A thread sends the requests in order;
   the spans waiting are bounded by ``OTEL_BSP_MAX_QUEUE_SIZE``.
@@ -38,13 +39,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -61,12 +60,10 @@ from opentelemetry.trace import (
 )
 
 from gateway import logs
+from gateway.otlp_wire import request_bytes
 from gateway.spans import HEADER, Scope
 
 LOG = logging.getLogger(__name__)
-
-# OTLP's span flags: whether the parent is remote is known, and whether it is.
-_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 
 
 class _Way(Protocol):
@@ -87,124 +84,6 @@ class _RequestExporter(OTLPSpanExporter):
 
     def _count_data(self, data: Any) -> int:
         return sum(len(s.spans) for r in data.resource_spans for s in r.scope_spans)
-
-
-def _last(items: Sequence[Any], limit: int | None) -> tuple[Sequence[Any], int]:
-    """The latest ``limit`` of ``items`` and how many were dropped, as the SDK keeps them."""
-    if limit is None or len(items) <= limit:
-        return items, 0
-    return items[len(items) - limit :], len(items) - limit
-
-
-def _value(out: AnyValue, value: Any, max_len: int | None) -> None:
-    kind = type(value)
-    if kind is str:
-        text = value if max_len is None else value[:max_len]
-        try:
-            out.string_value = text
-        except (UnicodeEncodeError, ValueError):  # not UTF-8: lone surrogates (os.fsdecode)
-            out.string_value = text.encode("utf-8", "replace").decode()
-    elif kind is bool:
-        out.bool_value = value
-    elif kind is int:
-        try:
-            out.int_value = value
-        except ValueError:  # beyond 64 bits
-            out.string_value = str(value)
-    elif kind is float:
-        out.double_value = value
-    elif kind is bytes:
-        out.bytes_value = value
-    elif kind is list or kind is tuple:
-        values = out.array_value.values
-        for v in value:
-            _value(values.add(), v, max_len)
-    elif value is not None:
-        out.string_value = str(value)
-
-
-def _attributes(out: Any, attributes: Mapping[str, Any], limit: int | None,
-                max_len: int | None) -> int:  # fmt: skip
-    """Put ``attributes`` in the repeated ``KeyValue`` field ``out``; the count dropped."""
-    items, dropped = _last(list(attributes.items()), limit)
-    add = out.add
-    for key, value in items:
-        kv: KeyValue = add()
-        kv.key = key
-        _value(kv.value, value, max_len)
-    return dropped
-
-
-def encode(spans: list[tuple[Any, ...]], resource: Resource,
-           limits: SpanLimits) -> ExportTraceServiceRequest:  # fmt: skip
-    """One OTLP request for ``spans`` (queued by :meth:`RecordedSpan.end
-    <gateway.spans.RecordedSpan.end>`), as the SDK's encoder would make it."""
-    request = ExportTraceServiceRequest()
-    rs = request.resource_spans.add()
-    _attributes(rs.resource.attributes, resource.attributes, None, None)
-    if resource.schema_url:
-        rs.schema_url = resource.schema_url
-    scopes: dict[Scope, Any] = {}
-    for item in spans:
-        scope = item[-1]
-        ss = scopes.get(scope)
-        if ss is None:
-            ss = scopes[scope] = rs.scope_spans.add()
-            ss.scope.name = scope[0]
-            if scope[1]:
-                ss.scope.version = scope[1]
-            if scope[2]:
-                ss.schema_url = scope[2]
-            _attributes(ss.scope.attributes, dict(scope[3]), None, None)
-        try:
-            _span(ss.spans.add(), item, limits)
-        except Exception as err:  # a span this encoder cannot write costs only itself
-            del ss.spans[-1]
-            _dropped(f"a span could not be encoded ({type(err).__name__}: {err})")
-    return request
-
-
-def _span(s: Any, item: tuple[Any, ...], limits: SpanLimits) -> None:
-    (name, trace_id, span_id, parent_id, parent_remote, _flags, state, kind, start, end,
-     attributes, events, links, code, description, _scope) = item  # fmt: skip
-    max_len, event_len = limits.max_span_attribute_length, limits.max_attribute_length
-    s.trace_id = trace_id.to_bytes(16, "big")
-    s.span_id = span_id.to_bytes(8, "big")
-    if state:
-        s.trace_state = state
-    if parent_id:
-        s.parent_span_id = parent_id.to_bytes(8, "big")
-    s.flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
-    s.name = name
-    s.kind = kind + 1  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
-    s.start_time_unix_nano = start
-    s.end_time_unix_nano = end
-    s.dropped_attributes_count = _attributes(
-        s.attributes, attributes, limits.max_span_attributes, max_len
-    )
-    kept, s.dropped_events_count = _last(events, limits.max_events)
-    for event_name, at, event_attributes in kept:
-        e = s.events.add()
-        e.name = event_name
-        e.time_unix_nano = at
-        e.dropped_attributes_count = _attributes(
-            e.attributes, event_attributes, limits.max_event_attributes, event_len
-        )
-    kept, s.dropped_links_count = _last(links, limits.max_links)
-    for link_trace, link_span, _, link_state, remote, link_attributes in kept:
-        link = s.links.add()
-        link.trace_id = link_trace.to_bytes(16, "big")
-        link.span_id = link_span.to_bytes(8, "big")
-        if link_state:
-            link.trace_state = link_state
-        link.flags = _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)
-        link.dropped_attributes_count = _attributes(
-            link.attributes, link_attributes, limits.max_link_attributes, event_len
-        )
-    if code:
-        s.status.code = code
-        if description:
-            s.status.message = description
 
 
 _warned_at = 0.0
@@ -243,7 +122,9 @@ class _Requests:
                 _dropped("the OTLP exporter is behind", len(spans))
                 return
             self._held += len(spans)
-        request = encode(spans, self._resource, self._limits)
+        request = ExportTraceServiceRequest.FromString(
+            request_bytes(spans, self._resource, self._limits, _dropped)
+        )
         with self._changed:
             self._waiting.append((request, len(spans)))
             self._changed.notify_all()
