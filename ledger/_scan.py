@@ -58,7 +58,6 @@ _PAYLOAD_TAIL = re.compile(
 )
 _BATCH = 1 << 20  # bytes of lines that scan_byte_range scans together (they stay in cache)
 _READ_BUFFER = 1 << 20
-_MAX_LINE = 16 * 1024 * 1024  # the longest line, newline included (as the verifier's)
 _TAIL_CHARS = 400  # base64 characters decoded first (300 bytes); the whole payload if needed
 
 
@@ -398,15 +397,15 @@ class _LineFault(Exception):
         self.line, self.reason = line, reason
 
 
-def _range_lines(f: IO[bytes], offset: int, end: int) -> Iterator[list[bytes]]:
+def _range_lines(f: IO[bytes], offset: int, end: int, max_line: int) -> Iterator[list[bytes]]:
     """The lines of ``f`` (without their newlines) that start at an offset in
     ``[offset, end)``, about :data:`_BATCH` bytes of them at a time. A line that starts
     before ``offset`` belongs to the range before. Raises :class:`_LineFault` at a line
-    of the range that is too long or that the file ends in the middle of (its number
-    counting from 0 at the range's first line)."""
+    of the range longer than ``max_line`` bytes (its newline included) or that the file
+    ends in the middle of (its number counting from 0 at the range's first line)."""
     if offset > 0:
         f.seek(offset - 1)  # skip the line that byte is in, unless it ends there
-        if not f.readline(_MAX_LINE).endswith(b"\n"):
+        if not f.readline(max_line).endswith(b"\n"):
             return  # the range before holds the file's end or a line too long
     else:
         f.seek(0)
@@ -415,15 +414,15 @@ def _range_lines(f: IO[bytes], offset: int, end: int) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
     done = 0  # lines yielded
     while pos < end:
-        raw = readline(_MAX_LINE)  # a line of _MAX_LINE bytes, newline included, is allowed
+        raw = readline(max_line)  # a line of max_line bytes, newline included, is allowed
         if not raw.endswith(b"\n"):
             at = done + len(batch)
             if batch:
                 yield batch
             if not raw:
                 return
-            if len(raw) == _MAX_LINE and f.read(1):
-                raise _LineFault(at, f"line longer than {_MAX_LINE} bytes")
+            if len(raw) == max_line and f.read(1):
+                raise _LineFault(at, f"line longer than {max_line} bytes")
             raise _LineFault(at, "export does not end with a newline (truncated?)")
         pos += len(raw)
         batch.append(raw[:-1])
@@ -435,13 +434,14 @@ def _range_lines(f: IO[bytes], offset: int, end: int) -> Iterator[list[bytes]]:
         yield batch
 
 
-def scan_byte_range(path: str, offset: int, end: int) -> ChunkResult:
+def scan_byte_range(path: str, offset: int, end: int, max_line: int) -> ChunkResult:
     """Check the lines of the export at ``path`` that start at an offset in ``[offset, end)``
-    (line numbers count from 0 at the first of them)."""
+    (line numbers count from 0 at the first of them); a line longer than ``max_line``
+    bytes is a fault."""
     with open(path, "rb", buffering=_READ_BUFFER) as f:
         bulk: _Bulk | None = _Bulk()
         try:
-            for lines in _range_lines(f, offset, end):
+            for lines in _range_lines(f, offset, end, max_line):
                 assert bulk is not None
                 if not bulk.add(lines):
                     bulk = None
@@ -455,7 +455,7 @@ def scan_byte_range(path: str, offset: int, end: int) -> ChunkResult:
         every: list[bytes] = []
         fault: _LineFault | None = None
         try:
-            for lines in _range_lines(f, offset, end):
+            for lines in _range_lines(f, offset, end, max_line):
                 every += lines
         except _LineFault as e:
             fault = e

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # the scanner (and numpy) load only where fast mode scans her
 __all__ = ["ExportPart", "VerifyResult", "export_parts", "verify_export", "verify_stream"]
 
 _CHUNK = 4096  # lines parsed between hand-offs to the signature pool
-_MAX_LINE = 16 * 1024 * 1024
+_MAX_LINE = 16 * 1024 * 1024  # the longest line, newline included
 RANGE_BYTES = 8 << 20  # fast mode: bytes of the export each worker task scans
 STREAM_CHUNK = 8192  # fast mode, an export read from a pipe: records scanned together
 _RANGES_HERE = 4  # up to this many ranges are scanned in this process (no workers)
@@ -441,7 +441,9 @@ def _verify_chunked(
         _verify_stream_chunks(f, first_line, st, total, progress, stream_chunk)
         return
     size = os.fstat(f.fileno()).st_size
-    ranges = [(path, o, min(o + range_bytes, size)) for o in range(f.tell(), size, range_bytes)]
+    ranges = [
+        (path, o, min(o + range_bytes, size), _MAX_LINE) for o in range(f.tell(), size, range_bytes)
+    ]
     lines_before = first_line
     if workers > 1 and len(ranges) > _RANGES_HERE:
         # Fresh interpreters that import only the scanner: no fork of a process that has

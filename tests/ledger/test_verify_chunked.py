@@ -282,10 +282,11 @@ def test_file_ranges_cut_as_the_line_by_line_cutter(
                 assert got == _cuts(_reference_parts, target, per_part), (name, block, per_part)
 
 
-def _reference_range(data: bytes, offset: int, end: int) -> tuple[list[bytes], object]:
+def _reference_range(
+    data: bytes, offset: int, end: int, limit: int = verify._MAX_LINE
+) -> tuple[list[bytes], object]:
     """The lines that start in [offset, end) (without newlines), and the fault that ends
     them early: what _range_lines must give, found with plain slicing."""
-    limit = _scan._MAX_LINE
     at, out = 0, []
     while at < min(end, len(data)):
         nl = data.find(b"\n", at)
@@ -322,7 +323,7 @@ def test_byte_ranges_read_the_lines_that_start_in_them(
     """Every line is read by exactly one range: the one it starts in; faults in order."""
     data = export[0].read_bytes()
     longest = max(map(len, data.split(b"\n")))
-    monkeypatch.setattr(_scan, "_MAX_LINE", longest + 1)
+    limit = longest + 1
     target = tmp_path / "ranges.jsonl"
     for name, blob in _cases(data, longest).items():
         target.write_bytes(blob)
@@ -333,11 +334,11 @@ def test_byte_ranges_read_the_lines_that_start_in_them(
                     got: list[bytes] = []
                     fault: object = None
                     try:
-                        for lines in _scan._range_lines(f, offset, end):
+                        for lines in _scan._range_lines(f, offset, end, limit):
                             got += lines
                     except _scan._LineFault as e:
                         fault = (e.line, e.reason)
-                    run, reason = _reference_range(blob, offset, end)
+                    run, reason = _reference_range(blob, offset, end, limit)
                     expected = (run, None if reason is None else (len(run), reason))
                     assert (got, fault) == expected, (name, batch, offset, end)
 
@@ -347,13 +348,13 @@ def test_scan_pool_answers_in_order_and_raises_what_a_worker_raised(
 ) -> None:
     path = export[0]
     size = path.stat().st_size
-    jobs = [(str(path), o, o + 2000) for o in range(100, size, 2000)]
+    jobs = [(str(path), o, o + 2000, verify._MAX_LINE) for o in range(100, size, 2000)]
     with ScanPool(2) as pool:
         for args in jobs:
             pool.submit(args)
         for args in jobs:
             assert pool.result() == _scan.scan_byte_range(*args)
-        pool.submit((str(path) + ".missing", 0, 1))
+        pool.submit((str(path) + ".missing", 0, 1, verify._MAX_LINE))
         with pytest.raises(FileNotFoundError):
             pool.result()
 
@@ -377,7 +378,7 @@ def test_byte_range_scan_in_batches_is_the_scan_of_its_lines(
                 run, fault = _reference_range(data, offset, offset + step)
                 assert fault is None
                 expected = _scan.scan_chunk(0, b"\n".join(run))
-                got = _scan.scan_byte_range(str(target), offset, offset + step)
+                got = _scan.scan_byte_range(str(target), offset, offset + step, verify._MAX_LINE)
                 if not run:  # a range with no line start holds nothing
                     expected = _scan.ChunkResult()
                 assert got == expected, (name, offset, step)

@@ -28,7 +28,7 @@ and 7 records):
    changed. 210 pairs of changes: every way of cutting the *file* gives one
    verdict.
 3. 120 exports with lines around the verifier's maximum length (``_MAX_LINE``
-   made small in both modules): the same, and a line too long or not ended
+   made small): the same, and a line too long or not ended
    fails with record index None.
 4. The bulk scanner (``_scan._Bulk``, whole runs and fed in random batches) gives
    exactly ``_scan._scan_each``'s result or declines, and declines whenever the
@@ -127,7 +127,7 @@ def _cut(path: Path, data: bytes, key: NoteVerifier, cuts: list[int]) -> Verdict
         bounds = sorted({header_end, len(data), *(c for c in cuts if header_end < c < len(data))})
         lines_before = 2
         for begin, end in itertools.pairwise(bounds):
-            res = _scan.scan_byte_range(str(path), begin, end)
+            res = _scan.scan_byte_range(str(path), begin, end, verify._MAX_LINE)
             verify._join(st, res, lines_before)
             lines_before += res.lines
         return verify._finish(st, total, key)
@@ -462,12 +462,11 @@ def test_lines_around_the_maximum_length(
 ) -> None:
     """A line of ``_MAX_LINE`` bytes (newline included) is read; one byte more is refused
     (record index None) wherever it falls in a range, and a last line without its newline is
-    refused as truncated. The limit is made small, the same in both modules."""
+    refused as truncated. The limit is made small (the verifier passes it to the scanner)."""
     rng = random.Random(f"long {built.every}")
     lines = built.lines
     limit = max(len(raw) for raw in lines) + 1 + rng.randint(0, 3)
     monkeypatch.setattr(verify, "_MAX_LINE", limit)
-    monkeypatch.setattr(_scan, "_MAX_LINE", limit)
     target = tmp_path / "long.jsonl"
     assert _fast(built.path, built.first, WHOLE)[0] == "ok"
     for _ in range(40):
