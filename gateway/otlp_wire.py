@@ -178,6 +178,7 @@ def _any(value: Any, max_len: int | None) -> bytes | None:
 
 _PAIRS: dict[tuple[bytes, str, type, Any, int | None], bytes] = {}
 _MAX_PAIRS = 4096  # encoded attributes kept: most repeat (verbs, targets, states, kinds)
+_MAX_CACHED_CHARS = 256
 
 
 def _pair(tag: bytes, key: str, value: Any, max_len: int | None) -> bytes:
@@ -197,7 +198,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any], limit: int | None,
     cache = _PAIRS
     for key, value in items:
         kind = type(value)
-        if kind is str or kind is int or kind is bool:  # not float: 0.0 == -0.0
+        # Not floats (0.0 == -0.0), nor long strings (stack traces): the cache stays small.
+        if kind is int or kind is bool or (kind is str and len(value) <= _MAX_CACHED_CHARS):
             memo = (tag, key, kind, value, max_len)
             pair = cache.get(memo)
             if pair is None:

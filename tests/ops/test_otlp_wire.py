@@ -241,6 +241,18 @@ def test_attributes_seen_again_are_written_again_the_same() -> None:
             otlp_wire._MAX_PAIRS = old
 
 
+def test_long_strings_are_not_remembered() -> None:
+    """A stack trace in an event is written, not kept: the cache holds short values only."""
+    otlp_wire._PAIRS.clear()
+    good = _Spans(2).span()
+    trace_text = "Traceback (most recent call last):\n" * 40
+    with_trace = (*good[:10], {"short": "x", "long": trace_text}, *good[11:])
+    _check([with_trace], Resource({}), SpanLimits())
+    kept = [memo[3] for memo in otlp_wire._PAIRS]
+    assert "x" in kept
+    assert trace_text not in kept
+
+
 def test_a_span_that_cannot_be_written_costs_only_itself() -> None:
     good = _Spans(1).span()
     bad_key = (*good[:10], {"\udc80": 1}, *good[11:])  # a key that is not UTF-8
