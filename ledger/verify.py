@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -437,55 +438,43 @@ def _verify_chunked(
     records at a time.
     """
     path = getattr(f, "name", None)
-    if not (isinstance(path, str) and os.path.isfile(path) and f.seekable()):
-        _verify_stream_chunks(f, first_line, st, total, progress, stream_chunk)
-        return
-    size = os.fstat(f.fileno()).st_size
-    ranges = [
-        (path, o, min(o + range_bytes, size), _MAX_LINE) for o in range(f.tell(), size, range_bytes)
-    ]
-    lines_before = first_line
-    if workers > 1 and len(ranges) > _RANGES_HERE:
-        # Fresh interpreters that import only the scanner: no fork of a process that has
-        # threads, and no re-import of this process's __main__ (see ledger._workers).
-        with ScanPool(min(workers, len(ranges))) as pool:
-            for res in pool.map(ranges):
-                _join(st, res, lines_before)
-                lines_before += res.lines
-                if progress:
-                    progress(st.frontier.size, total)
-        return
-    from ledger._scan import scan_byte_range
+    with contextlib.ExitStack() as stack:
+        results: Iterator[ChunkResult]
+        if not (isinstance(path, str) and os.path.isfile(path) and f.seekable()):
+            results = _stream_runs(f, first_line, stream_chunk)
+        else:
+            size = os.fstat(f.fileno()).st_size
+            ranges = [
+                (path, o, min(o + range_bytes, size), _MAX_LINE)
+                for o in range(f.tell(), size, range_bytes)
+            ]
+            if workers > 1 and len(ranges) > _RANGES_HERE:
+                # Fresh interpreters that import only the scanner: no fork of a process
+                # that has threads, and no re-import of this process's __main__ (see
+                # ledger._workers).
+                pool = stack.enter_context(ScanPool(min(workers, len(ranges))))
+                results = pool.map(ranges)
+            else:
+                from ledger._scan import scan_byte_range
 
-    for args in ranges:
-        res = scan_byte_range(*args)
-        _join(st, res, lines_before)
-        lines_before += res.lines
-        if progress:
-            progress(st.frontier.size, total)
+                results = (scan_byte_range(*args) for args in ranges)
+        lines_before = first_line
+        for res in results:
+            _join(st, res, lines_before)
+            lines_before += res.lines
+            if progress:
+                progress(st.frontier.size, total)
 
 
-def _verify_stream_chunks(
-    f: IO[bytes],
-    first_line: int,
-    st: _State,
-    total: int,
-    progress: Callable[[int, int], None] | None,
-    per_chunk: int,
-) -> None:
-    """Fast mode for an export that cannot be read twice: chunks of ``per_chunk`` records
-    (and the checkpoint lines after them) scanned in this process."""
+def _stream_runs(f: IO[bytes], first_line: int, per_chunk: int) -> Iterator[ChunkResult]:
+    """Fast mode for an export that cannot be read twice: the scans of chunks of
+    ``per_chunk`` records (and the checkpoint lines after them), made in this process.
+    A line too long or not ended raises after the scan of the lines before it."""
     from ledger._scan import scan_chunk
 
     records = 0
-    first = line_no = first_line
+    line_no = first_line
     batch: list[bytes] = []
-
-    def join() -> None:
-        _join(st, scan_chunk(first, b"\n".join(batch)))
-        if progress:
-            progress(st.frontier.size, total)
-
     for raw in f:
         fault = None
         if len(raw) > _MAX_LINE:
@@ -494,17 +483,17 @@ def _verify_stream_chunks(
             fault = "export does not end with a newline (truncated?)"
         if fault is not None:
             if batch:  # a fault in the lines before this one comes first
-                join()
+                yield scan_chunk(0, b"\n".join(batch))
             raise VerificationError(fault, line=line_no)
         is_checkpoint = raw.startswith(b'{"checkpoint"')
         if records == per_chunk and not is_checkpoint:
-            join()
-            records, first, batch = 0, line_no, []
+            yield scan_chunk(0, b"\n".join(batch))
+            records, batch = 0, []
         batch.append(raw[:-1])
         line_no += 1
         records += not is_checkpoint
     if batch:
-        join()
+        yield scan_chunk(0, b"\n".join(batch))
 
 
 def verify_stream(
