@@ -39,7 +39,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits
 
-__all__ = ["last", "request_bytes"]
+__all__ = ["request_bytes"]
 
 # OTLP's span flags: whether the parent is remote is known, and whether it is.
 HAS_IS_REMOTE, IS_REMOTE = 0x100, 0x200
@@ -137,7 +137,7 @@ _INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
 _UINT64_MASK = (1 << 64) - 1
 
 
-def last(items: Sequence[Any], limit: int | None) -> tuple[Sequence[Any], int]:
+def _last(items: Sequence[Any], limit: int | None) -> tuple[Sequence[Any], int]:
     """The latest ``limit`` of ``items`` and how many were dropped, as the SDK keeps them."""
     if limit is None or len(items) <= limit:
         return items, 0
@@ -193,7 +193,7 @@ def _pair(tag: bytes, key: str, value: Any, max_len: int | None) -> bytes:
 def _attributes(tag: bytes, attributes: Mapping[str, Any], limit: int | None,
                 max_len: int | None) -> tuple[bytes, int]:  # fmt: skip
     """The ``KeyValue`` fields ``tag`` for ``attributes``, and the count dropped."""
-    items, dropped = last(list(attributes.items()), limit)
+    items, dropped = _last(list(attributes.items()), limit)
     out = []
     cache = _PAIRS
     for key, value in items:
@@ -240,7 +240,7 @@ def _span(item: tuple[Any, ...], limits: SpanLimits) -> bytes:
         out += (_DROPPED_ATTRIBUTES, _varint(dropped))
     if not events and not links and not code:
         return b"".join(out)
-    kept, dropped = last(events, limits.max_events)
+    kept, dropped = _last(events, limits.max_events)
     for event_name, at, event_attributes in kept:
         encoded, lost = _attributes(
             _EVENT_ATTRIBUTES, event_attributes, limits.max_event_attributes, event_len
@@ -251,7 +251,7 @@ def _span(item: tuple[Any, ...], limits: SpanLimits) -> bytes:
         out.append(_len(_EVENTS, b"".join(event)))
     if dropped:
         out += (_DROPPED_EVENTS, _varint(dropped))
-    kept, dropped = last(links, limits.max_links)
+    kept, dropped = _last(links, limits.max_links)
     for link_trace, link_span, _, link_state, remote, link_attributes in kept:
         encoded, lost = _attributes(
             _LINK_ATTRIBUTES, link_attributes, limits.max_link_attributes, event_len
