@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,12 +57,25 @@ from ledger.merkle import (
     verify_consistency,
 )
 from ledger.note import NoteSigner
-from ledger.record import Draft, Record, format_time, parse_time, seal, utc_now
+from ledger.record import (
+    Draft,
+    Prepared,
+    Record,
+    format_time,
+    parse_time,
+    prepare,
+    seal,
+    utc_now,
+)
 from ledger.store import Batch, Head, LedgerStore, StoredCheckpoint
 
 __all__ = ["ConsistencyProof", "InclusionProof", "Ledger", "LedgerConfig"]
 
-_INLINE_SEAL = 4  # batches this small are sealed on the event loop (about 40 µs a record)
+_INLINE_SEAL = 4  # chunks this small are sealed on the event loop (about 45 µs a record)
+# Appends sealed in one hop to the sealing thread. Small chunks keep all three
+# stages busy (callers, sealing, the transaction); the committer still writes
+# every chunk that is ready in one transaction, up to ``max_batch`` records.
+_SEAL_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -110,9 +124,39 @@ class _Built:
     rotated: bool
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """Appends taken from the queue together, sealed ahead or (``built`` None) to be
+    sealed in their transaction."""
+
+    items: list[_Pending]  # every item taken, for the queue's accounting
+    live: list[_Pending]  # those whose callers still wait
+    built: _Built | None
+
+
+def _joined(parts: list[_Built | None]) -> _Built:
+    """Chunks sealed one after another, as one batch."""
+    built = [p for p in parts if p is not None]
+    assert built
+    assert len(built) == len(parts)
+    if len(built) == 1:
+        return built[0]
+    first, last = built[0], built[-1]
+    batch = Batch(
+        [r for b in built for r in b.batch.records],
+        [n for b in built for n in b.batch.nodes],
+        last.batch.head,
+        last.batch.frontier,
+        [c for b in built for c in b.batch.claims],
+        frozenset().union(*(b.batch.checked for b in built)),
+    )
+    results = [r for b in built for r in b.results]
+    return _Built(first.base, batch, results, last.signer, any(b.rotated for b in built))
+
+
 @dataclass
 class _Pending:
-    draft: Draft
+    draft: Prepared  # canonicalised by the caller: sealing is a chain, this is not
     future: asyncio.Future[Record]
     new_signer: NoteSigner | None = None
 
@@ -134,6 +178,14 @@ class Ledger:
         self._config = config or LedgerConfig()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(self._config.max_pending)
         self._writer: asyncio.Task[None] | None = None
+        # Between the sealer (in _write_loop) and the committer:
+        self._sealed: collections.deque[_Chunk] = collections.deque()
+        self._sealed_records = 0  # live appends in self._sealed
+        self._wake_committer = asyncio.Event()
+        self._caught_up = asyncio.Event()  # the committer took chunks, or has none left
+        self._committing = False
+        self._committed: _Built | None = None  # what the last transaction wrote
+        self._epoch = 0  # bumped when a transaction did not write what was sealed ahead
         self._ticker: asyncio.Task[None] | None = None
         self._checkpoint_lock = asyncio.Lock()
         self._last_checkpoint_size = 0
@@ -188,7 +240,7 @@ class Ledger:
             # One genesis even when several replicas start on one new store together.
             genesis = Draft("key", self._key_body(self._signer, "genesis"), claims=("genesis",))
             try:
-                await self._submit(_Pending(genesis, loop.create_future()))
+                await self._submit(_Pending(prepare(genesis), loop.create_future()))
             except ClaimedError:
                 pass  # another process wrote it
             except BaseException:
@@ -233,9 +285,11 @@ class Ledger:
         """Seal and store one record; return it once it is durable."""
         if draft.kind == "key":
             raise RecordError("key records are written by the ledger itself (rotate_key)")
-        # Canonicalising happens in the sealing thread, off the event loop; a body
-        # that has no RFC 8785 form fails this append alone.
-        return await self._submit(_Pending(draft, asyncio.get_running_loop().create_future()))
+        # Canonicalising here, not in the sealing thread, keeps it out of the chain
+        # of records that must be sealed one after another (each names the last's
+        # hash). A body that has no RFC 8785 form fails this append alone.
+        prepared = prepare(draft, self._salt)
+        return await self._submit(_Pending(prepared, asyncio.get_running_loop().create_future()))
 
     async def append_many(self, drafts: Sequence[Draft]) -> list[Record]:
         return list(await asyncio.gather(*(self.append(d) for d in drafts)))
@@ -245,7 +299,7 @@ class Ledger:
         every record after it is signed by the new key."""
         if new_signer.name != self._signer.name:
             raise ValueError("a rotated key must keep the log's name (its origin)")
-        draft = Draft("key", self._key_body(new_signer, reason))
+        draft = prepare(Draft("key", self._key_body(new_signer, reason)))
         loop = asyncio.get_running_loop()
         return await self._submit(_Pending(draft, loop.create_future(), new_signer))
 
@@ -258,39 +312,56 @@ class Ledger:
             self._queue.put_nowait(item)
         return await item.future
 
-    async def _collect(self) -> list[_Pending]:
+    async def _collect(self, limit: int) -> list[_Pending]:
         items = [await self._queue.get()]
-        # Let writers woken by the last commit enqueue before taking the batch:
-        # without this, batches shrink to whoever happened to be first.
+        # Let writers woken by the last commit enqueue before taking the chunk:
+        # without this, chunks shrink to whoever happened to be first.
         seen = -1
-        while self._queue.qsize() != seen and self._queue.qsize() < self._config.max_batch:
+        while self._queue.qsize() != seen and self._queue.qsize() < limit:
             seen = self._queue.qsize()
             await asyncio.sleep(0)
-        while len(items) < self._config.max_batch and not self._queue.empty():
+        while len(items) < limit and not self._queue.empty():
             items.append(self._queue.get_nowait())
         return items
 
     async def _write_loop(self) -> None:
-        """Pipeline: sign batch k+1 on the head batch k will leave while k is written.
+        """Seal chunks of queued appends one after another; a committer task writes them.
 
-        The store's transaction still decides: a batch signed on a head that did
-        not come to be (the previous commit failed, another process appended) is
-        thrown away and sealed again inside the transaction.
+        Three stages run at once: callers preparing their next appends (event
+        loop), sealing (a thread; records form a chain, so one chunk at a time),
+        and the store's transaction (the store's thread). A chunk is sealed on
+        the head the chunk before it will leave, before that one is written; the
+        committer writes every chunk sealed meanwhile in one transaction.
+
+        The store's transaction still decides: chunks sealed on a head that did
+        not come to be (a commit failed, another process appended, a claim was
+        taken) are sealed again inside the transaction, and sealing waits for
+        the committer to catch up before it predicts again.
         """
-        inflight: asyncio.Task[_Built | None] | None = None
-        predicted: _Built | None = None
+        committer = asyncio.create_task(self._commit_loop(), name="ledger-committer")
+        predicted: _Built | None = None  # the last chunk sealed ahead, in this epoch
+        epoch = self._epoch
+        chunk = min(_SEAL_CHUNK, self._config.max_batch)
         try:
             while True:
-                items = await self._collect()
+                items = await self._collect(chunk)
                 live = [i for i in items if not i.future.done()]  # callers may have given up
-                if predicted is None and inflight is not None:
-                    predicted, inflight = await inflight, None  # sealed in its transaction
+                if not live:  # nothing to seal: the committer only accounts for them
+                    self._sealed.append(_Chunk(items, live, None))
+                    self._wake_committer.set()
+                    continue
+                if predicted is not None and epoch != self._epoch:
+                    predicted = None  # a commit went otherwise than predicted
+                if predicted is None:
+                    await self._until_committed(committer)
+                    predicted, epoch = self._committed, self._epoch
+                await self._until_room(committer)
                 built = None
                 rotating = any(i.new_signer for i in live)
                 if predicted is not None and not rotating and not predicted.rotated:
                     base = predicted.batch
                     nothing: frozenset[str] = frozenset()
-                    args = (live, base.head, base.frontier.copy(), self._signer, nothing)
+                    args = (live, base.head, base.frontier.copy(), predicted.signer, nothing)
                     try:
                         # A few records seal faster than a hop to a thread and back.
                         if len(live) <= _INLINE_SEAL:
@@ -299,16 +370,90 @@ class Ledger:
                             built = await asyncio.to_thread(self._build, *args)
                     except Exception:  # the transaction will seal them again, and decide
                         built = None
-                if inflight is not None:
-                    await inflight
-                inflight = asyncio.create_task(self._commit(items, live, built))
+                self._sealed.append(_Chunk(items, live, built))
+                self._sealed_records += len(live)
+                self._wake_committer.set()
                 predicted = built
-        except Exception:
-            self._fail_queued()  # a bug here must not leave callers waiting forever
-            raise
         finally:
-            if inflight is not None:
-                await inflight
+            # Stopped by close() (nothing is left then), by a bug here, or by the
+            # committer's failure: nobody must be left waiting.
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await committer
+            self._fail_sealed()
+            self._fail_queued()
+
+    async def _until_committed(self, committer: asyncio.Task[None]) -> None:
+        """Wait until every chunk sealed so far is committed (or failed)."""
+        while self._sealed or self._committing:
+            self._caught_up.clear()
+            await self._wait_on(self._caught_up, committer)
+
+    async def _until_room(self, committer: asyncio.Task[None]) -> None:
+        """Bound what is sealed but not yet written to two transactions' worth."""
+        while self._sealed_records >= 2 * self._config.max_batch:
+            self._caught_up.clear()
+            await self._wait_on(self._caught_up, committer)
+
+    @staticmethod
+    async def _wait_on(event: asyncio.Event, committer: asyncio.Task[None]) -> None:
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait((waiter, committer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if committer.done():
+            raise LedgerError("the ledger's committer stopped")
+
+    async def _commit_loop(self) -> None:
+        """Write sealed chunks: every chunk waiting, in one transaction where they chain."""
+        try:
+            await self._commit_chunks()
+        except Exception:
+            if self._writer is not None:
+                self._writer.cancel()  # its cleanup fails every caller still waiting
+            raise
+
+    async def _commit_chunks(self) -> None:
+        while True:
+            while not self._sealed:
+                self._committing = False
+                self._caught_up.set()
+                self._wake_committer.clear()
+                await self._wake_committer.wait()
+            self._committing = True
+            group = [self._sealed.popleft()]
+            if group[0].built is not None:
+                while self._sealed and self._joins(group, self._sealed[0]):
+                    group.append(self._sealed.popleft())
+            self._sealed_records -= sum(len(c.live) for c in group)
+            self._caught_up.set()  # room for more
+            await self._commit(group)
+
+    def _joins(self, group: list[_Chunk], nxt: _Chunk) -> bool:
+        """Whether ``nxt`` can go into the same transaction as ``group``: it was sealed
+        right after the group's last chunk, within the batch size, and assumes free
+        no key that the group takes."""
+        last = group[-1].built
+        if nxt.built is None or last is None or nxt.built.base != last.batch.head:
+            return False
+        if sum(len(c.live) for c in group) + len(nxt.live) > self._config.max_batch:
+            return False
+        checked = nxt.built.batch.checked
+        if not checked:
+            return True
+        taken = {k for c in group if c.built is not None for k, _ in c.built.batch.claims}
+        return taken.isdisjoint(checked)
+
+    def _fail_sealed(self) -> None:
+        while self._sealed:
+            c = self._sealed.popleft()
+            for item in c.live:
+                if not item.future.done():
+                    item.future.set_exception(LedgerClosedError("the ledger writer stopped"))
+            for _ in c.items:
+                self._queue.task_done()
+        self._sealed_records = 0
 
     def _build(
         self,
@@ -339,7 +484,7 @@ class Ledger:
         checked: set[str] = set()
         rotated = False
         for item in live:
-            draft = item.draft
+            draft = item.draft.draft
             if draft.claims or draft.unclaimed:
                 keys = (*draft.claims, *draft.unclaimed)
                 checked.update(keys)
@@ -347,18 +492,9 @@ class Ledger:
                 if clash is not None or len(set(draft.claims)) != len(draft.claims):
                     results.append(ClaimedError(clash or draft.claims[0]))
                     continue
-            try:
-                rec = seal(
-                    item.draft,
-                    index=head.size + len(records),
-                    prev=prev,
-                    time=when,
-                    signer=signer,
-                    salt=self._salt,
-                )
-            except (RecordError, ValueError) as e:
-                results.append(e)
-                continue
+            rec = seal(
+                item.draft, index=head.size + len(records), prev=prev, time=when, signer=signer
+            )
             results.append(rec)
             claims.extend((k, rec.index) for k in draft.claims)
             claimed.update(draft.claims)
@@ -371,13 +507,13 @@ class Ledger:
         batch = Batch(records, nodes, new_head, frontier, claims, frozenset(checked))
         return _Built(head, batch, results, signer, rotated)
 
-    async def _commit(
-        self, items: list[_Pending], live: list[_Pending], built: _Built | None
-    ) -> _Built | None:
-        """Write one batch; resolve its callers; return what was committed."""
+    async def _commit(self, group: list[_Chunk]) -> None:
+        """Write chunks in one transaction; resolve their callers."""
+        live = [i for c in group for i in c.live]
         try:
             if not live:
-                return None
+                return
+            built = _joined([c.built for c in group]) if group[0].built is not None else None
             done = built
 
             def in_transaction(head: Head, frontier: Frontier, taken: frozenset[str]) -> Batch:
@@ -392,11 +528,16 @@ class Ledger:
                     in_transaction, prebuilt=built.batch if built is not None else None
                 )
             except Exception as e:
+                self._epoch += 1  # nothing sealed after this chunk can be right
+                self._committed = None
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(e)
-                return None
+                return
             assert done is not None
+            if done is not built:
+                self._epoch += 1
+            self._committed = done
             self._signer = done.signer
             for item, result in zip(live, done.results, strict=True):
                 if item.future.done():
@@ -410,10 +551,10 @@ class Ledger:
                 # A failed checkpoint must not stop appends; the next trigger retries.
                 with contextlib.suppress(Exception):
                     await self._sign()
-            return done
         finally:
-            for _ in items:
-                self._queue.task_done()
+            for c in group:
+                for _ in c.items:
+                    self._queue.task_done()
 
     async def _tick_loop(self) -> None:
         while True:

@@ -9,8 +9,18 @@ open the same file (a CLI append while a gateway runs) queue behind it.
 Tables: ``log_head`` (one row), ``records`` (envelope bytes plus the columns
 auditors query by), ``nodes`` (every complete Merkle subtree hash, keyed by
 :func:`ledger.merkle.node_key`), ``checkpoints``, ``claims`` (the keys records
-took: :attr:`ledger.record.Draft.claims`) and ``meta``. Schema version 2 added
-``claims``; a version-1 file is upgraded when it is opened.
+took: :attr:`ledger.record.Draft.claims`), ``lookup`` and ``meta``.
+
+Query indexes are kept behind the head. An append writes only its records,
+nodes and claims; ``lookup`` (field, value, index) is filled for every
+``index_every`` records in one transaction, which touches each page of the
+index once instead of once per append. A query reads ``lookup`` below
+``meta.indexed_upto`` and scans the records above it (fewer than
+``index_every`` plus one catch-up step). Times need no index: records never go
+back in time, so a time range is found by bisecting the records.
+
+Schema version 2 added ``claims``; version 3 replaced the per-column indexes
+on ``records`` with ``lookup``. Older files are upgraded when opened.
 
 Example::
 
@@ -51,7 +61,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,12 +82,19 @@ CREATE TABLE IF NOT EXISTS records (
     trace_id TEXT NOT NULL,
     envelope BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_time ON records (time);
-CREATE INDEX IF NOT EXISTS records_kind ON records (kind, idx);
-CREATE INDEX IF NOT EXISTS records_actor ON records (actor, idx);
-CREATE INDEX IF NOT EXISTS records_target ON records (target, idx);
-CREATE INDEX IF NOT EXISTS records_decision ON records (decision_id, idx);
-CREATE INDEX IF NOT EXISTS records_trace ON records (trace_id, idx);
+DROP INDEX IF EXISTS records_time;
+DROP INDEX IF EXISTS records_kind;
+DROP INDEX IF EXISTS records_actor;
+DROP INDEX IF EXISTS records_target;
+DROP INDEX IF EXISTS records_decision;
+DROP INDEX IF EXISTS records_trace;
+CREATE TABLE IF NOT EXISTS lookup (
+    field INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (field, value, idx)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta VALUES ('indexed_upto', '0');
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
@@ -89,7 +106,12 @@ CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, idx INTEGER NOT NULL);
 INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
 """
 
+# Columns auditors filter by; a column's position is its ``lookup.field``.
 _QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
+# Which filter drives a query through ``lookup``: the most selective first.
+_LOOKUP_ORDER = ("decision_id", "trace_id", "target", "actor", "kind")
+_INDEX_EVERY = 4096  # records behind the head before ``lookup`` catches up
+_INDEX_STEP = 16_384  # records indexed per catch-up transaction
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
 
 
@@ -102,8 +124,14 @@ class SQLiteStore(LedgerStore):
         *,
         busy_timeout_ms: int = 10_000,
         wal_autocheckpoint_pages: int = 10_000,
+        index_every: int = _INDEX_EVERY,
     ) -> None:
+        if index_every < 1:
+            raise ValueError("index_every must be at least 1")
         self._path = Path(path)
+        self._index_every = index_every
+        self._indexed_upto = 0  # as last seen; the meta row is the truth
+        self._indexer: asyncio.Task[None] | None = None
         self._busy_timeout_ms = busy_timeout_ms
         # SQLite copies the WAL back into the database every N pages, inside the
         # commit that crosses the mark. Its default (1000 pages, 4 MB) made that
@@ -159,6 +187,11 @@ class SQLiteStore(LedgerStore):
             raise
 
     async def close(self) -> None:
+        if self._indexer is not None:
+            self._indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._indexer
+            self._indexer = None
         db, self._db = self._db, None
         self._cache = None
         if db is not None:
@@ -293,11 +326,57 @@ class SQLiteStore(LedgerStore):
     async def sequence(self, build: BuildFn, *, prebuilt: Batch | None = None) -> Batch:
         async with self._lock:
             try:
-                return await self._on_db_thread(self._append, build, prebuilt)
+                batch = await self._on_db_thread(self._append, build, prebuilt)
             except sqlite3.IntegrityError as e:
                 raise StoreConflictError(f"ledger head moved during append: {e}") from e
             except sqlite3.Error as e:
                 raise StoreError(f"ledger append failed: {e}") from e
+        behind = batch.head.size - self._indexed_upto
+        if behind >= self._index_every and (self._indexer is None or self._indexer.done()):
+            self._indexer = asyncio.create_task(self._catch_up(), name="ledger-indexer")
+        return batch
+
+    async def _catch_up(self) -> None:
+        """Fill ``lookup`` up to the head, one bounded transaction at a time. A failure
+        is left for the next append to retry: queries stay right meanwhile, only slower."""
+        while self._db is not None:
+            async with self._lock:
+                try:
+                    upto, size = await self._on_db_thread(self._index_step)
+                except (sqlite3.Error, ValueError, AttributeError):
+                    return  # closed, locked for too long, or the disk failed: retried later
+            if upto >= size:
+                return
+
+    def _index_step(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """One transaction: ``lookup`` rows for the next records; (indexed upto, head size)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            upto = self._read_indexed_upto(conn)
+            size = self._read_head(conn).size
+            end = min(size, upto + _INDEX_STEP)
+            if end > upto:
+                selects = " UNION ALL ".join(
+                    f"SELECT {field}, {col}, idx FROM records "  # noqa: S608 (fixed names)
+                    f"WHERE idx >= ?1 AND idx < ?2 AND {col} != ''"
+                    for field, col in enumerate(_QUERY_COLUMNS)
+                )
+                conn.execute(f"INSERT OR IGNORE INTO lookup {selects}", (upto, end))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'indexed_upto'", (str(end),))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self._indexed_upto = end
+        return end, size
+
+    @staticmethod
+    def _read_indexed_upto(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()
+        if row is None:
+            raise StoreCorruptError("meta.indexed_upto is missing")
+        return int(row[0])
 
     def _snapshot(self, conn: sqlite3.Connection) -> tuple[Head, Frontier]:
         conn.execute("BEGIN")
@@ -336,30 +415,61 @@ class SQLiteStore(LedgerStore):
         return [bytes(env) for _, env in rows]
 
     async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
-        where = ["idx >= ?"]
-        params: list[Any] = [max(q.start, 0 if after is None else after + 1)]
-        if q.end is not None:
-            where.append("idx < ?")
-            params.append(q.end)
-        if q.since is not None:
-            where.append("time >= ?")
-            params.append(q.since)
-        if q.until is not None:
-            where.append("time < ?")
-            params.append(q.until)
-        for col in _QUERY_COLUMNS:
-            value = getattr(q, col)
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
-        sql = f"SELECT envelope FROM records WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"  # noqa: S608
-        params.append(q.limit)
         async with self._lock:
             try:
-                rows = await self._all(sql, params)
+                rows = await self._on_db_thread(self._query, q, after)
             except sqlite3.Error as e:
                 raise StoreError(f"ledger query failed: {e}") from e
-        return [open_record(bytes(r[0])).record for r in rows]
+        return [open_record(bytes(r)).record for r in rows]
+
+    def _query(self, conn: sqlite3.Connection, q: RecordQuery, after: int | None) -> list[bytes]:
+        """Envelopes of matching records, in one read transaction (see the module doc)."""
+        conn.execute("BEGIN")
+        try:
+            size = self._read_head(conn).size
+            upto = min(self._read_indexed_upto(conn), size)
+            lo = max(q.start, 0 if after is None else after + 1)
+            hi = size if q.end is None else min(q.end, size)
+            if q.since is not None:
+                lo = _first_at_or_after(conn, q.since, lo, hi)
+            if q.until is not None:
+                hi = _first_at_or_after(conn, q.until, lo, hi)
+            if lo >= hi:
+                return []
+            where, params = [], []
+            if q.since is not None:
+                where.append("r.time >= ?")
+                params.append(q.since)
+            if q.until is not None:
+                where.append("r.time < ?")
+                params.append(q.until)
+            for col in _QUERY_COLUMNS:
+                value = getattr(q, col)
+                if value is not None:
+                    where.append(f"r.{col} = ?")
+                    params.append(value)
+            cond = "".join(f" AND {w}" for w in where)
+            driver = next((c for c in _LOOKUP_ORDER if getattr(q, c)), None)  # "" is not indexed
+            out: list[bytes] = []
+            if driver is not None and lo < upto:
+                sql = (
+                    "SELECT r.envelope FROM lookup AS l CROSS JOIN records AS r ON r.idx = l.idx "  # noqa: S608
+                    f"WHERE l.field = ? AND l.value = ? AND l.idx >= ? AND l.idx < ?{cond} "
+                    "ORDER BY l.idx LIMIT ?"
+                )
+                field = _QUERY_COLUMNS.index(driver)
+                args = [field, getattr(q, driver), lo, min(hi, upto), *params, q.limit]
+                out.extend(r[0] for r in conn.execute(sql, args))
+                lo = max(lo, upto)
+            if len(out) < q.limit and lo < hi:
+                sql = (
+                    f"SELECT r.envelope FROM records AS r WHERE r.idx >= ? AND r.idx < ?{cond} "  # noqa: S608
+                    "ORDER BY r.idx LIMIT ?"
+                )
+                out.extend(r[0] for r in conn.execute(sql, [lo, hi, *params, q.limit - len(out)]))
+            return out
+        finally:
+            conn.execute("COMMIT")
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         db = self._conn
@@ -424,3 +534,21 @@ class SQLiteStore(LedgerStore):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read checkpoints: {e}") from e
         return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
+
+
+def _first_at_or_after(conn: sqlite3.Connection, when: str, lo: int, hi: int) -> int:
+    """The first index in ``[lo, hi)`` whose time is ``>= when`` (``hi`` if none).
+
+    Records never go back in time (:meth:`ledger.log.Ledger._build` holds the
+    clock, and verification checks it), so their times are sorted by index.
+    """
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute("SELECT time FROM records WHERE idx = ?", (mid,)).fetchone()
+        if row is None:
+            raise StoreCorruptError(f"record {mid} is missing from the store")
+        if row[0] < when:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

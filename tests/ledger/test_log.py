@@ -385,7 +385,7 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
     await log.start()
     queued = asyncio.get_running_loop().create_future()
 
-    async def broken_collect() -> list:  # type: ignore[type-arg]
+    async def broken_collect(limit: int) -> list:  # type: ignore[type-arg]
         raise RuntimeError("writer bug")
 
     log._collect = broken_collect  # type: ignore[method-assign]
@@ -397,8 +397,9 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
         await log.append(Draft("note", {}))
     # Something already queued when the writer died is failed, not left hanging.
     from ledger.log import _Pending
+    from ledger.record import prepare
 
-    log._queue.put_nowait(_Pending(Draft("note", {}), queued))
+    log._queue.put_nowait(_Pending(prepare(Draft("note", {})), queued))
     await asyncio.wait_for(log.close(), 5)
     with pytest.raises(LedgerClosedError):
         await queued
