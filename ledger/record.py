@@ -66,6 +66,8 @@ __all__ = [
     "parse_time",
     "prepare",
     "seal",
+    "seal_chain",
+    "sealed_record",
     "utc_now",
 ]
 
@@ -264,6 +266,11 @@ class Prepared:
     kind_json: bytes
     target_json: bytes
 
+    @property
+    def parts(self) -> tuple[bytes, bytes, bytes, str]:
+        """What :func:`seal_chain` needs: head, kind and target JSON, trace id."""
+        return (self.head, self.kind_json, self.target_json, self.draft.trace_id)
+
 
 def prepare(draft: Draft, salt: bytes | None = None) -> Prepared:
     """Seal sensitive fields and canonicalise ``draft`` (:class:`RecordError` if impossible)."""
@@ -310,42 +317,83 @@ def seal(
     tests hold it equal to ``canonical_json`` of the whole payload.
     """
     p = item if isinstance(item, Prepared) else prepare(item, salt)
-    d = p.draft
     when = time if isinstance(time, str) else format_time(time)
-    key_id = signer.key_id.encode()
-    payload_bytes = (
-        b'%b%d,"key_id":"%b","kind":%b,"prev":"%b","target":%b,"time":"%b","trace_id":"%b"}'
-        % (
-            p.head,
-            index,
-            key_id,
-            p.kind_json,
-            prev.hex().encode(),
-            p.target_json,
-            when.encode(),
-            d.trace_id.encode(),
-        )
-    )
-    sig = signer.sign(pae(PAYLOAD_TYPE, payload_bytes))
-    envelope = _envelope(
-        binascii.b2a_base64(payload_bytes, newline=False),
-        key_id,
-        binascii.b2a_base64(sig, newline=False),
-    )
+    ((envelope, leaf),) = seal_chain([p.parts], [signer], index=index, prev=prev, time=when)
+    return sealed_record(p, index=index, prev=prev, time=when, key_id=signer.key_id,
+                         envelope=envelope, leaf=leaf)  # fmt: skip
+
+
+def sealed_record(
+    p: Prepared, *, index: int, prev: bytes, time: str, key_id: str, envelope: bytes, leaf: bytes
+) -> Record:
+    """The :class:`Record` for an envelope that :func:`seal_chain` made from ``p``."""
+    d = p.draft
     return Record(
         index=index,
-        time=when,
+        time=time,
         kind=d.kind,
         prev=prev,
-        key_id=signer.key_id,
+        key_id=key_id,
         trace_id=d.trace_id,
         actor=d.actor,
         target=d.target,
         decision_id=d.decision_id,
         body=p.body,
         envelope=envelope,
-        leaf_hash=leaf_hash(envelope),
+        leaf_hash=leaf,
     )
+
+
+def seal_chain(
+    parts: Sequence[tuple[bytes, bytes, bytes, str]],
+    signers: Sequence[NoteSigner],
+    *,
+    index: int,
+    prev: bytes,
+    time: str,
+) -> list[tuple[bytes, bytes]]:
+    """Sign consecutive records: (envelope, leaf hash) for each of ``parts``
+    (:attr:`Prepared.parts`), the first at ``index`` after ``prev``, record ``k``
+    signed by ``signers[k]``.
+
+    Each record names the last one's leaf hash, so this is one record after
+    another; it needs only the pieces, not the drafts, and so runs as well in a
+    worker process (:func:`seal_chain_task`).
+    """
+    out: list[tuple[bytes, bytes]] = []
+    when = time.encode()
+    for (head, kind_json, target_json, trace_id), signer in zip(parts, signers, strict=True):
+        key_id = signer.key_id.encode()
+        payload = (
+            b'%b%d,"key_id":"%b","kind":%b,"prev":"%b","target":%b,"time":"%b","trace_id":"%b"}'
+            % (head, index, key_id, kind_json, prev.hex().encode(), target_json, when,
+               trace_id.encode())
+        )  # fmt: skip
+        sig = signer.sign(pae(PAYLOAD_TYPE, payload))
+        envelope = _envelope(
+            binascii.b2a_base64(payload, newline=False),
+            key_id,
+            binascii.b2a_base64(sig, newline=False),
+        )
+        prev = leaf_hash(envelope)
+        out.append((envelope, prev))
+        index += 1
+    return out
+
+
+_task_signers: dict[str, NoteSigner] = {}
+
+
+def seal_chain_task(
+    key: str, parts: Sequence[tuple[bytes, bytes, bytes, str]], index: int, prev: bytes, time: str
+) -> list[tuple[bytes, bytes]]:
+    """:func:`seal_chain` with one key, in a worker process (``ledger._workers``); ``key``
+    is the signer's private key string, sent over the pipe from its parent."""
+    signer = _task_signers.get(key)
+    if signer is None:
+        _task_signers.clear()  # one key at a time; a rotation replaces it
+        signer = _task_signers[key] = NoteSigner.from_key_string(key)
+    return seal_chain(parts, [signer] * len(parts), index=index, prev=prev, time=time)
 
 
 @dataclass(frozen=True)

@@ -385,7 +385,7 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
     await log.start()
     queued = asyncio.get_running_loop().create_future()
 
-    async def broken_collect(limit: int) -> list:  # type: ignore[type-arg]
+    async def broken_collect() -> list:  # type: ignore[type-arg]
         raise RuntimeError("writer bug")
 
     log._collect = broken_collect  # type: ignore[method-assign]

@@ -1,0 +1,123 @@
+"""Signing in a worker process: the same bytes as signing here, and a fallback when it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from ledger import DataDir, Draft, LedgerConfig
+from ledger._workers import ScanPool
+from ledger.export import export_ledger
+from ledger.log import _PROCESS_MIN, _SEAL_TASK, Ledger
+from ledger.note import NoteSigner
+from ledger.record import ZERO_HASH, format_time, prepare, seal, seal_chain, utc_now
+from ledger.verify import verify_export
+
+QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
+
+
+def _drafts(n: int) -> list[Draft]:
+    return [
+        Draft(
+            "decision",
+            {"n": i, "text": 'é\u2028"\\' * (i % 3), "nested": {"b": [1, None, True], "a": ""}},
+            trace_id=f"{i + 1:032x}" if i % 2 else "",
+            actor="engine" if i % 3 else "",
+            target=f"libvirt/vm-{i % 7}",
+            decision_id=f"d-{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def test_the_worker_signs_the_same_bytes_as_this_process() -> None:
+    signer = NoteSigner.generate("test.example/log")
+    prepared = [prepare(d) for d in _drafts(50)]
+    when = format_time(utc_now())
+    prev = bytes(range(32))
+    here = seal_chain([p.parts for p in prepared], [signer] * 50, index=7, prev=prev, time=when)
+    with ScanPool(1, _SEAL_TASK) as pool:
+        pool.submit((signer.private_key_string(), [p.parts for p in prepared], 7, prev, when))
+        there = pool.result()
+    assert there == here
+    # And both are what sealing one record at a time gives.
+    for k, p in enumerate(prepared):
+        rec = seal(p, index=7 + k, prev=prev, time=when, signer=signer)
+        assert (rec.envelope, rec.leaf_hash) == here[k]
+        prev = rec.leaf_hash
+
+
+def test_the_worker_follows_a_new_key() -> None:
+    a, b = NoteSigner.generate("test.example/log"), NoteSigner.generate("test.example/log")
+    parts = [prepare(d).parts for d in _drafts(3)]
+    when = format_time(utc_now())
+    with ScanPool(1, _SEAL_TASK) as pool:
+        for signer in (a, b, a):
+            pool.submit((signer.private_key_string(), parts, 0, ZERO_HASH, when))
+            got = pool.result()
+            assert got == seal_chain(parts, [signer] * 3, index=0, prev=ZERO_HASH, time=when)
+
+
+async def _many(log: Ledger, n: int) -> list[int]:
+    recs = await asyncio.gather(*(log.append(d) for d in _drafts(n)))
+    return sorted(r.index for r in recs)
+
+
+async def test_appends_go_through_the_worker_and_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    calls: list[int] = []
+    async with d.open_ledger(QUIET) as log:
+        real = log._seal_process.seal
+
+        def counting(*args: object) -> list[tuple[bytes, bytes]] | None:
+            out = real(*args)  # type: ignore[arg-type]
+            calls.append(0 if out is None else len(out))
+            return out
+
+        monkeypatch.setattr(log._seal_process, "seal", counting)
+        assert await _many(log, 400) == list(range(1, 401))
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert sum(calls) >= _PROCESS_MIN  # some chunks were signed in the worker
+    assert verify_export(out, d.signer().verifier).size == 401
+
+
+async def test_a_dead_worker_means_signing_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    secret = d.signer().private_key_string()
+    async with d.open_ledger(QUIET) as log:
+        await _many(log, 200)  # starts the worker
+        pool = log._seal_process._pool
+        assert pool is not None
+        for proc in pool._procs:
+            proc.kill()
+            proc.wait()
+        with caplog.at_level(logging.WARNING, logger="ledger.log"):
+            assert await _many(log, 300) == list(range(201, 501))
+        assert log._seal_process._pool is None
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert "sealing process failed" in caplog.text
+    assert secret.split("+", 4)[4] not in caplog.text  # the base64 may contain "+"
+    assert verify_export(out, d.signer().verifier).size == 501
+
+
+async def test_without_the_worker_appends_are_the_same(tmp_path: Path) -> None:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process=False)
+    async with d.open_ledger(config) as log:
+        assert await _many(log, 300) == list(range(1, 301))
+        assert log._seal_process._pool is None
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert verify_export(out, d.signer().verifier).size == 301
