@@ -119,7 +119,9 @@ class _SealProcess:
             return None
         try:
             if self._pool is None:
+                # It starts (imports) while this chunk is signed here: no first-use stall.
                 self._pool = ScanPool(1, _SEAL_TASK)
+                return None
             self._pool.submit((signer.private_key_string(), parts, index, prev, when))
             chain: list[tuple[bytes, bytes]] = self._pool.result()
             if len(chain) != len(parts):

@@ -167,14 +167,15 @@ class SQLiteStore(LedgerStore):
             await db.execute(f"PRAGMA wal_autocheckpoint = {int(self._wal_autocheckpoint_pages)}")
             # After a checkpoint, shrink a WAL that grew past 64 MB back to that size.
             await db.execute("PRAGMA journal_size_limit = 67108864")
-            await db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            row = await self._one("SELECT value FROM meta WHERE key = 'schema_version'")
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
+            # Refuse a newer file before the script below changes anything in it.
+            version = await self._schema_version()
+            if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self._path} has schema version {row[0]}, newer than this govgate "
+                    f"{self._path} has schema version {version}, newer than this govgate "
                     f"understands ({SCHEMA_VERSION}); upgrade govgate"
                 )
-            if row is None or int(row[0]) < SCHEMA_VERSION:  # the script above upgraded it
+            await db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            if version is None or version < SCHEMA_VERSION:  # the script above upgraded it
                 await db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -185,6 +186,21 @@ class SQLiteStore(LedgerStore):
         except BaseException:
             await self.close()
             raise
+
+    async def _schema_version(self) -> int | None:
+        """The file's schema version (None for a new file)."""
+        table = await self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        )
+        if table is None:
+            return None
+        row = await self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        if row is None:
+            return None
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(f"{self._path}: schema version {row[0]!r} is not a number") from None
 
     async def close(self) -> None:
         if self._indexer is not None:
