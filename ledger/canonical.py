@@ -24,7 +24,7 @@ import rfc8785
 
 from ledger.errors import CanonicalJSONError
 
-__all__ = ["MAX_SAFE_INTEGER", "canonical_json", "canonical_json_slow"]
+__all__ = ["MAX_SAFE_INTEGER", "canonical_json", "canonical_json_slow", "canonical_str"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -76,3 +76,12 @@ def canonical_json(value: Any) -> bytes:
         except orjson.JSONEncodeError:
             pass  # e.g. a lone surrogate: let the reference decide and explain
     return canonical_json_slow(value)
+
+
+def canonical_str(value: str) -> bytes:
+    """:func:`canonical_json` of a string, without the walk: a string's orjson form is
+    its RFC 8785 form (a lone surrogate, which has none, goes to the reference)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return canonical_json_slow(value)

@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from ledger._b64 import b64decode_strict
-from ledger.canonical import canonical_json
+from ledger.canonical import canonical_json, canonical_str
 from ledger.errors import CanonicalJSONError, RecordError
 from ledger.merkle import leaf_hash
 from ledger.note import NoteSigner, NoteVerifier
@@ -283,11 +283,11 @@ def prepare(draft: Draft, salt: bytes | None = None) -> Prepared:
             else draft.body
         )
         head = b'{"actor":%b,"body":%b,"decision_id":%b,"index":' % (
-            canonical_json(draft.actor),
+            canonical_str(draft.actor),
             canonical_json(body),
-            canonical_json(draft.decision_id),
+            canonical_str(draft.decision_id),
         )
-        return Prepared(draft, body, head, canonical_json(draft.kind), canonical_json(draft.target))
+        return Prepared(draft, body, head, canonical_str(draft.kind), canonical_str(draft.target))
     except CanonicalJSONError as e:
         raise RecordError(f"record body cannot be canonicalised: {e}") from e
 

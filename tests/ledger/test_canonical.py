@@ -31,7 +31,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.canonical import MAX_SAFE_INTEGER, canonical_json, canonical_json_slow
+from ledger.canonical import (
+    MAX_SAFE_INTEGER,
+    canonical_json,
+    canonical_json_slow,
+    canonical_str,
+)
 from ledger.errors import CanonicalJSONError
 
 
@@ -331,3 +336,16 @@ def test_rfc8785_appendix_b_nan_and_infinity_raise(bits: str) -> None:
     for f in (canonical_json, canonical_json_slow):
         with pytest.raises(CanonicalJSONError):
             f(_double(bits))
+
+
+@given(st.text())
+def test_strings_take_the_short_path_to_the_same_bytes(value: str) -> None:
+    """Record fields (actor, target, ...) skip the walk; any string, control characters
+    and U+2028 included, gives the reference's bytes."""
+    assert canonical_str(value) == canonical_json_slow(value) == canonical_json(value)
+
+
+@pytest.mark.parametrize("value", ["\ud800", "a\udfffb"])
+def test_a_lone_surrogate_has_no_form_on_the_short_path_either(value: str) -> None:
+    with pytest.raises(CanonicalJSONError):
+        canonical_str(value)
