@@ -9,18 +9,14 @@ open the same file (a CLI append while a gateway runs) queue behind it.
 Tables: ``log_head`` (one row), ``records`` (envelope bytes plus the columns
 auditors query by), ``nodes`` (every complete Merkle subtree hash, keyed by
 :func:`ledger.merkle.node_key`), ``checkpoints``, ``claims`` (the keys records
-took: :attr:`ledger.record.Draft.claims`), ``lookup`` and ``meta``.
+took: :attr:`ledger.record.Draft.claims`) and ``meta``.
 
-Query indexes are kept behind the head. An append writes only its records,
-nodes and claims; ``lookup`` (field, value, index) is filled for every
-``index_every`` records in one transaction, which touches each page of the
-index once instead of once per append. A query reads ``lookup`` below
-``meta.indexed_upto`` and scans the records above it (fewer than
-``index_every`` plus one catch-up step). Times need no index: records never go
-back in time, so a time range is found by bisecting the records.
+Query indexes are kept behind the head, in a file of their own with their
+own connection and thread (:mod:`ledger._lookup`): an append writes only its
+records, nodes and claims, and queries do not wait for the writer.
 
-Schema version 2 added ``claims``; version 3 replaced the per-column indexes
-on ``records`` with ``lookup``. Older files are upgraded when opened.
+Schema version 2 added ``claims``; version 3 dropped the per-column indexes
+on ``records`` for that index. Older files are upgraded when opened.
 
 Example::
 
@@ -40,6 +36,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from ledger._lookup import Lookup
 from ledger.errors import (
     CheckpointError,
     StoreConflictError,
@@ -91,13 +88,8 @@ DROP INDEX IF EXISTS records_actor;
 DROP INDEX IF EXISTS records_target;
 DROP INDEX IF EXISTS records_decision;
 DROP INDEX IF EXISTS records_trace;
-CREATE TABLE IF NOT EXISTS lookup (
-    field INTEGER NOT NULL,
-    value TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    PRIMARY KEY (field, value, idx)
-) WITHOUT ROWID;
-INSERT OR IGNORE INTO meta VALUES ('indexed_upto', '0');
+DROP TABLE IF EXISTS lookup;
+DELETE FROM meta WHERE key = 'indexed_upto';
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
@@ -109,12 +101,7 @@ CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, idx INTEGER NOT NULL);
 INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
 """
 
-# Columns auditors filter by; a column's position is its ``lookup.field``.
-_QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
-# Which filter drives a query through ``lookup``: the most selective first.
-_LOOKUP_ORDER = ("decision_id", "trace_id", "target", "actor", "kind")
-_INDEX_EVERY = 4096  # records behind the head before ``lookup`` catches up
-_INDEX_STEP = 16_384  # records indexed per catch-up transaction
+_INDEX_EVERY = 4096  # records behind the head before the query index catches up
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
 
 
@@ -134,8 +121,8 @@ class SQLiteStore(LedgerStore):
             raise ValueError("index_every must be at least 1, wal_checkpoint_every at least 0")
         self._path = Path(path)
         self._index_every = index_every
-        self._indexed_upto = 0  # as last seen; the meta row is the truth
-        self._indexer: asyncio.Task[None] | None = None
+        self._lookup: Lookup | None = None
+        self._indexer: asyncio.Future[None] | None = None
         self._busy_timeout_ms = busy_timeout_ms
         # SQLite copies the WAL back into the database every N pages, inside the
         # commit that crosses the mark: about 60 ms during which no append is
@@ -190,6 +177,9 @@ class SQLiteStore(LedgerStore):
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            lookup = Lookup(self._path, self._busy_timeout_ms)
+            self._lookup = lookup
+            await asyncio.wrap_future(lookup.submit(lookup.open))
         except sqlite3.Error as e:
             await self.close()
             raise StoreError(f"cannot initialise ledger database {self._path}: {e}") from e
@@ -213,11 +203,15 @@ class SQLiteStore(LedgerStore):
             raise StoreError(f"{self._path}: schema version {row[0]!r} is not a number") from None
 
     async def close(self) -> None:
+        lookup, self._lookup = self._lookup, None  # stops the catch-up after its step
         if self._indexer is not None:
-            self._indexer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(Exception):
                 await self._indexer
             self._indexer = None
+        if lookup is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(lookup.submit(lookup.close))
+            await asyncio.to_thread(lookup.shutdown)
         if self._wal_checkpointer is not None:
             with contextlib.suppress(Exception):
                 await self._wal_checkpointer  # a thread: it finishes what it started
@@ -372,9 +366,13 @@ class SQLiteStore(LedgerStore):
         ):
             self._since_wal_checkpoint = 0
             self._wal_checkpointer = asyncio.ensure_future(asyncio.to_thread(self._checkpoint_wal))
-        behind = batch.head.size - self._indexed_upto
-        if behind >= self._index_every and (self._indexer is None or self._indexer.done()):
-            self._indexer = asyncio.create_task(self._catch_up(), name="ledger-indexer")
+        lookup = self._lookup
+        if (
+            lookup is not None
+            and batch.head.size - lookup.indexed_upto >= self._index_every
+            and (self._indexer is None or self._indexer.done())
+        ):
+            self._indexer = asyncio.ensure_future(self._catch_up(lookup))
         return batch
 
     def _checkpoint_wal(self) -> None:
@@ -392,47 +390,18 @@ class SQLiteStore(LedgerStore):
         except sqlite3.Error as e:
             _log.debug("background WAL checkpoint failed: %s", e)
 
-    async def _catch_up(self) -> None:
-        """Fill ``lookup`` up to the head, one bounded transaction at a time. A failure
-        is left for the next append to retry: queries stay right meanwhile, only slower."""
-        while self._db is not None:
-            async with self._lock:
-                try:
-                    upto, size = await self._on_db_thread(self._index_step)
-                except (sqlite3.Error, ValueError, AttributeError):
-                    return  # closed, locked for too long, or the disk failed: retried later
+    async def _catch_up(self, lookup: Lookup) -> None:
+        """Bring the query index up to the head, one step (one job on its thread) at a
+        time, so queries get in between. A failure is left for a later append to
+        retry: queries stay right meanwhile, only slower."""
+        while self._lookup is lookup:
+            try:
+                upto, size = await asyncio.wrap_future(lookup.submit(lookup.step))
+            except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: shut down
+                _log.debug("the query index did not catch up: %s", e)
+                return
             if upto >= size:
                 return
-
-    def _index_step(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        """One transaction: ``lookup`` rows for the next records; (indexed upto, head size)."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            upto = self._read_indexed_upto(conn)
-            size = self._read_head(conn).size
-            end = min(size, upto + _INDEX_STEP)
-            if end > upto:
-                selects = " UNION ALL ".join(
-                    f"SELECT {field}, {col}, idx FROM records "  # noqa: S608 (fixed names)
-                    f"WHERE idx >= ?1 AND idx < ?2 AND {col} != ''"
-                    for field, col in enumerate(_QUERY_COLUMNS)
-                )
-                conn.execute(f"INSERT OR IGNORE INTO lookup {selects}", (upto, end))
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'indexed_upto'", (str(end),))
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        self._indexed_upto = end
-        return end, size
-
-    @staticmethod
-    def _read_indexed_upto(conn: sqlite3.Connection) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()
-        if row is None:
-            raise StoreCorruptError("meta.indexed_upto is missing")
-        return int(row[0])
 
     def _snapshot(self, conn: sqlite3.Connection) -> tuple[Head, Frontier]:
         conn.execute("BEGIN")
@@ -471,61 +440,15 @@ class SQLiteStore(LedgerStore):
         return [bytes(env) for _, env in rows]
 
     async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
-        async with self._lock:
-            try:
-                rows = await self._on_db_thread(self._query, q, after)
-            except sqlite3.Error as e:
-                raise StoreError(f"ledger query failed: {e}") from e
-        return [open_record(bytes(r)).record for r in rows]
-
-    def _query(self, conn: sqlite3.Connection, q: RecordQuery, after: int | None) -> list[bytes]:
-        """Envelopes of matching records, in one read transaction (see the module doc)."""
-        conn.execute("BEGIN")
+        """Through the query index's connection and thread: no wait for the writer."""
+        lookup = self._lookup
+        if lookup is None:
+            raise StoreError("store is not open")
         try:
-            size = self._read_head(conn).size
-            upto = min(self._read_indexed_upto(conn), size)
-            lo = max(q.start, 0 if after is None else after + 1)
-            hi = size if q.end is None else min(q.end, size)
-            if q.since is not None:
-                lo = _first_at_or_after(conn, q.since, lo, hi)
-            if q.until is not None:
-                hi = _first_at_or_after(conn, q.until, lo, hi)
-            if lo >= hi:
-                return []
-            where, params = [], []
-            if q.since is not None:
-                where.append("r.time >= ?")
-                params.append(q.since)
-            if q.until is not None:
-                where.append("r.time < ?")
-                params.append(q.until)
-            for col in _QUERY_COLUMNS:
-                value = getattr(q, col)
-                if value is not None:
-                    where.append(f"r.{col} = ?")
-                    params.append(value)
-            cond = "".join(f" AND {w}" for w in where)
-            driver = next((c for c in _LOOKUP_ORDER if getattr(q, c)), None)  # "" is not indexed
-            out: list[bytes] = []
-            if driver is not None and lo < upto:
-                sql = (
-                    "SELECT r.envelope FROM lookup AS l CROSS JOIN records AS r ON r.idx = l.idx "  # noqa: S608
-                    f"WHERE l.field = ? AND l.value = ? AND l.idx >= ? AND l.idx < ?{cond} "
-                    "ORDER BY l.idx LIMIT ?"
-                )
-                field = _QUERY_COLUMNS.index(driver)
-                args = [field, getattr(q, driver), lo, min(hi, upto), *params, q.limit]
-                out.extend(r[0] for r in conn.execute(sql, args))
-                lo = max(lo, upto)
-            if len(out) < q.limit and lo < hi:
-                sql = (
-                    f"SELECT r.envelope FROM records AS r WHERE r.idx >= ? AND r.idx < ?{cond} "  # noqa: S608
-                    "ORDER BY r.idx LIMIT ?"
-                )
-                out.extend(r[0] for r in conn.execute(sql, [lo, hi, *params, q.limit - len(out)]))
-            return out
-        finally:
-            conn.execute("COMMIT")
+            rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
+        except sqlite3.Error as e:
+            raise StoreError(f"ledger query failed: {e}") from e
+        return [open_record(r).record for r in rows]
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         db = self._conn
@@ -590,21 +513,3 @@ class SQLiteStore(LedgerStore):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read checkpoints: {e}") from e
         return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
-
-
-def _first_at_or_after(conn: sqlite3.Connection, when: str, lo: int, hi: int) -> int:
-    """The first index in ``[lo, hi)`` whose time is ``>= when`` (``hi`` if none).
-
-    Records never go back in time (:meth:`ledger.log.Ledger._build` holds the
-    clock, and verification checks it), so their times are sorted by index.
-    """
-    while lo < hi:
-        mid = (lo + hi) // 2
-        row = conn.execute("SELECT time FROM records WHERE idx = ?", (mid,)).fetchone()
-        if row is None:
-            raise StoreCorruptError(f"record {mid} is missing from the store")
-        if row[0] < when:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo

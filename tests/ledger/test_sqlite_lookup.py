@@ -1,4 +1,4 @@
-"""SQLiteStore's query index kept behind the head (``lookup``, ``meta.indexed_upto``).
+"""SQLiteStore's query index kept behind the head, in its own file (``lookup``, ``indexed_upto``).
 
 Every query is checked against a brute-force filter over all records, on ledgers whose
 ``lookup`` is full, part-way, empty, or filling while the queries run, and the results
@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+import ledger._lookup
 import ledger.log
 import ledger.sqlite
 from ledger import Draft, LedgerConfig, SQLiteStore
+from ledger._lookup import lookup_path
 from ledger.errors import StoreError
 from ledger.export import export_ledger
 from ledger.log import Ledger
@@ -122,7 +124,11 @@ def read_meta(path: Path) -> dict[str, str]:
 
 
 def indexed_upto(path: Path) -> int:
-    return int(read_meta(path)["indexed_upto"])
+    """How far the query index (its own file, next to the ledger) has got."""
+    with sqlite3.connect(lookup_path(path)) as db:
+        (upto,) = db.execute("SELECT indexed_upto FROM state").fetchone()
+    db.close()
+    return int(upto)
 
 
 def read_all(path: Path) -> list[Record]:
@@ -150,7 +156,7 @@ def read_all(path: Path) -> list[Record]:
 
 
 def lookup_rows(path: Path) -> set[tuple[int, str, int]]:
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(lookup_path(path)) as db:
         rows = db.execute("SELECT field, value, idx FROM lookup").fetchall()
     db.close()
     return {(int(f), str(v), int(i)) for f, v, i in rows}
@@ -379,7 +385,7 @@ async def test_queries_stay_right_while_the_indexer_fills_lookup(
     await build(path, signer, clock, 10**9, make_plan(seed=5, total=900))
     records = read_all(path)
     assert indexed_upto(path) == 0
-    monkeypatch.setattr(ledger.sqlite, "_INDEX_STEP", 7)  # many small catch-up transactions
+    monkeypatch.setattr(ledger._lookup, "INDEX_STEP", 7)  # many small catch-up transactions
     seen_upto = set()
     store = SQLiteStore(path, index_every=1)
     async with store:
@@ -407,7 +413,7 @@ async def test_closing_while_the_indexer_runs_leaves_lookup_consistent(
     path = tmp_path / "l.db"
     await build(path, signer, clock, 10**9, make_plan(seed=17, total=900))
     records = read_all(path)
-    monkeypatch.setattr(ledger.sqlite, "_INDEX_STEP", 3)
+    monkeypatch.setattr(ledger._lookup, "INDEX_STEP", 3)
     store = SQLiteStore(path, index_every=1)
     async with store:
         await noop_append(store)
@@ -490,9 +496,9 @@ async def test_the_indexer_starts_only_when_index_every_records_are_behind(
 
 def downgrade(path: Path, version: str) -> None:
     """Turn a current file into what govgate with schema ``version`` left behind."""
+    for suffix in ("", "-wal", "-shm"):  # older versions had no index file
+        Path(f"{lookup_path(path)}{suffix}").unlink(missing_ok=True)
     with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE lookup")
-        db.execute("DELETE FROM meta WHERE key = 'indexed_upto'")
         db.execute("CREATE INDEX records_time ON records (time)")
         db.execute("CREATE INDEX records_kind ON records (kind, idx)")
         db.execute("CREATE INDEX records_actor ON records (actor, idx)")
@@ -530,7 +536,7 @@ async def test_an_older_file_is_upgraded_on_open(
     async with store:
         objects = schema_objects(path)
         assert not set(OLD_INDEXES) & set(objects)
-        assert objects["lookup"] == "table"
+        assert schema_objects(lookup_path(path))["lookup"] == "table"
         assert objects["claims"] == "table"
         assert read_meta(path)["schema_version"] == "3"
         assert indexed_upto(path) == 0
@@ -590,12 +596,9 @@ async def test_a_newer_schema_file_is_left_untouched(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     async with SQLiteStore(path):
         pass
-    # What a future version 4 might look like: its own index named like an old one,
-    # no lookup table.
+    # What a future version 4 might look like: its own index named like an old one.
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-        db.execute("DROP TABLE lookup")
-        db.execute("DELETE FROM meta WHERE key = 'indexed_upto'")
         db.execute("CREATE INDEX records_kind ON records (kind, idx)")
     db.close()
     objects, meta = schema_objects(path), read_meta(path)
@@ -619,7 +622,7 @@ async def test_lookup_skips_empty_strings_and_is_used_below_indexed_upto(
     upto = indexed_upto(path)
     records = read_all(path)
     assert 0 < upto <= len(records)
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(lookup_path(path)) as db:
         assert db.execute("SELECT count(*) FROM lookup WHERE value = ''").fetchone() == (0,)
         # Remove alice from lookup: the indexed part no longer finds her.
         db.execute("DELETE FROM lookup WHERE value = 'alice'")
