@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import random
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -648,3 +649,29 @@ async def test_a_schema_version_that_is_not_a_number_is_refused(tmp_path: Path) 
     with pytest.raises(StoreError, match="not a number"):
         async with SQLiteStore(path):
             pass
+
+
+async def test_an_index_of_another_ledger_is_started_again(
+    tmp_path: Path, signer: NoteSigner
+) -> None:
+    """A restored backup of the ledger next to a newer index (or any other index file):
+    the index names the last record it covers, and one the ledger lacks is not used."""
+    paths = {name: tmp_path / name / "ledger.db" for name in ("a", "b")}
+    for name, path in paths.items():
+        path.parent.mkdir()
+        store = SQLiteStore(path, index_every=1 if name == "a" else 10**9)
+        async with Ledger(store, signer, config=QUIET) as log:
+            await log.append_many([Draft("note", {"i": i}, actor=name) for i in range(30)])
+            await settle(store)
+    assert indexed_upto(paths["a"]) == 31
+    assert indexed_upto(paths["b"]) == 0
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{lookup_path(paths['b'])}{suffix}").unlink(missing_ok=True)
+    shutil.copy(lookup_path(paths["a"]), lookup_path(paths["b"]))
+    assert indexed_upto(paths["b"]) == 31  # a's index, now beside b's ledger
+
+    async with SQLiteStore(paths["b"], index_every=10**9) as store:
+        assert indexed_upto(paths["b"]) == 0
+        assert lookup_rows(paths["b"]) == set()
+        assert await store.query(RecordQuery(actor="a")) == []
+        assert [r.index for r in await store.query(RecordQuery(actor="b"))] == list(range(1, 31))
