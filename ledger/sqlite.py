@@ -7,9 +7,10 @@ SQLite's single write lock before it reads the head; other processes that
 open the same file (a CLI append while a gateway runs) queue behind it.
 
 Tables: ``log_head`` (one row), ``records`` (envelope bytes plus the columns
-auditors query by), ``nodes`` (every complete Merkle subtree hash, keyed by
-:func:`ledger.merkle.node_key`), ``checkpoints``, ``claims`` (the keys records
-took: :attr:`ledger.record.Draft.claims`) and ``meta``.
+auditors query by), ``nodes`` (every complete Merkle subtree hash above the
+leaves, keyed by :func:`ledger.merkle.node_key`; a leaf's hash is its
+envelope's), ``checkpoints``, ``claims`` (the keys records took:
+:attr:`ledger.record.Draft.claims`) and ``meta``.
 
 Query indexes are kept behind the head, in a file of their own with their
 own connection and thread (:mod:`ledger._lookup`): an append writes only its
@@ -43,7 +44,7 @@ from ledger.errors import (
     StoreCorruptError,
     StoreError,
 )
-from ledger.merkle import Frontier, NodeId, node_key
+from ledger.merkle import Frontier, NodeId, leaf_hash, node_key
 from ledger.record import Record, open_record
 from ledger.store import (
     Batch,
@@ -256,8 +257,17 @@ class SQLiteStore(LedgerStore):
 
     @staticmethod
     def _fetch_nodes(conn: sqlite3.Connection, ids: Collection[NodeId]) -> dict[NodeId, bytes]:
-        keys = {node_key(level, index): (level, index) for level, index in ids}
+        """Stored node hashes; leaves (level 0) are hashed from their records' envelopes,
+        which is what they are (appends do not store them twice)."""
         out: dict[NodeId, bytes] = {}
+        leaves = [index for level, index in ids if level == 0]
+        for i in range(0, len(leaves), _IN_CHUNK):
+            chunk = leaves[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT idx, envelope FROM records WHERE idx IN ({marks})"  # noqa: S608
+            for idx, envelope in conn.execute(sql, chunk):
+                out[(0, int(idx))] = leaf_hash(bytes(envelope))
+        keys = {node_key(level, index): (level, index) for level, index in ids if level}
         key_list = list(keys)
         for i in range(0, len(key_list), _IN_CHUNK):
             chunk = key_list[i : i + _IN_CHUNK]
@@ -314,7 +324,7 @@ class SQLiteStore(LedgerStore):
             )  # fmt: skip
             conn.executemany(
                 "INSERT INTO nodes VALUES (?, ?)",
-                [(node_key(level, index), h) for level, index, h in batch.nodes],
+                [(node_key(level, index), h) for level, index, h in batch.nodes if level],
             )
             conn.executemany("INSERT INTO claims VALUES (?, ?)", batch.claims)
             h = batch.head
