@@ -60,6 +60,7 @@ from gateway.pipeline import Gateway
 from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
 from ledger.errors import NotFoundError as LedgerNotFoundError
+from ledger.record import format_time, parse_time
 from ledger.store import RecordQuery
 
 __all__ = [
@@ -388,15 +389,29 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
         return oversight_pb2.ResumeResponse(ledger_index=index)
 
 
+def _record_time(value: str, field: str) -> str | None:
+    """A time in the records' own form: they compare as strings, so ``…:00Z`` must become
+    ``…:00.000000Z`` (and ``+02:00`` UTC) before it is compared with them."""
+    if not value:
+        return None
+    try:
+        return format_time(parse_time(value))
+    except ValueError as e:
+        raise InvalidRequestError(f"must be an RFC 3339 time: {e}", field=field) from None
+
+
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):  # type: ignore[misc]
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
     async def Query(self, request: Any, context: Any) -> AsyncIterator[Any]:
         limit = request.limit or 1000
+        end = request.to_index or None
+        if end is not None and end < request.from_index:
+            raise InvalidRequestError("must not be below from_index", field="to_index")
         q = RecordQuery(
-            start=request.from_index, end=request.to_index or None,
-            since=request.since or None, until=request.until or None,
+            start=request.from_index, end=end,
+            since=_record_time(request.since, "since"), until=_record_time(request.until, "until"),
             kind=request.kind or None, actor=request.actor or None,
             target=request.target or None, decision_id=request.decision_id or None,
             trace_id=request.trace_id or None, limit=min(limit, 10_000),

@@ -214,6 +214,37 @@ async def test_propose_executes_and_the_record_is_provable(clients: Clients):
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+async def test_query_times_are_compared_in_the_records_form(clients: Clients):
+    """Records carry microseconds and compare as strings: a time without them, or with an
+    offset, is brought to their form first, and a bad one names its field."""
+    d = await clients.decisions("engine-1").Propose(propose("r-t", vcpus="4"), timeout=10)
+    ledger = clients.ledger("alice")
+    [first, *_] = [
+        r async for r in ledger.Query(ledger_pb2.QueryRequest(decision_id=d.decision_id))
+    ]
+    t = dt.datetime.fromisoformat(first.time.replace("Z", "+00:00"))
+    second = t.replace(microsecond=0)  # "…:SSZ" sorts after "…:SS.ffffffZ" as a string
+    since = second.strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = (
+        (second + dt.timedelta(seconds=1))
+        .astimezone(dt.timezone(dt.timedelta(hours=2)))
+        .isoformat()
+    )  # the same instant with an offset
+    q = ledger_pb2.QueryRequest(decision_id=d.decision_id, since=since, until=until)
+    found = [r.index async for r in ledger.Query(q, timeout=10)]
+    assert first.index in found
+    for field, q in (
+        ("since", ledger_pb2.QueryRequest(since="yesterday")),
+        ("until", ledger_pb2.QueryRequest(until="2026-11-26T10:00:00")),  # no zone
+        ("to_index", ledger_pb2.QueryRequest(from_index=5, to_index=2)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [r async for r in ledger.Query(q, timeout=10)]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [bad, _] = details(info.value)
+        assert bad.field_violations[0].field == field
+
+
 TOO_LONG = "x" * 4097  # adapters.action.MAX_TEXT is 4096
 
 
