@@ -7,7 +7,7 @@ of its pages is written once per catch-up instead of once per append (the
 target column alone, spread over hundreds of machines, made every append
 rewrite one index page per record).
 
-It lives in ``<ledger>.lookup.db``, next to the ledger, with a connection and
+It lives in ``<ledger file>.lookup``, next to the ledger, with a connection and
 a thread of its own: filling it takes that file's write lock, never the
 ledger's, so appends go on meanwhile. The ledger is attached to that
 connection (``log``) and only read, in deferred transactions: a deferred
@@ -17,7 +17,8 @@ off the ledger's writer.
 The file holds nothing that cannot be rebuilt from the ledger. It names the
 leaf hash of the last record it indexed; if the ledger no longer has that
 record (a restored backup, another file), the index starts again from zero.
-Deleting the file is safe.
+Deleting the file is safe, and one that is not a database (damaged) is
+replaced by a new one.
 
 A query reads ``lookup`` below ``indexed_upto`` and scans the records above
 it. Empty values are not in ``lookup``: a filter on an empty value scans its
@@ -30,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +43,7 @@ from ledger.store import RecordQuery
 __all__ = ["QUERY_COLUMNS", "Lookup"]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 # Columns auditors filter by; a column's position is its ``lookup.field``.
 QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
@@ -65,8 +68,9 @@ INSERT OR IGNORE INTO state VALUES (1, 0, x'');
 
 
 def lookup_path(ledger: Path) -> Path:
-    """Where the index of the ledger file ``ledger`` lives."""
-    return ledger.with_name(ledger.stem + ".lookup.db")
+    """Where the index of the ledger file ``ledger`` lives (its whole name, plus
+    ``.lookup``: two ledgers in one directory never share one)."""
+    return ledger.with_name(ledger.name + ".lookup")
 
 
 def _leaf(envelope: bytes) -> bytes:
@@ -89,6 +93,17 @@ class Lookup:
         return self._pool.submit(fn, *args)
 
     def open(self) -> None:
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):
+                raise  # locked, or cannot be opened: not the file's fault
+            _log.warning("the query index %s is damaged (%s); building a new one", self.path, e)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._open()
+
+    def _open(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")

@@ -255,6 +255,7 @@ class Ledger:
         # Between the sealer (in _write_loop) and the committer:
         self._sealed: collections.deque[_Chunk] = collections.deque()
         self._sealed_records = 0  # live appends in self._sealed
+        self._holding: list[_Pending] = []  # taken from the queue, not yet in self._sealed
         self._wake_committer = asyncio.Event()
         self._caught_up = asyncio.Event()  # the committer took chunks, or has none left
         self._committing = 0  # live appends in the transaction being written
@@ -422,10 +423,11 @@ class Ledger:
         epoch = self._epoch
         try:
             while True:
-                items = await self._collect()
+                items = self._holding = await self._collect()
                 live = [i for i in items if not i.future.done()]  # callers may have given up
                 if not live:  # nothing to seal: the committer only accounts for them
                     self._sealed.append(_Chunk(items, live, None))
+                    self._holding = []
                     self._wake_committer.set()
                     continue
                 if predicted is not None and epoch != self._epoch:
@@ -449,6 +451,7 @@ class Ledger:
                     except Exception:  # the transaction will seal them again, and decide
                         built = None
                 self._sealed.append(_Chunk(items, live, built))
+                self._holding = []
                 self._sealed_records += len(live)
                 self._wake_committer.set()
                 predicted = built
@@ -458,6 +461,8 @@ class Ledger:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await committer
+            held, self._holding = self._holding, []
+            self._sealed.append(_Chunk(held, held, None))  # taken, not yet handed on
             self._fail_sealed()
             self._fail_queued()
 
@@ -654,6 +659,9 @@ class Ledger:
                 with contextlib.suppress(Exception):
                     await self._sign()
         finally:
+            for item in live:  # only if something failed on the way: tell them
+                if not item.future.done():
+                    item.future.set_exception(LedgerClosedError("the ledger writer stopped"))
             for c in group:
                 for _ in c.items:
                     self._queue.task_done()
