@@ -389,8 +389,9 @@ class Ledger:
         return await item.future
 
     async def _collect(self) -> list[_Pending]:
-        """The next chunk: half of the appends in flight (see ``_MIN_CHUNK``)."""
-        items = [await self._queue.get()]
+        """The next chunk: half of the appends in flight (see ``_MIN_CHUNK``). What it
+        takes is in ``self._holding`` from the moment it is taken."""
+        items = self._holding = [await self._queue.get()]
         # Let writers woken by the last commit enqueue before taking the chunk:
         # without this, chunks shrink to whoever happened to be first.
         most = self._config.max_batch
@@ -423,7 +424,7 @@ class Ledger:
         epoch = self._epoch
         try:
             while True:
-                items = self._holding = await self._collect()
+                items = await self._collect()
                 live = [i for i in items if not i.future.done()]  # callers may have given up
                 if not live:  # nothing to seal: the committer only accounts for them
                     self._sealed.append(_Chunk(items, live, None))
