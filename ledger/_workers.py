@@ -99,6 +99,11 @@ class ScanPool:
             raise value
         return value
 
+    def kill(self) -> None:
+        """Stop the workers now (from any thread): calls blocked on their pipes fail."""
+        for proc in self._procs:
+            proc.kill()
+
     def close(self, *, kill: bool = False) -> None:
         """Let the workers finish and exit (``kill``: stop them now)."""
         for proc in self._procs:

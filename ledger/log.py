@@ -88,6 +88,7 @@ _PROCESS_MIN = 32
 
 _log = logging.getLogger(__name__)
 _SEAL_TASK = "ledger.record:seal_chain_task"
+_WORKER_DEADLINE = 2.0  # seconds a chunk may take in the worker, plus 1 ms a record
 
 
 class _SealProcess:
@@ -118,12 +119,21 @@ class _SealProcess:
         if not self._enabled or not self._lock.acquire(blocking=False):
             return None
         try:
+            if not self._enabled:  # closed while this call waited for the lock
+                return None
             if self._pool is None:
                 # It starts (imports) while this chunk is signed here: no first-use stall.
                 self._pool = ScanPool(1, _SEAL_TASK)
                 return None
-            self._pool.submit((signer.private_key_string(), parts, index, prev, when))
-            chain: list[tuple[bytes, bytes]] = self._pool.result()
+            # A worker that stops answering (stopped, swapped out, stuck) is killed,
+            # which ends the write or read blocked on its pipes: sealing goes on here.
+            watchdog = threading.Timer(_WORKER_DEADLINE + len(parts) / 1000, self._pool.kill)
+            watchdog.start()
+            try:
+                self._pool.submit((signer.private_key_string(), parts, index, prev, when))
+                chain: list[tuple[bytes, bytes]] = self._pool.result()
+            finally:
+                watchdog.cancel()
             if len(chain) != len(parts):
                 raise RuntimeError(f"{len(chain)} records sealed of {len(parts)}")
             return chain
@@ -140,7 +150,7 @@ class _SealProcess:
     def close(self) -> None:
         with self._lock:
             self._enabled = False
-            self._stop(kill=False)
+            self._stop(kill=True)  # it holds nothing: no need to wait for it to read EOF
 
     def _stop(self, *, kill: bool) -> None:
         pool, self._pool = self._pool, None

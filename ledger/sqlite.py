@@ -407,7 +407,7 @@ class SQLiteStore(LedgerStore):
         while self._lookup is lookup:
             try:
                 upto, size = await asyncio.wrap_future(lookup.submit(lookup.step))
-            except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: shut down
+            except (sqlite3.Error, StoreError, RuntimeError) as e:  # RuntimeError: shut down
                 _log.debug("the query index did not catch up: %s", e)
                 return
             if upto >= size:
@@ -456,7 +456,7 @@ class SQLiteStore(LedgerStore):
             raise StoreError("store is not open")
         try:
             rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
-        except sqlite3.Error as e:
+        except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: closed meanwhile
             raise StoreError(f"ledger query failed: {e}") from e
         return [open_record(r).record for r in rows]
 
