@@ -3,6 +3,7 @@
 Layout::
 
     DIR/ledger.db              SQLite ledger (plus -wal and -shm while open)
+    DIR/ledger.db.lookup       its query index, rebuilt from the ledger if deleted
     DIR/keys/log.key           active signing key, Go signed-note signer format, 0600
     DIR/keys/retired/ID.key    keys rotated out, kept for the record, 0600
     DIR/keys/log.key.next      a rotation in progress (see :meth:`DataDir.rotate`)
