@@ -44,6 +44,23 @@ async def until(cond, what: str) -> None:  # type: ignore[no-untyped-def]
     raise AssertionError(f"timed out waiting until {what}")
 
 
+async def _nobody_waits(log: Ledger, tasks: list[asyncio.Task[object]]) -> None:
+    """Every append resolves, and close() returns (it waits on the queue's accounting)."""
+    _, pending = await asyncio.wait(tasks, timeout=5)
+    hung = len(pending)
+    try:
+        await asyncio.wait_for(log.close(), timeout=5)
+        closed = True
+    except TimeoutError:
+        closed = False
+    for t in pending:
+        t.cancel()
+    if hung or not closed:
+        pytest.fail(
+            f"{hung} appends never resolved (callers wait forever); close() returned: {closed}"
+        )
+
+
 async def test_a_committer_fault_leaves_nobody_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,20 +85,7 @@ async def test_a_committer_fault_leaves_nobody_waiting(
     monkeypatch.setattr(ledger.log, "_joined", boom)
     store.gate.set()
 
-    _, pending = await asyncio.wait(tasks, timeout=5)
-    hung = len(pending)
-    # close() must return too; it waits on the queue's accounting.
-    try:
-        await asyncio.wait_for(log.close(), timeout=5)
-        closed = True
-    except TimeoutError:
-        closed = False
-    for t in pending:
-        t.cancel()
-    if hung or not closed:
-        pytest.fail(
-            f"{hung} appends never resolved (callers wait forever); close() returned: {closed}"
-        )
+    await _nobody_waits(log, tasks)
 
 
 async def test_a_committer_fault_while_the_sealer_collects_leaves_nobody_waiting(
@@ -101,16 +105,4 @@ async def test_a_committer_fault_while_the_sealer_collects_leaves_nobody_waiting
 
     monkeypatch.setattr(ledger.log, "_joined", boom)
     tasks = [asyncio.create_task(log.append(Draft("note", {"i": i}))) for i in range(64)]
-    _, pending = await asyncio.wait(tasks, timeout=5)
-    hung = len(pending)
-    try:
-        await asyncio.wait_for(log.close(), timeout=5)
-        closed = True
-    except TimeoutError:
-        closed = False
-    for t in pending:
-        t.cancel()
-    if hung or not closed:
-        pytest.fail(
-            f"{hung} appends never resolved (callers wait forever); close() returned: {closed}"
-        )
+    await _nobody_waits(log, tasks)
