@@ -33,6 +33,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -106,6 +107,17 @@ class _SealProcess:
         self._enabled = enabled
         self._pool: ScanPool | None = None
         self._lock = threading.Lock()
+        self._deadline = 0.0  # monotonic time the answer is due by; 0: none awaited
+        self._stop_watch = threading.Event()
+
+    def _watch(self, pool: ScanPool, stop: threading.Event) -> None:
+        """Kill a worker that stops answering (stopped, swapped out, stuck): that ends the
+        write or read blocked on its pipes, and sealing goes on in this process."""
+        while not stop.wait(0.2):
+            due = self._deadline
+            if due and time.monotonic() > due:
+                pool.kill()
+                return
 
     def seal(
         self,
@@ -124,16 +136,16 @@ class _SealProcess:
             if self._pool is None:
                 # It starts (imports) while this chunk is signed here: no first-use stall.
                 self._pool = ScanPool(1, _SEAL_TASK)
+                self._stop_watch = threading.Event()
+                args = (self._pool, self._stop_watch)
+                threading.Thread(target=self._watch, args=args, daemon=True).start()
                 return None
-            # A worker that stops answering (stopped, swapped out, stuck) is killed,
-            # which ends the write or read blocked on its pipes: sealing goes on here.
-            watchdog = threading.Timer(_WORKER_DEADLINE + len(parts) / 1000, self._pool.kill)
-            watchdog.start()
+            self._deadline = time.monotonic() + _WORKER_DEADLINE + len(parts) / 1000
             try:
                 self._pool.submit((signer.private_key_string(), parts, index, prev, when))
                 chain: list[tuple[bytes, bytes]] = self._pool.result()
             finally:
-                watchdog.cancel()
+                self._deadline = 0.0
             if len(chain) != len(parts):
                 raise RuntimeError(f"{len(chain)} records sealed of {len(parts)}")
             return chain
@@ -153,6 +165,7 @@ class _SealProcess:
             self._stop(kill=True)  # it holds nothing: no need to wait for it to read EOF
 
     def _stop(self, *, kill: bool) -> None:
+        self._stop_watch.set()
         pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(Exception):
