@@ -124,6 +124,7 @@ class SQLiteStore(LedgerStore):
         self._index_every = index_every
         self._lookup: Lookup | None = None
         self._indexer: asyncio.Future[None] | None = None
+        self._index_again = False  # an append asked for a catch-up while one ran
         self._busy_timeout_ms = busy_timeout_ms
         # SQLite copies the WAL back into the database every N pages, inside the
         # commit that crosses the mark: about 60 ms during which no append is
@@ -377,12 +378,11 @@ class SQLiteStore(LedgerStore):
             self._since_wal_checkpoint = 0
             self._wal_checkpointer = asyncio.ensure_future(asyncio.to_thread(self._checkpoint_wal))
         lookup = self._lookup
-        if (
-            lookup is not None
-            and batch.head.size - lookup.indexed_upto >= self._index_every
-            and (self._indexer is None or self._indexer.done())
-        ):
-            self._indexer = asyncio.ensure_future(self._catch_up(lookup))
+        if lookup is not None and batch.head.size - lookup.indexed_upto >= self._index_every:
+            if self._indexer is None or self._indexer.done():
+                self._indexer = asyncio.ensure_future(self._catch_up(lookup))
+            else:
+                self._index_again = True  # it may have read the head before this commit
         return batch
 
     def _checkpoint_wal(self) -> None:
@@ -405,12 +405,13 @@ class SQLiteStore(LedgerStore):
         time, so queries get in between. A failure is left for a later append to
         retry: queries stay right meanwhile, only slower."""
         while self._lookup is lookup:
+            self._index_again = False
             try:
                 upto, size = await asyncio.wrap_future(lookup.submit(lookup.step))
             except (sqlite3.Error, StoreError, RuntimeError) as e:  # RuntimeError: shut down
                 _log.debug("the query index did not catch up: %s", e)
                 return
-            if upto >= size:
+            if upto >= size and not self._index_again:
                 return
 
     def _snapshot(self, conn: sqlite3.Connection) -> tuple[Head, Frontier]:
