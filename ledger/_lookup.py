@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ledger.errors import StoreCorruptError
+from ledger.merkle import leaf_hash
 from ledger.store import RecordQuery
 
 __all__ = ["QUERY_COLUMNS", "Lookup"]
@@ -71,10 +71,6 @@ def lookup_path(ledger: Path) -> Path:
     """Where the index of the ledger file ``ledger`` lives (its whole name, plus
     ``.lookup``: two ledgers in one directory never share one)."""
     return ledger.with_name(ledger.name + ".lookup")
-
-
-def _leaf(envelope: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + envelope).digest()
 
 
 class Lookup:
@@ -143,7 +139,7 @@ class Lookup:
                 row = conn.execute(
                     "SELECT envelope FROM log.records WHERE idx = ?", (upto - 1,)
                 ).fetchone()
-            ours = not upto or (row is not None and _leaf(bytes(row[0])) == bytes(last))
+            ours = not upto or (row is not None and leaf_hash(bytes(row[0])) == bytes(last))
         finally:
             conn.execute("COMMIT")
         if not ours:
@@ -188,7 +184,7 @@ class Lookup:
                     raise StoreCorruptError(f"record {end - 1} is missing from the store")
                 conn.execute(
                     "UPDATE main.state SET indexed_upto = ?, last_leaf = ?",
-                    (end, _leaf(bytes(last[0]))),
+                    (end, leaf_hash(bytes(last[0]))),
                 )
             conn.execute("COMMIT")
         except BaseException:

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -262,33 +262,20 @@ class SQLiteStore(LedgerStore):
         which is what they are (appends do not store them twice)."""
         out: dict[NodeId, bytes] = {}
         leaves = [index for level, index in ids if level == 0]
-        for i in range(0, len(leaves), _IN_CHUNK):
-            chunk = leaves[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT idx, envelope FROM records WHERE idx IN ({marks})"  # noqa: S608
-            for idx, envelope in conn.execute(sql, chunk):
-                out[(0, int(idx))] = leaf_hash(bytes(envelope))
+        for idx, envelope in _select_in(
+            conn, "SELECT idx, envelope FROM records WHERE idx", leaves
+        ):
+            out[(0, int(idx))] = leaf_hash(bytes(envelope))
         keys = {node_key(level, index): (level, index) for level, index in ids if level}
-        key_list = list(keys)
-        for i in range(0, len(key_list), _IN_CHUNK):
-            chunk = key_list[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, hash FROM nodes WHERE id IN ({marks})"  # noqa: S608
-            for k, h in conn.execute(sql, chunk):
-                out[keys[k]] = bytes(h)
+        for k, h in _select_in(conn, "SELECT id, hash FROM nodes WHERE id", list(keys)):
+            out[keys[k]] = bytes(h)
         return out
 
     @staticmethod
     def _taken(conn: sqlite3.Connection, keys: Collection[str]) -> frozenset[str]:
         """Which of ``keys`` records have claimed already."""
-        found: set[str] = set()
-        key_list = list(keys)
-        for i in range(0, len(key_list), _IN_CHUNK):
-            chunk = key_list[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key FROM claims WHERE key IN ({marks})"  # noqa: S608
-            found.update(k for (k,) in conn.execute(sql, chunk))
-        return frozenset(found)
+        rows = _select_in(conn, "SELECT key FROM claims WHERE key", list(keys))
+        return frozenset(k for (k,) in rows)
 
     def _frontier_at(self, conn: sqlite3.Connection, head: Head) -> Frontier:
         """The frontier for ``head``, from the cache when it is still that head's.
@@ -524,3 +511,11 @@ class SQLiteStore(LedgerStore):
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read checkpoints: {e}") from e
         return [StoredCheckpoint(int(r[0]), bytes(r[1]), r[2], r[3]) for r in rows]
+
+
+def _select_in(conn: sqlite3.Connection, select: str, keys: list[Any]) -> Iterator[Any]:
+    """Rows of ``select`` (ending in the column to match) ``IN`` ``keys``, a bounded
+    number of parameters per statement."""
+    for i in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[i : i + _IN_CHUNK]
+        yield from conn.execute(f"{select} IN ({','.join('?' * len(chunk))})", chunk)
