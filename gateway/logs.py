@@ -7,6 +7,11 @@ never their parameters, justification, labels or anything read from a key file. 
 are passed through :func:`_safe`, which keeps only numbers, booleans and short strings
 without control characters, so that a hostile string cannot forge a line.
 
+Lines are formatted and written on a thread of their own (the standard library's
+``QueueHandler`` and ``QueueListener``): a decision's log line costs the event loop a
+record on a queue, not a format and a write. The thread writes what is queued before the
+process exits normally.
+
 Example::
 
     configure("json")
@@ -15,8 +20,11 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
+import logging.handlers
+import queue
 import sys
 from typing import Any
 
@@ -59,14 +67,46 @@ class _Text(logging.Formatter):
         return f"{who}{_printable(record.getMessage())} {tail}".rstrip()
 
 
+class _Handoff(logging.handlers.QueueHandler):
+    """Queues records for the writer thread unformatted (the standard ``prepare`` formats
+    them here, in the caller's thread, which is the work this handler exists to move)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.args:  # fix the message now: the arguments may change after the call
+            record.msg, record.args = record.getMessage(), None
+        return record
+
+
+_writer: logging.handlers.QueueListener | None = None
+_format = "text"
+
+
+def _stop_writer() -> None:
+    """Write what is queued, then stop the writer thread (at exit, or before a new one)."""
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
+
+
+atexit.register(_stop_writer)
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
     """Send govgate's events, and the warnings of the libraries it uses (OpenTelemetry's
     exporters, gRPC), to standard error in ``fmt`` ("text" or "json"): one format for
-    every line."""
+    every line, written by one thread."""
+    global _writer, _format
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json() if fmt == "json" else _Text())
+    _stop_writer()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(_Json() if fmt == "json" else _Text())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = _Handoff(records)
+    _writer = logging.handlers.QueueListener(records, stream)
+    _writer.start()
+    _format = fmt
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
@@ -76,8 +116,7 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
 
 def current_format() -> str:
     """The format :func:`configure` last set ("json" or "text"), for a child process's logs."""
-    handlers = logging.root.handlers
-    return "json" if handlers and isinstance(handlers[0].formatter, _Json) else "text"
+    return _format
 
 
 def event(name: str, *, level: int = logging.INFO, **fields: Any) -> None:

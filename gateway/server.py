@@ -283,13 +283,15 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         self.gw = gw
         self.admission = admission or Admission()
 
-    async def _propose(self, req: Any, context: Any) -> types_pb2.Decision:
+    async def _propose(
+        self, req: Any, context: Any, requester: str | None = None
+    ) -> types_pb2.Decision:
         with self.admission():
             action = action_from_proto(req.action)
             d = await self.gw.propose(
                 req.request_id,
                 action,
-                requester=caller(context),
+                requester=requester or caller(context),
                 dry_run=req.dry_run,
                 timeout=context.time_remaining(),  # the caller's deadline, if it set one
             )
@@ -300,8 +302,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         return await self._propose(request, context)
 
     async def ProposeStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        requester = ""  # one connection, one certificate: read once, at the first message
         async for req in request_iterator:
-            yield await self._propose(req, context)
+            requester = requester or caller(context)
+            yield await self._propose(req, context, requester)
 
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
         with _about(request.decision_id):
