@@ -341,11 +341,13 @@ class LibvirtAdapter(RuntimeAdapter):
 
     def _read_state(self, conn: Conn, target: Target) -> RuntimeState:
         dom = self._lookup(conn, target)
-        return self._state_of(dom)
+        return self._state_of(dom, None if _UUID.fullmatch(target.resource) else target.resource)
 
-    def _state_of(self, dom: Dom) -> RuntimeState:
-        state, _reason = dom.state()
-        _, max_kib, kib, nr_vcpus, _cpu = dom.info()
+    def _state_of(self, dom: Dom, name: str | None = None) -> RuntimeState:
+        """The domain's state (``name``: the domain's, when the caller knows it). Each call
+        into libvirt releases and takes back the interpreter lock, which the event loop then
+        waits for: this makes as few as it can."""
+        state, max_kib, kib, nr_vcpus, _cpu = dom.info()  # the state is virDomainGetState's
         active = bool(dom.isActive())
         persistent = bool(dom.isPersistent())
         config_flags = _AFFECT_CONFIG if persistent or not active else _AFFECT_LIVE
@@ -354,7 +356,7 @@ class LibvirtAdapter(RuntimeAdapter):
         except libvirt.libvirtError:
             max_vcpus = None
         labels, disks = read_domain(dom.XMLDesc(0))  # one read and one parse for both
-        started = self._started_at.get(dom.name())
+        started = self._started_at.get(name or dom.name()) if active else None
         return RuntimeState(
             power=_POWER.get(state, PowerState.UNKNOWN),
             vcpus=nr_vcpus,
@@ -376,9 +378,12 @@ class LibvirtAdapter(RuntimeAdapter):
             return hit[1]
         read_at = time.monotonic()
         state = await self._call(f"describe {target}", lambda c: self._read_state(c, target))
+        self._remember(key, read_at, state)
+        return state
+
+    def _remember(self, key: str, read_at: float, state: RuntimeState) -> None:
         if self._cache_ok and self.config.cache_ttl > 0:
             self._cache[key] = (read_at, state)
-        return state
 
     def _forget(self, target: Target) -> None:
         """Drop what is cached about a target this adapter is about to change."""
@@ -521,10 +526,29 @@ class LibvirtAdapter(RuntimeAdapter):
         what = f"{action.verb} {action.target}"
         if action.verb is Verb.SHUTDOWN:
             return await self._shutdown(plan)
-        applied, detail = await self._call(what, lambda c: self._apply(c, plan))
-        after = await self._describe_or_absent(action.target)
+        read_at = time.monotonic()
+        applied, detail, after = await self._call(what, lambda c: self._apply_and_read(c, plan))
+        if after is None:
+            after = await self._describe_or_absent(action.target)
+        else:
+            self._forget(action.target)
+            if after.power is not PowerState.ABSENT:
+                self._remember(action.target.resource, read_at, after)
         status = OutcomeStatus.APPLIED if applied else OutcomeStatus.ALREADY
         return Outcome(plan, status, after, detail)
+
+    def _apply_and_read(self, conn: Conn, plan: Plan) -> tuple[bool, str, RuntimeState | None]:
+        """:meth:`_apply`, then the state it left, in one job for the worker thread. A
+        failed read gives None, to be read again on its own: a retry of this whole job
+        after a lost connection would find the change made and call it ``already``."""
+        applied, detail = self._apply(conn, plan)
+        try:
+            after: RuntimeState | None = self._read_state(conn, plan.action.target)
+        except NotFoundError:
+            after = RuntimeState(power=PowerState.ABSENT)
+        except libvirt.libvirtError:
+            after = None
+        return applied, detail, after
 
     def _apply(self, conn: Conn, plan: Plan) -> tuple[bool, str]:
         """Do the verb unless the domain is already as desired. (applied?, detail)."""
