@@ -25,6 +25,7 @@ from adapters.errors import (
     UnsupportedError,
 )
 from adapters.libvirt import LibvirtAdapter, LibvirtConfig
+from adapters.libvirt._xml import read_domain
 from adapters.runtime import Deadlines, OutcomeStatus
 
 NODE = """<node>
@@ -402,6 +403,57 @@ async def test_describe_cache_is_dropped_by_events_actions_and_time(tmp_path: Pa
         await asyncio.sleep(0.1)
         await lv.describe(T)
         assert lv.cache_hits == 0
+
+
+async def test_an_action_reports_the_state_it_left_and_the_next_describe_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=30)) as lv:
+        _, out = await run(lv, act("resize", vcpus=3))
+        assert out.status is OutcomeStatus.APPLIED
+        assert out.after.vcpus == 3
+        hits = lv.cache_hits
+        assert await lv.describe(T) == out.after  # the state read in the action's own job
+        assert lv.cache_hits == hits + 1
+        assert await lv._describe(T, fresh=True) == out.after  # and it is what libvirt says
+
+        # The read after the change fails (as on a dropped connection): the change is
+        # not made again, it is still reported as made, and the state is read on its own.
+        real = lv._read_state
+        calls = 0
+
+        def read_fails_once(conn: Any, target: Target) -> RuntimeState:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise libvirt.libvirtError("connection lost")
+            return real(conn, target)
+
+        monkeypatch.setattr(lv, "_read_state", read_fails_once)
+        _, out = await run(lv, act("resize", vcpus=4))
+        assert calls == 2
+        assert out.status is OutcomeStatus.APPLIED
+        assert out.after.vcpus == 4
+        assert out.detail.startswith("resized to 4 vCPUs")
+
+
+def test_domain_xml_reads_are_independent_copies():
+    xml = (
+        "<domain type='test'><name>a</name><metadata>"
+        "<govgate:labels xmlns:govgate='https://govgate.dev/xmlns/labels/1'>"
+        "<label key='environment'>staging</label><label key='criticality'>low</label>"
+        "</govgate:labels></metadata><devices><disk type='file' device='disk'/>"
+        "<disk type='file' device='cdrom'/></devices></domain>"
+    )
+    labels, disks = read_domain(xml)
+    assert labels == {"environment": "staging", "criticality": "low"}
+    assert disks == 1
+    labels["environment"] = "prod"  # the caller's copy only
+    assert read_domain(xml)[0]["environment"] == "staging"
+    other = xml.replace(">staging<", ">production<")
+    assert read_domain(other)[0]["environment"] == "production"
 
 
 async def test_unreachable_daemon_is_unavailable(tmp_path: Path):
