@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import re
 import threading
 import time
@@ -200,6 +201,12 @@ class LibvirtAdapter(RuntimeAdapter):
         self._cache: dict[str, tuple[float, RuntimeState]] = {}
         self._cache_ok = False
         self.cache_hits = 0
+        # What dropped an entry also stamps it (and, for everything, ``_stamp_all``): a read
+        # is cached only if its resource's stamps are the ones it saw before it read. A read
+        # that a change or an event overtook would otherwise put back what they dropped.
+        self._stamps: dict[str, int] = {}
+        self._stamp_all = 0
+        self._ticks = itertools.count(1)
 
     # -- connection --------------------------------------------------------------------
 
@@ -233,7 +240,7 @@ class LibvirtAdapter(RuntimeAdapter):
             if self.config.keepalive_interval and not conn.getURI().startswith("test:"):
                 with contextlib.suppress(libvirt.libvirtError):  # local drivers have none
                     conn.setKeepAlive(self.config.keepalive_interval, self.config.keepalive_count)
-            self._cache.clear()  # a new connection: nothing cached can be trusted
+            self._drop_entries()  # a new connection: nothing cached can be trusted
             self._cache_ok = self._subscribe(conn)
             self._conn = conn
             return conn
@@ -258,8 +265,20 @@ class LibvirtAdapter(RuntimeAdapter):
         self._invalidate(dom)
 
     def _invalidate(self, dom: Dom) -> None:
-        self._cache.pop(dom.name(), None)
-        self._cache.pop(dom.UUIDString(), None)
+        self._drop_entry(dom.name())
+        self._drop_entry(dom.UUIDString())
+
+    def _drop_entry(self, key: str) -> None:
+        """Forget ``key``'s entry, and any read of it already under way (any thread)."""
+        self._stamps[key] = next(self._ticks)
+        self._cache.pop(key, None)
+
+    def _drop_entries(self) -> None:
+        self._stamp_all = next(self._ticks)
+        self._cache.clear()
+
+    def _stamp(self, key: str) -> tuple[int, int]:
+        return self._stamp_all, self._stamps.get(key, 0)
 
     def _drop(self, conn: Conn) -> None:
         with self._conn_lock:
@@ -292,13 +311,13 @@ class LibvirtAdapter(RuntimeAdapter):
     # -- events ------------------------------------------------------------------------
 
     def _on_lifecycle(self, conn: Conn, dom: Dom, event: int, detail: int, _opaque: object) -> None:
-        self._invalidate(dom)
         name = dom.name()
         kind = _EVENTS.get(event, f"event-{event}")
         if kind == "started":
             self._started_at[name] = time.monotonic()
         elif kind in ("stopped", "undefined", "crashed"):
             self._started_at.pop(name, None)
+        self._invalidate(dom)  # after the uptime is known: a read from now on has it
         names = _DETAILS.get(kind, ())
         why = names[detail] if 0 <= detail < len(names) else str(detail)
         ev = LifecycleEvent(Target("libvirt", name), kind, why, dt.datetime.now(dt.UTC))
@@ -376,9 +395,10 @@ class LibvirtAdapter(RuntimeAdapter):
         if hit is not None and time.monotonic() - hit[0] < self.config.cache_ttl:
             self.cache_hits += 1
             return hit[1]
-        read_at = time.monotonic()
+        read_at, stamp = time.monotonic(), self._stamp(key)
         state = await self._call(f"describe {target}", lambda c: self._read_state(c, target))
-        self._remember(key, read_at, state)
+        if stamp == self._stamp(key):
+            self._remember(key, read_at, state)
         return state
 
     def _remember(self, key: str, read_at: float, state: RuntimeState) -> None:
@@ -386,11 +406,11 @@ class LibvirtAdapter(RuntimeAdapter):
             self._cache[key] = (read_at, state)
 
     def _forget(self, target: Target) -> None:
-        """Drop what is cached about a target this adapter is about to change."""
+        """Drop what is cached about a target this adapter changes (or is about to)."""
         if _UUID.fullmatch(target.resource):
-            self._cache.clear()  # it may be cached under its name too
+            self._drop_entries()  # it may be cached under its name too
         else:
-            self._cache.pop(target.resource, None)
+            self._drop_entry(target.resource)
 
     async def set_labels(self, target: Target, labels: Mapping[str, str]) -> None:
         """Write the govgate labels into the domain's metadata (live and persistent)."""
@@ -526,16 +546,17 @@ class LibvirtAdapter(RuntimeAdapter):
         what = f"{action.verb} {action.target}"
         if action.verb is Verb.SHUTDOWN:
             return await self._shutdown(plan)
-        read_at = time.monotonic()
+        key = action.target.resource
+        read_at, stamp = time.monotonic(), self._stamp(key)
         applied, detail, after = await self._call(what, lambda c: self._apply_and_read(c, plan))
         if after is None:
-            after = await self._describe_or_absent(action.target)
-        else:
-            self._forget(action.target)
-            if after.power is not PowerState.ABSENT:
-                self._remember(action.target.resource, read_at, after)
-        status = OutcomeStatus.APPLIED if applied else OutcomeStatus.ALREADY
-        return Outcome(plan, status, after, detail)
+            return Outcome(plan, _status(applied), await self._describe_or_absent(action.target),
+                           detail)  # fmt: skip
+        unseen = stamp == self._stamp(key)  # no event or other change since it began
+        self._forget(action.target)  # describes under way may have read it before the change
+        if unseen and after.power is not PowerState.ABSENT:
+            self._remember(key, read_at, after)  # read after the change, in the same job
+        return Outcome(plan, _status(applied), after, detail)
 
     def _apply_and_read(self, conn: Conn, plan: Plan) -> tuple[bool, str, RuntimeState | None]:
         """:meth:`_apply`, then the state it left, in one job for the worker thread. A
@@ -788,3 +809,7 @@ def _alive(conn: Conn) -> bool:
         return bool(conn.isAlive())
     except libvirt.libvirtError:
         return False
+
+
+def _status(applied: bool) -> OutcomeStatus:
+    return OutcomeStatus.APPLIED if applied else OutcomeStatus.ALREADY

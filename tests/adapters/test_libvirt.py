@@ -439,6 +439,30 @@ async def test_an_action_reports_the_state_it_left_and_the_next_describe_reuses_
         assert out.detail.startswith("resized to 4 vCPUs")
 
 
+async def test_a_read_that_an_event_overtook_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=30)) as lv:
+        real = lv._read_state
+
+        def event_meanwhile(conn: Any, target: Target) -> RuntimeState:
+            state = real(conn, target)
+            lv._on_change(conn, conn.lookupByName("web-1"))  # as the event thread would
+            return state
+
+        monkeypatch.setattr(lv, "_read_state", event_meanwhile)
+        await lv.describe(T)
+        _, out = await run(lv, act("resize", vcpus=3))  # its own read is overtaken too
+        assert out.after.vcpus == 3
+        monkeypatch.setattr(lv, "_read_state", real)
+        await lv.describe(T)
+        assert lv.cache_hits == 0  # nothing was kept: each read had an event after it
+        await lv.describe(T)
+        assert lv.cache_hits == 1  # an undisturbed read is
+
+
 def test_domain_xml_reads_are_independent_copies():
     xml = (
         "<domain type='test'><name>a</name><metadata>"
