@@ -170,6 +170,7 @@ class Gateway:
         shadow: bool = False,  # decide and record, never execute
         roles: Roles | None = None,  # None: every identity may do everything (library use)
         cache: int = 1_000,  # final decisions kept in memory; older ones are read back
+        requests: int = 10_000,  # request ids kept in memory; older ones: the ledger's claims
         tracer: Tracer | None = None,  # None: from the global provider installed by now
         metrics: Metrics | None = None,  # None: no metrics
         replica: str = "",  # this replica's stable name, on a store shared with others
@@ -181,6 +182,7 @@ class Gateway:
         self.shadow = shadow
         self.roles = roles
         self.cache = cache
+        self.requests = requests
         self.replica = replica
         # Other replicas append to the same store: catch up with them (sync) where it matters.
         self.shared = ledger.store.shared
@@ -271,7 +273,8 @@ class Gateway:
         self._pending = state.pending
         self._halts = state.halts
         self._recent = state.recent
-        self._replay = replay or Replay(keep=self.cache, replica=self.replica)
+        self._replay = replay or Replay(keep=self.cache, requests=self.requests,
+                                        replica=self.replica)  # fmt: skip
         self._replay.follow(state)
         self._trim()
 
@@ -411,11 +414,14 @@ class Gateway:
                     decision = await self._decide(request_id, action, digest, requester, dry_run,
                                                   trace_id, now, respond_by)  # fmt: skip
                     break
-                except ClaimedError:  # another replica took the request id, or halted
+                except ClaimedError as err:  # the request id was taken, or a halt came first
                     await self.sync()
+                    if err.key == f"request:{request_id}" and request_id not in self._by_request:
+                        await self._recall(request_id)  # decided before this process knew
             else:
                 raise LedgerUnavailableError("other replicas kept changing the state; retry")
             self._by_request[request_id] = (decision.decision_id, digest)
+            self._trim_requests()
             # From here on the id is known; later callers need no lock to find it.
             self._locks.pop(request_id, None)
         try:  # recorded: from here on the trace leads to the record
@@ -720,6 +726,26 @@ class Gateway:
         self.decisions.move_to_end(d.decision_id)
         self._trim()
 
+    async def _recall(self, request_id: str) -> None:
+        """Put back the decision a request id was used for, from the record that claimed it
+        (the in-memory index keeps only the most recent ``requests``)."""
+        try:
+            index = await self.ledger.store.claimant(f"request:{request_id}")
+            records = [] if index is None else await self.ledger.store.query(
+                RecordQuery(start=index, end=index + 1, limit=1)
+            )  # fmt: skip
+        except LedgerError as err:
+            raise LedgerUnavailableError(f"the ledger cannot be read: {err}") from err
+        for rec in records:
+            digest = rec.body.get("digest")
+            if rec.kind == "decision" and isinstance(digest, str) and rec.decision_id:
+                with contextlib.suppress(ValueError):
+                    self._by_request[request_id] = (rec.decision_id, bytes.fromhex(digest))
+
+    def _trim_requests(self) -> None:
+        while len(self._by_request) > self.requests:
+            self._by_request.popitem(last=False)
+
     def _trim(self) -> None:
         """Forget the oldest final decisions beyond ``cache``; live ones always stay."""
         spared = 0
@@ -730,6 +756,7 @@ class Gateway:
             else:
                 self.decisions.move_to_end(oldest_id)
                 spared += 1
+        self._trim_requests()
 
     def pending(self) -> list[Decision]:
         """Decisions waiting for approval, as far as this replica knows (see :meth:`sync`)."""

@@ -44,7 +44,8 @@ class Replayed:
 
     # The live decisions and the most recent final ones (older ones are read back on demand).
     decisions: OrderedDict[str, Decision] = field(default_factory=OrderedDict)
-    by_request: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # (id, digest)
+    # request id: (decision id, digest), the most recent ones (the rest: the ledger's claims)
+    by_request: OrderedDict[str, tuple[str, bytes]] = field(default_factory=OrderedDict)
     pending: dict[str, Pending] = field(default_factory=dict)
     halts: list[Halt] = field(default_factory=list)
     recent: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
@@ -120,10 +121,12 @@ class Replay:
     """
 
     def __init__(
-        self, now: dt.datetime | None = None, *, keep: int = 1_000, replica: str = ""
-    ) -> None:
+        self, now: dt.datetime | None = None, *, keep: int = 1_000, requests: int = 10_000,
+        replica: str = "",
+    ) -> None:  # fmt: skip
         self._now = now or dt.datetime.now(dt.UTC)
         self._keep = keep  # final decisions kept; the rest are only remembered by id
+        self._requests = requests  # request ids kept; older ones are in the ledger's claims
         self._replica = replica
         self._gone: set[str] = set()  # ids of final decisions no longer kept
         self._state = Replayed()
@@ -247,6 +250,9 @@ class Replay:
         s = self._state
         s.decisions[d.decision_id] = d
         s.by_request[d.request_id] = (d.decision_id, digest)
+        if not self.live and len(s.by_request) > 2 * self._requests:  # in bulk, as below
+            while len(s.by_request) > self._requests:
+                s.by_request.popitem(last=False)
         self._before[d.decision_id] = state
         if len(s.decisions) > 2 * self._keep:  # trimmed in bulk, not on every record
             self._trim()

@@ -393,6 +393,12 @@ class PostgresStore(LedgerStore):
                 raise StoreCorruptError(f"record {start + offset} is missing from the store")
         return [bytes(r[1]) for r in rows]
 
+    async def claimant(self, key: str) -> int | None:
+        idx = await self._run(
+            "cannot read claims", lambda c: c.fetchval("SELECT idx FROM claims WHERE key = $1", key)
+        )
+        return None if idx is None else int(idx)
+
     async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
         params: list[Any] = [max(q.start, 0 if after is None else after + 1)]
         where = ["idx >= $1"]

@@ -437,6 +437,14 @@ class SQLiteStore(LedgerStore):
                 raise StoreCorruptError(f"record {start + offset} is missing from the store")
         return [bytes(env) for _, env in rows]
 
+    async def claimant(self, key: str) -> int | None:
+        async with self._lock:
+            try:
+                row = await self._one("SELECT idx FROM claims WHERE key = ?", (key,))
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read claims: {e}") from e
+        return None if row is None else int(row[0])
+
     async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
         """Through the query index's connection and thread: no wait for the writer."""
         lookup = self._lookup

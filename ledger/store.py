@@ -166,6 +166,10 @@ class LedgerStore(abc.ABC):
         """Records matching ``q`` with index greater than ``after``, ascending."""
 
     @abc.abstractmethod
+    async def claimant(self, key: str) -> int | None:
+        """The index of the record that claimed ``key``, or None if none has."""
+
+    @abc.abstractmethod
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         """Keep a signed checkpoint; return the one kept for that size.
 

@@ -128,6 +128,26 @@ async def test_low_risk_action_executes_once_and_is_recorded(world: World, tmp_p
     await assert_ledger_verifies(world, tmp_path)
 
 
+async def test_a_request_id_the_memory_let_go_is_found_in_the_ledger(world: World, tmp_path: Path):
+    world.gw.requests = 2  # request ids kept in memory; older ones are the ledger's claims
+    world.gw.cache = 1
+    first = await world.gw.propose("r-old", act("resize", vcpus=4), requester=ENGINE)
+    assert first.state == "EXECUTED"
+    for n in range(3):
+        await world.gw.propose(f"r-new-{n}", act("resize", vcpus=3 + n % 2), requester=ENGINE)
+    assert "r-old" not in world.gw._by_request
+    assert len(world.gw._by_request) == 2
+
+    again = await world.gw.propose("r-old", act("resize", vcpus=4), requester=ENGINE)
+    assert again.decision_id == first.decision_id
+    assert again.state == "EXECUTED"
+    assert len(await records(world, "decision", first.decision_id)) == 1
+    assert len(await records(world, "outcome", first.decision_id)) == 1  # not run again
+    with pytest.raises(RequestConflictError, match="another action"):
+        await world.gw.propose("r-new-0", act("resize", vcpus=6), requester=ENGINE)
+    await assert_ledger_verifies(world, tmp_path)
+
+
 async def test_high_risk_delete_in_production(world: World):
     await world.lv._call("stop", lambda c: c.lookupByName("db-1").destroy())
     # The example policy asks two people above 0.8 for critical services ...

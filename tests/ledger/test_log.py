@@ -441,6 +441,9 @@ async def test_a_claimed_key_is_taken_once_across_ledgers_on_one_store(data: Dat
         assert len(lost) == 35
         assert all(isinstance(e, ClaimedError) for e in lost)
         assert sorted(r.body["n"] % 5 for r in won) == [0, 1, 2, 3, 4]
+        for r in won:  # the store names the record that holds each claim
+            assert await a.store.claimant(f"request:{r.body['n'] % 5}") == r.index
+        assert await b.store.claimant("request:5") is None
         # A guard on a free key passes without taking it; on a taken key it fails.
         await a.append(Draft("decision", {}, unclaimed=("halts:1",)))
         await b.append(Draft("halt", {}, claims=("halts:1",)))
