@@ -18,7 +18,11 @@ The file holds nothing that cannot be rebuilt from the ledger. It names the
 leaf hash of the last record it indexed; if the ledger no longer has that
 record (a restored backup, another file), the index starts again from zero.
 Deleting the file is safe, and one that is not a database (damaged) is
-replaced by a new one.
+replaced by a new one. One that cannot be used at all (not writable, say
+left behind by ``sudo govgate ledger query``; locked by another process for
+longer than the busy timeout; not a file) never stops the ledger from opening:
+a warning names it, and until a restart that can use it, queries scan the
+ledger instead (right, only slower).
 
 A query reads ``lookup`` below ``indexed_upto`` and scans the records above
 it. Empty values are not in ``lookup``: a filter on an empty value scans its
@@ -84,23 +88,32 @@ class Lookup:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-lookup")
         self._conn: sqlite3.Connection | None = None
         self.indexed_upto = 0  # as last seen here
+        self.usable = True  # False: the file could not be used; nothing is indexed
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         return self._pool.submit(fn, *args)
 
     def open(self) -> None:
         try:
-            self._open()
-        except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError):
-                raise  # locked, or cannot be opened: not the file's fault
-            _log.warning("the query index %s is damaged (%s); building a new one", self.path, e)
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self._open()
+            try:
+                self._open(self.path)
+            except sqlite3.DatabaseError as e:
+                if isinstance(e, sqlite3.OperationalError):
+                    raise  # locked, or cannot be opened or written: not the file's fault
+                _log.warning("the query index %s is damaged (%s); building a new one", self.path, e)
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                self._open(self.path)
+        except (sqlite3.Error, OSError) as e:
+            _log.warning(
+                "the query index %s cannot be used (%s); queries scan the ledger instead "
+                "until a restart can use it", self.path, e,
+            )  # fmt: skip
+            self.usable = False
+            self._open(":memory:")  # the same tables, empty for good: every query scans
 
-    def _open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    def _open(self, where: str | Path) -> None:
+        conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -163,6 +176,8 @@ class Lookup:
         Deferred, so that only the index file is locked for writing; if another
         process indexed meanwhile, SQLite refuses the write and this one gives up
         (the other did the work)."""
+        if not self.usable:
+            raise sqlite3.OperationalError(f"the query index {self.path} is not in use")
         conn = self.conn
         conn.execute("BEGIN")
         try:

@@ -365,7 +365,11 @@ class SQLiteStore(LedgerStore):
             self._since_wal_checkpoint = 0
             self._wal_checkpointer = asyncio.ensure_future(asyncio.to_thread(self._checkpoint_wal))
         lookup = self._lookup
-        if lookup is not None and batch.head.size - lookup.indexed_upto >= self._index_every:
+        if (
+            lookup is not None
+            and lookup.usable
+            and batch.head.size - lookup.indexed_upto >= self._index_every
+        ):
             if self._indexer is None or self._indexer.done():
                 self._indexer = asyncio.ensure_future(self._catch_up(lookup))
             else:

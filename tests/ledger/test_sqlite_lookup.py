@@ -675,3 +675,47 @@ async def test_an_index_of_another_ledger_is_started_again(
         assert lookup_rows(paths["b"]) == set()
         assert await store.query(RecordQuery(actor="a")) == []
         assert [r.index for r in await store.query(RecordQuery(actor="b"))] == list(range(1, 31))
+
+
+@pytest.mark.parametrize("trouble", ["not a file", "locked"])
+async def test_an_index_file_that_cannot_be_used_leaves_queries_to_scans(
+    tmp_path: Path, signer: NoteSigner, trouble: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger opens, appends and answers every query right without its index file
+    (one left unwritable by another user, say), and says so once."""
+    path = tmp_path / "ledger.db"
+    async with Ledger(SQLiteStore(path), signer, config=QUIET) as log:
+        await log.append_many([Draft("note", {"i": i}, actor=f"a{i % 3}") for i in range(20)])
+    index = lookup_path(path)
+    holder = None
+    if trouble == "not a file":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{index}{suffix}").unlink(missing_ok=True)
+        index.mkdir()
+    else:  # another process holds its write lock for longer than the busy timeout
+        holder = sqlite3.connect(index, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    try:
+        store = SQLiteStore(path, busy_timeout_ms=200, index_every=1)
+        async with Ledger(store, signer, config=QUIET) as log:
+            assert "cannot be used" in caplog.text
+            assert str(index) in caplog.text
+            await log.append_many([Draft("note", {"i": i}, actor="late") for i in range(10)])
+            await settle(store)
+            a1 = await store.query(RecordQuery(actor="a1"))
+            assert [r.body["i"] for r in a1] == [i for i in range(20) if i % 3 == 1]
+            assert len(await store.query(RecordQuery(actor="late"))) == 10
+            assert len(await store.query(RecordQuery(kind="note", limit=25))) == 25
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+    if trouble == "not a file":
+        assert index.is_dir()  # left as it was
+    else:  # free again: the next open uses and fills it
+        store = SQLiteStore(path, index_every=1)
+        async with Ledger(store, signer, config=QUIET) as log:
+            await log.append(Draft("note", {"i": 99}, actor="after"))
+            await settle(store)
+            assert [r.body["i"] for r in await store.query(RecordQuery(actor="after"))] == [99]
+        assert indexed_upto(path) == 32  # the key record, 30 notes, this one
