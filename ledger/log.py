@@ -321,14 +321,18 @@ class Ledger:
     async def start(self) -> None:
         """Open the store, write the genesis key record if the log is new, start writing."""
         await self._store.open()
-        head, _ = await self._store.snapshot()
-        if head.key_id and head.key_id != self._signer.key_id:
-            await self._store.close()
-            raise StoreConflictError(
-                f"the log's active key is {head.key_id}, not this key ({self._signer.key_id}); "
-                "use the current key (keys rotate through the ledger only)"
-            )
-        latest = await self._store.checkpoint()
+        try:
+            head, _ = await self._store.snapshot()
+            if head.key_id and head.key_id != self._signer.key_id:
+                raise StoreConflictError(
+                    f"the log's active key is {head.key_id}, not this key "
+                    f"({self._signer.key_id}); use the current key (keys rotate through the "
+                    "ledger only)"
+                )
+            latest = await self._store.checkpoint()
+        except BaseException:
+            await self._store.close()  # its connection and threads with it
+            raise
         self._last_checkpoint_size = latest.size if latest else 0
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
         if self._config.checkpoint_interval:

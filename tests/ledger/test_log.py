@@ -462,3 +462,15 @@ async def test_a_claimed_key_is_taken_once_across_ledgers_on_one_store(data: Dat
         await export_ledger(a, out)
     assert head.size == 1 + 5 + 3
     verify_export(out, data.signer().verifier)
+
+
+async def test_a_start_that_fails_after_opening_closes_the_store(tmp_path: Path) -> None:
+    class NoCheckpoints(SQLiteStore):
+        async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+            raise StoreError("checkpoints cannot be read")
+
+    store = NoCheckpoints(tmp_path / "ledger.db")
+    with pytest.raises(StoreError, match="checkpoints cannot be read"):
+        await Ledger(store, NoteSigner.generate("test.example/log"), config=QUIET).start()
+    with pytest.raises(StoreError, match="not open"):
+        await store.snapshot()  # closed: its connection and its index thread are gone
