@@ -269,12 +269,15 @@ class Gateway:
         ``replay`` (the one that computed it) then follows what other replicas append."""
         self._state = state
         self.decisions: OrderedDict[str, Decision] = state.decisions  # live, and recent final
-        self._by_request = state.by_request  # request id: (decision id, digest)
+        self._by_request = state.by_request  # request id: (decision id, digest), the latest
+        self._unclaimed = state.unclaimed  # those no claim in the store would find
         self._pending = state.pending
         self._halts = state.halts
         self._recent = state.recent
-        self._replay = replay or Replay(keep=self.cache, requests=self.requests,
-                                        replica=self.replica)  # fmt: skip
+        self._replay = replay or Replay(
+            keep=self.cache, requests=self.requests,
+            claims_from=self.ledger.store.claims_from, replica=self.replica,
+        )  # fmt: skip
         self._replay.follow(state)
         self._trim()
 
@@ -398,7 +401,7 @@ class Gateway:
             digest = request_digest(request_id, requester, action)
         async with self._locks[request_id]:  # one decision per request id, even concurrently
             for _ in range(_CLAIM_TRIES):
-                known = self._by_request.get(request_id)
+                known = self._by_request.get(request_id) or self._unclaimed.get(request_id)
                 if known is not None:
                     first_id, first_digest = known
                     if first_digest != digest:
@@ -418,6 +421,12 @@ class Gateway:
                     await self.sync()
                     if err.key == f"request:{request_id}" and request_id not in self._by_request:
                         await self._recall(request_id)  # decided before this process knew
+                except (InvalidRequestError, DeadlineExceededError):
+                    # Refused before anything was recorded: the target is gone, say, or time
+                    # ran out. A request id this process no longer keeps in memory may have
+                    # been decided already, and a retry of it gets that decision instead.
+                    if request_id in self._by_request or not await self._recall(request_id):
+                        raise
             else:
                 raise LedgerUnavailableError("other replicas kept changing the state; retry")
             self._by_request[request_id] = (decision.decision_id, digest)
@@ -726,9 +735,9 @@ class Gateway:
         self.decisions.move_to_end(d.decision_id)
         self._trim()
 
-    async def _recall(self, request_id: str) -> None:
+    async def _recall(self, request_id: str) -> bool:
         """Put back the decision a request id was used for, from the record that claimed it
-        (the in-memory index keeps only the most recent ``requests``)."""
+        (the in-memory index keeps only the most recent ``requests``); False if none did."""
         try:
             index = await self.ledger.store.claimant(f"request:{request_id}")
             records = [] if index is None else await self.ledger.store.query(
@@ -741,6 +750,8 @@ class Gateway:
             if rec.kind == "decision" and isinstance(digest, str) and rec.decision_id:
                 with contextlib.suppress(ValueError):
                     self._by_request[request_id] = (rec.decision_id, bytes.fromhex(digest))
+                    return True
+        return False
 
     def _trim_requests(self) -> None:
         while len(self._by_request) > self.requests:

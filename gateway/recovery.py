@@ -50,7 +50,8 @@ async def recover(gw: Gateway, *, page: int = 10_000,
     """
     ledger = gw.ledger
     total = (await ledger.store.snapshot())[0].size
-    replay = Replay(keep=gw.cache, replica=gw.replica)
+    replay = Replay(keep=gw.cache, requests=gw.requests, claims_from=ledger.store.claims_from,
+                    replica=gw.replica)  # fmt: skip
     after: int | None = None
     while True:
         batch = await ledger.store.query(RecordQuery(limit=page), after=after)

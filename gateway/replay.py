@@ -46,6 +46,8 @@ class Replayed:
     decisions: OrderedDict[str, Decision] = field(default_factory=OrderedDict)
     # request id: (decision id, digest), the most recent ones (the rest: the ledger's claims)
     by_request: OrderedDict[str, tuple[str, bytes]] = field(default_factory=OrderedDict)
+    # ... and every one of those recorded before the store kept claims (never let go)
+    unclaimed: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     halts: list[Halt] = field(default_factory=list)
     recent: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
@@ -122,11 +124,12 @@ class Replay:
 
     def __init__(
         self, now: dt.datetime | None = None, *, keep: int = 1_000, requests: int = 10_000,
-        replica: str = "",
+        claims_from: int = 0, replica: str = "",
     ) -> None:  # fmt: skip
         self._now = now or dt.datetime.now(dt.UTC)
         self._keep = keep  # final decisions kept; the rest are only remembered by id
         self._requests = requests  # request ids kept; older ones are in the ledger's claims
+        self._claims_from = claims_from  # decisions below this index may have no claim
         self._replica = replica
         self._gone: set[str] = set()  # ids of final decisions no longer kept
         self._state = Replayed()
@@ -250,6 +253,8 @@ class Replay:
         s = self._state
         s.decisions[d.decision_id] = d
         s.by_request[d.request_id] = (d.decision_id, digest)
+        if rec.index < self._claims_from:  # no claim to find it by later: keep it for good
+            s.unclaimed[d.request_id] = (d.decision_id, digest)
         if not self.live and len(s.by_request) > 2 * self._requests:  # in bulk, as below
             while len(s.by_request) > self._requests:
                 s.by_request.popitem(last=False)

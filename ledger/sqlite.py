@@ -63,6 +63,7 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 3
+_CLAIMS_SINCE = 2  # the schema version that added the claims table
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -179,6 +180,13 @@ class SQLiteStore(LedgerStore):
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            if version is None or version < _CLAIMS_SINCE:  # records so far have no claims
+                await db.execute(
+                    "INSERT OR IGNORE INTO meta SELECT 'claims_from', size FROM log_head "
+                    "WHERE size > 0"
+                )
+            row = await self._one("SELECT value FROM meta WHERE key = 'claims_from'")
+            self.claims_from = 0 if row is None else int(row[0])
             lookup = Lookup(self._path, self._busy_timeout_ms)
             self._lookup = lookup
             await asyncio.wrap_future(lookup.submit(lookup.open))

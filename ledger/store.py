@@ -108,6 +108,9 @@ class LedgerStore(abc.ABC):
     """Durable storage for one log. Every method may raise :class:`StoreError`."""
 
     shared = False  # whether other processes append to it while we run (replicas)
+    # Records below this index may lack their claims: they were written before the store
+    # kept claims (an upgraded SQLite ledger). Set by open().
+    claims_from = 0
 
     async def __aenter__(self) -> LedgerStore:
         await self.open()

@@ -9,6 +9,7 @@ outlives the gateway. The process-kill version is in tests/e2e/test_serve.py.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from explain.batcher import MicroBatcher
 from explain.registry import Registry
 from explain.scorer import Scorer
 from gateway.decision import Halt
+from gateway.errors import InvalidRequestError
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.recovery import Replay, recover
@@ -255,3 +257,49 @@ async def test_a_selector_halt_covers_a_target_that_cannot_be_described(runtime:
             del runtime.lv.describe
         assert d.state == "HALTED", d.reasons
         assert await vcpus(runtime) == 2
+
+
+async def test_request_ids_from_before_the_store_kept_claims_are_never_let_go(
+    runtime: Runtime,
+):
+    """An upgraded SQLite ledger: decisions recorded before the claims table existed have
+    no claim to be found by, so a restarted gateway keeps their request ids however many
+    newer ones push the rest out of memory."""
+    async with runtime.gateway() as gw:
+        first = await gw.propose("r-legacy", act("resize", vcpus=4), requester=ENGINE)
+        assert first.state == "EXECUTED"
+    db = sqlite3.connect(runtime.data.path / "ledger.db")
+    with db:  # as a version-1 file upgraded now would be: no claims, and the mark
+        db.execute("DELETE FROM claims WHERE key = 'request:r-legacy'")
+        db.execute("INSERT INTO meta SELECT 'claims_from', size FROM log_head")
+    db.close()
+
+    async with runtime.gateway() as gw:
+        assert gw.ledger.store.claims_from > first.ledger_index
+        gw.requests = 1
+        await recover(gw)
+        for n in range(3):
+            await gw.propose(f"r-new-{n}", act("resize", vcpus=3 + n % 2), requester=ENGINE)
+        assert "r-legacy" not in gw._by_request
+        again = await gw.propose("r-legacy", act("resize", vcpus=4), requester=ENGINE)
+        assert again.decision_id == first.decision_id
+        outcomes = await gw.ledger.store.query(
+            RecordQuery(kind="outcome", decision_id=first.decision_id)
+        )
+        assert len(outcomes) == 1  # not run a second time
+
+
+async def test_a_retry_of_a_forgotten_request_gets_its_decision_even_if_the_target_is_gone(
+    runtime: Runtime,
+):
+    async with runtime.gateway() as gw:
+        gw.requests = 1
+        first = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        await gw.propose("r-2", act("resize", vcpus=3), requester=ENGINE)
+        assert "r-1" not in gw._by_request
+        await runtime.lv._call("stop", lambda c: c.lookupByName("web-1").destroy())
+        await runtime.lv._call("undefine", lambda c: c.lookupByName("web-1").undefine())
+        again = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        assert again.decision_id == first.decision_id
+        with pytest.raises(InvalidRequestError, match="no domain"):  # a new request is refused
+            await gw.propose("r-3", act("resize", vcpus=4), requester=ENGINE)

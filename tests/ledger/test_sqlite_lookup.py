@@ -540,6 +540,8 @@ async def test_an_older_file_is_upgraded_on_open(
         assert schema_objects(lookup_path(path))["lookup"] == "table"
         assert objects["claims"] == "table"
         assert read_meta(path)["schema_version"] == "3"
+        # Records from before the claims table have no claims: the store says up to where.
+        assert store.claims_from == (len(before) if version == "1" else 0)
         assert indexed_upto(path) == 0
         assert lookup_rows(path) == set()
         # Nothing is indexed yet: every query scans, and is right.
@@ -569,6 +571,7 @@ async def test_an_older_file_is_upgraded_on_open(
     store = SQLiteStore(path, index_every=50)
     async with store:
         assert read_meta(path)["schema_version"] == "3"
+        assert store.claims_from == (len(before) if version == "1" else 0)  # not moved on
         assert indexed_upto(path) == upto
         assert await store.query(RecordQuery(actor="up1", limit=100_000)) == [
             r for r in records if r.actor == "up1"
