@@ -83,6 +83,7 @@ T = TypeVar("T")
 Dom: TypeAlias = Any
 Conn: TypeAlias = Any
 
+_STAMPS_KEPT = 10_000  # domain names and UUIDs stamped (see LibvirtAdapter._drop_entry)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POWER = {
     libvirt.VIR_DOMAIN_NOSTATE: PowerState.UNKNOWN,
@@ -204,9 +205,11 @@ class LibvirtAdapter(RuntimeAdapter):
         # What dropped an entry also stamps it (and, for everything, ``_stamp_all``): a read
         # is cached only if its resource's stamps are the ones it saw before it read. A read
         # that a change or an event overtook would otherwise put back what they dropped.
+        # Events drop entries on libvirt's event thread: one lock for drops and stores.
         self._stamps: dict[str, int] = {}
         self._stamp_all = 0
         self._ticks = itertools.count(1)
+        self._cache_lock = threading.Lock()
 
     # -- connection --------------------------------------------------------------------
 
@@ -270,15 +273,33 @@ class LibvirtAdapter(RuntimeAdapter):
 
     def _drop_entry(self, key: str) -> None:
         """Forget ``key``'s entry, and any read of it already under way (any thread)."""
-        self._stamps[key] = next(self._ticks)
-        self._cache.pop(key, None)
+        with self._cache_lock:
+            self._stamps[key] = next(self._ticks)
+            self._cache.pop(key, None)
+            if len(self._stamps) > _STAMPS_KEPT:  # domains come and go: start afresh
+                self._stamp_all = next(self._ticks)
+                self._stamps.clear()
+                self._cache.clear()
 
     def _drop_entries(self) -> None:
-        self._stamp_all = next(self._ticks)
-        self._cache.clear()
+        with self._cache_lock:
+            self._stamp_all = next(self._ticks)
+            self._cache.clear()
 
     def _stamp(self, key: str) -> tuple[int, int]:
-        return self._stamp_all, self._stamps.get(key, 0)
+        with self._cache_lock:
+            return self._stamp_all, self._stamps.get(key, 0)
+
+    def _keep_if(self, key: str, stamp: tuple[int, int], read_at: float, state: RuntimeState,
+                 *, drop: bool = False) -> None:  # fmt: skip
+        """Cache ``state`` (read from ``read_at`` on) if nothing dropped ``key`` since
+        ``stamp`` was taken; ``drop``: and, either way, overtake the reads under way."""
+        with self._cache_lock:
+            unseen = stamp == (self._stamp_all, self._stamps.get(key, 0))
+            if drop:
+                self._stamps[key] = next(self._ticks)
+            if unseen and self._cache_ok and self.config.cache_ttl > 0:
+                self._cache[key] = (read_at, state)
 
     def _drop(self, conn: Conn) -> None:
         with self._conn_lock:
@@ -397,13 +418,8 @@ class LibvirtAdapter(RuntimeAdapter):
             return hit[1]
         read_at, stamp = time.monotonic(), self._stamp(key)
         state = await self._call(f"describe {target}", lambda c: self._read_state(c, target))
-        if stamp == self._stamp(key):
-            self._remember(key, read_at, state)
+        self._keep_if(key, stamp, read_at, state)
         return state
-
-    def _remember(self, key: str, read_at: float, state: RuntimeState) -> None:
-        if self._cache_ok and self.config.cache_ttl > 0:
-            self._cache[key] = (read_at, state)
 
     def _forget(self, target: Target) -> None:
         """Drop what is cached about a target this adapter changes (or is about to)."""
@@ -552,10 +568,10 @@ class LibvirtAdapter(RuntimeAdapter):
         if after is None:
             return Outcome(plan, _status(applied), await self._describe_or_absent(action.target),
                            detail)  # fmt: skip
-        unseen = stamp == self._stamp(key)  # no event or other change since it began
-        self._forget(action.target)  # describes under way may have read it before the change
-        if unseen and after.power is not PowerState.ABSENT:
-            self._remember(key, read_at, after)  # read after the change, in the same job
+        if _UUID.fullmatch(key) or after.power is PowerState.ABSENT:
+            self._forget(action.target)
+        else:  # read after the change, in its job: kept unless an event came meanwhile
+            self._keep_if(key, stamp, read_at, after, drop=True)  # drop: describes under way
         return Outcome(plan, _status(applied), after, detail)
 
     def _apply_and_read(self, conn: Conn, plan: Plan) -> tuple[bool, str, RuntimeState | None]:

@@ -503,3 +503,23 @@ def test_config_limits():
         LibvirtConfig(uri="")
     with pytest.raises(ValueError, match="keepalive"):
         LibvirtConfig(keepalive_interval=-1)
+
+
+async def test_stamps_stay_bounded_and_a_reset_overtakes_reads_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import adapters.libvirt.adapter as module
+
+    monkeypatch.setattr(module, "_STAMPS_KEPT", 3)
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=30)) as lv:
+        state = await lv.describe(T)
+        stamp = lv._stamp("web-1")  # a read of web-1 starts ...
+        for n in range(10):  # ... while domains come and go
+            lv._drop_entry(f"gone-{n}")
+        assert len(lv._stamps) <= 3
+        lv._keep_if("web-1", stamp, 0.0, state)
+        assert "web-1" not in lv._cache  # the reset dropped it, and overtook that read
+        lv._keep_if("web-1", lv._stamp("web-1"), 0.0, state)
+        assert "web-1" in lv._cache
