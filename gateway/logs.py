@@ -99,19 +99,21 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     global _writer, _format
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
-    _stop_writer()
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(_Json() if fmt == "json" else _Text())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = _Handoff(records)
-    _writer = logging.handlers.QueueListener(records, stream)
-    _writer.start()
+    writer = logging.handlers.QueueListener(records, stream)
+    writer.start()
     _format = fmt
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
     logging.root.handlers[:] = [handler]
     logging.root.setLevel(logging.WARNING)
+    # The old writer goes only now: what was queued for it is written, nothing is lost.
+    _stop_writer()
+    _writer = writer
 
 
 def current_format() -> str:
