@@ -21,6 +21,7 @@ __all__ = [
     "AdapterError",
     "AdapterTimeoutError",
     "ConflictError",
+    "EffectUnknownError",
     "InvalidActionError",
     "NotFoundError",
     "UnavailableError",
@@ -61,5 +62,10 @@ class UnavailableError(AdapterError):
     """The runtime cannot be reached; retrying later may work."""
 
 
-class AdapterTimeoutError(AdapterError):
+class EffectUnknownError(AdapterError):
+    """A call was cut off after it may have reached the runtime: whether it took effect
+    is unknown until the target is read again (reconciled)."""
+
+
+class AdapterTimeoutError(EffectUnknownError):
     """A runtime call did not finish within its deadline."""

@@ -49,7 +49,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from adapters.action import Action, Reversibility, RuntimeState, Target
-from adapters.errors import AdapterError, AdapterTimeoutError, NotFoundError
+from adapters.errors import AdapterError, EffectUnknownError, NotFoundError
 from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter, new_id
 from explain.batcher import MicroBatcher
 from explain.errors import ModelUnavailableError
@@ -637,7 +637,7 @@ class Gateway:
             plan = d.plan
             with self._span("govgate.execute", current=False):
                 outcome = await adapter.execute(plan)
-        except AdapterTimeoutError as err:  # it may yet take effect: say so, do not guess
+        except EffectUnknownError as err:  # it may have taken effect: say so, do not guess
             d.state = "FAILED"
             d.outcome = {"status": "unknown", "error": type(err).__name__,
                          "detail": f"{err}; its effect is unknown until reconciled"}  # fmt: skip

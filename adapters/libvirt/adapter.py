@@ -53,6 +53,7 @@ from adapters.action import Action, PowerState, RuntimeState, Target, Verb
 from adapters.errors import (
     AdapterTimeoutError,
     ConflictError,
+    EffectUnknownError,
     InvalidActionError,
     NotFoundError,
     UnavailableError,
@@ -83,6 +84,9 @@ T = TypeVar("T")
 Dom: TypeAlias = Any
 Conn: TypeAlias = Any
 
+# Verbs that act whatever the domain's state (no "already" check): a call cut off by a
+# lost connection is not made again, and its outcome is unknown.
+_ONCE_ONLY = frozenset({Verb.REBOOT, Verb.RESET, Verb.REVERT, Verb.MIGRATE})
 _STAMPS_KEPT = 10_000  # domain names and UUIDs stamped (see LibvirtAdapter._drop_entry)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POWER = {
@@ -308,7 +312,7 @@ class LibvirtAdapter(RuntimeAdapter):
                 self.reconnects += 1
         self._close_conn(conn)
 
-    def _blocking(self, what: str, fn: Callable[[Conn], T]) -> T:
+    def _blocking(self, what: str, fn: Callable[[Conn], T], retry: bool = True) -> T:
         conn = self._connection()
         try:
             return fn(conn)
@@ -316,18 +320,24 @@ class LibvirtAdapter(RuntimeAdapter):
             if err.get_error_code() not in CONNECTION_LOST or _alive(conn):
                 raise translate(err, what) from err
             first = err
-        # The daemon went away (restart, crash): reopen once and try again. Each verb
-        # re-reads the state before acting, so a retry never acts twice.
+        # The daemon went away (restart, crash): reopen once and try again. ``retry``
+        # only for what re-reads the state before acting, so that a retry never acts
+        # twice; for the rest, the call may or may not have reached the daemon.
         self._drop(conn)
+        if not retry:
+            raise EffectUnknownError(
+                f"{what}: the connection to libvirt was lost during the call; whether it "
+                "took effect is unknown"
+            ) from first
         try:
             return fn(self._connection())
         except libvirt.libvirtError as err:
             raise translate(err, what) from first
 
-    async def _call(self, what: str, fn: Callable[[Conn], T]) -> T:
+    async def _call(self, what: str, fn: Callable[[Conn], T], *, retry: bool = True) -> T:
         loop = asyncio.get_running_loop()
         self._loop = self._loop or loop
-        return await loop.run_in_executor(self._executor, self._blocking, what, fn)
+        return await loop.run_in_executor(self._executor, self._blocking, what, fn, retry)
 
     # -- events ------------------------------------------------------------------------
 
@@ -564,7 +574,9 @@ class LibvirtAdapter(RuntimeAdapter):
             return await self._shutdown(plan)
         key = action.target.resource
         read_at, stamp = time.monotonic(), self._stamp(key)
-        applied, detail, after = await self._call(what, lambda c: self._apply_and_read(c, plan))
+        applied, detail, after = await self._call(
+            what, lambda c: self._apply_and_read(c, plan), retry=action.verb not in _ONCE_ONLY
+        )
         if after is None:
             return Outcome(plan, _status(applied), await self._describe_or_absent(action.target),
                            detail)  # fmt: skip

@@ -19,6 +19,7 @@ from adapters.action import Action, PowerState, Reversibility, RuntimeState, Tar
 from adapters.errors import (
     AdapterTimeoutError,
     ConflictError,
+    EffectUnknownError,
     InvalidActionError,
     NotFoundError,
     UnavailableError,
@@ -523,3 +524,41 @@ async def test_stamps_stay_bounded_and_a_reset_overtakes_reads_under_way(
         assert "web-1" not in lv._cache  # the reset dropped it, and overtook that read
         lv._keep_if("web-1", lv._stamp("web-1"), 0.0, state)
         assert "web-1" in lv._cache
+
+
+@pytest.mark.parametrize(("verb", "params", "calls"), [
+    ("reboot", {}, 1),  # acts whatever the state: not made again, its effect unknown
+    ("resize", {"vcpus": 3}, 2),  # re-reads the state first: made again, safely
+])  # fmt: skip
+async def test_a_call_cut_off_by_a_lost_connection_is_retried_only_if_it_checks_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str, params: dict[str, Any],
+    calls: int,
+):  # fmt: skip
+    import adapters.libvirt.adapter as module
+
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=0)) as lv:
+        plan = await lv.plan(act(verb, **params))
+        real, made = lv._apply, 0
+
+        def cut_off(conn: Any, p: Any) -> Any:
+            nonlocal made
+            made += 1
+            result = real(conn, p)
+            if made == 1:  # it reached the daemon, and then the answer was lost
+                err = libvirt.libvirtError("connection lost")
+                err.err = (libvirt.VIR_ERR_SYSTEM_ERROR, 0, "connection lost", 0, "", "", "",
+                           0, 0)  # fmt: skip
+                raise err
+            return result
+
+        monkeypatch.setattr(lv, "_apply", cut_off)
+        monkeypatch.setattr(module, "_alive", lambda conn: False)
+        if calls == 1:
+            with pytest.raises(EffectUnknownError, match="whether it took effect is unknown"):
+                await lv.execute(plan)
+        else:
+            out = await lv.execute(plan)
+            assert out.after.vcpus == 3
+        assert made == calls
