@@ -186,7 +186,10 @@ class SQLiteStore(LedgerStore):
                     "WHERE size > 0"
                 )
             row = await self._one("SELECT value FROM meta WHERE key = 'claims_from'")
-            self.claims_from = 0 if row is None else int(row[0])
+            try:
+                self.claims_from = 0 if row is None else int(row[0])
+            except (TypeError, ValueError):
+                raise StoreError(f"{self._path}: claims_from {row[0]!r} is not a number") from None
             lookup = Lookup(self._path, self._busy_timeout_ms)
             self._lookup = lookup
             await asyncio.wrap_future(lookup.submit(lookup.open))

@@ -302,6 +302,7 @@ class LibvirtAdapter(RuntimeAdapter):
             unseen = stamp == (self._stamp_all, self._stamps.get(key, 0))
             if drop:
                 self._stamps[key] = next(self._ticks)
+                self._cache.pop(key, None)
             if unseen and self._cache_ok and self.config.cache_ttl > 0:
                 self._cache[key] = (read_at, state)
 

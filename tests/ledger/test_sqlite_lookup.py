@@ -652,6 +652,13 @@ async def test_a_schema_version_that_is_not_a_number_is_refused(tmp_path: Path) 
     with pytest.raises(StoreError, match="not a number"):
         async with SQLiteStore(path):
             pass
+    with sqlite3.connect(path) as db:  # the same for the mark of where claims begin
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("INSERT INTO meta VALUES ('claims_from', 'x')")
+    db.close()
+    with pytest.raises(StoreError, match="claims_from 'x' is not a number"):
+        async with SQLiteStore(path):
+            pass
 
 
 async def test_an_index_of_another_ledger_is_started_again(
