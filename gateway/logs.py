@@ -92,19 +92,24 @@ def _stop_writer() -> None:
 atexit.register(_stop_writer)
 
 
-def configure(fmt: str = "text", level: str = "INFO") -> None:
+def configure(fmt: str = "text", level: str = "INFO", *, threaded: bool = True) -> None:
     """Send govgate's events, and the warnings of the libraries it uses (OpenTelemetry's
     exporters, gRPC), to standard error in ``fmt`` ("text" or "json"): one format for
-    every line, written by one thread."""
+    every line, written by one thread. ``threaded=False`` writes each line in the caller's
+    thread as it is logged, for a process whose parent may kill it (nothing is queued to
+    lose) and that has no event loop to spare."""
     global _writer, _format
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(_Json() if fmt == "json" else _Text())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = _Handoff(records)
-    writer = logging.handlers.QueueListener(records, stream)
-    writer.start()
+    handler: logging.Handler = stream
+    writer = None
+    if threaded:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        handler = _Handoff(records)
+        writer = logging.handlers.QueueListener(records, stream)
+        writer.start()
     _format = fmt
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)

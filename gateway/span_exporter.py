@@ -261,7 +261,7 @@ def main() -> int:
     if first is None:
         return 1
     _, hello, seq = first
-    logs.configure(hello["log_format"])
+    logs.configure(hello["log_format"], threaded=False)  # the gateway may kill this process
     resource = Resource(hello["resource"], hello["schema_url"])
     try:
         ways = _ways(hello["exporters"], resource, SpanLimits())

@@ -75,3 +75,13 @@ def test_no_line_is_lost_while_the_format_changes(capfd: pytest.CaptureFixture[s
     assert numbers == list(range(rounds * burst))
     assert any(line.startswith("{") for line in got)  # both formats were in use
     assert any(not line.startswith("{") for line in got)
+
+
+def test_unthreaded_lines_are_written_as_they_are_logged(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("json", threaded=False)  # as in the span exporter, which may be killed
+    logs.event("export failed", exporter="otlp")
+    line = capfd.readouterr().err  # no writer stopped, nothing flushed: it is there already
+    assert json.loads(line)["exporter"] == "otlp"
+    assert logs._writer is None
