@@ -77,12 +77,15 @@ class _Handoff(logging.handlers.QueueHandler):
         return record
 
 
+# One queue and one writer thread for the process's life; configure() changes only how the
+# writer formats. A record queued just as the format changes is still written.
+_records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
 _writer: logging.handlers.QueueListener | None = None
 _format = "text"
 
 
 def _stop_writer() -> None:
-    """Write what is queued, then stop the writer thread (at exit, or before a new one)."""
+    """Write what is queued, then stop the writer thread (at exit)."""
     global _writer
     if _writer is not None:
         _writer.stop()
@@ -104,21 +107,19 @@ def configure(fmt: str = "text", level: str = "INFO", *, threaded: bool = True) 
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(_Json() if fmt == "json" else _Text())
     handler: logging.Handler = stream
-    writer = None
     if threaded:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        handler = _Handoff(records)
-        writer = logging.handlers.QueueListener(records, stream)
-        writer.start()
+        if _writer is None:
+            _writer = logging.handlers.QueueListener(_records, stream)
+            _writer.start()
+        else:
+            _writer.handlers = (stream,)
+        handler = _Handoff(_records)
     _format = fmt
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
     logging.root.handlers[:] = [handler]
     logging.root.setLevel(logging.WARNING)
-    # The old writer goes only now: what was queued for it is written, nothing is lost.
-    _stop_writer()
-    _writer = writer
 
 
 def current_format() -> str:

@@ -72,9 +72,15 @@ def test_no_line_is_lost_while_the_format_changes(capfd: pytest.CaptureFixture[s
         int(json.loads(line)["n"]) if line.startswith("{") else int(line.split("n=")[1])
         for line in got
     )
-    assert numbers == list(range(rounds * burst))
-    assert any(line.startswith("{") for line in got)  # both formats were in use
-    assert any(not line.startswith("{") for line in got)
+    assert numbers == list(range(rounds * burst))  # every line, once
+
+
+def test_a_new_format_applies_to_lines_not_yet_written(capfd: pytest.CaptureFixture[str]) -> None:
+    logs.configure("text")
+    logs.configure("json")  # one writer thread for the process's life; its format changes
+    logs.event("after", n=1)
+    [line] = lines(capfd)
+    assert json.loads(line) == {**json.loads(line), "event": "after", "n": 1}
 
 
 def test_unthreaded_lines_are_written_as_they_are_logged(
