@@ -6,10 +6,10 @@ code under review) and pass since 2755d0d, which fixed both.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
+from test_sqlite_lookup import settle
 
 from ledger import Draft, LedgerConfig, SQLiteStore
 from ledger._lookup import lookup_path
@@ -23,15 +23,6 @@ QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
 @pytest.fixture
 def signer() -> NoteSigner:
     return NoteSigner.generate("test.example/log")
-
-
-async def settle(store: SQLiteStore) -> None:
-    for _ in range(4000):
-        task = store._indexer
-        if task is None or task.done():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the indexer never finished")
 
 
 async def test_a_damaged_index_file_does_not_stop_the_ledger(
