@@ -278,12 +278,15 @@ class LibvirtAdapter(RuntimeAdapter):
     def _drop_entry(self, key: str) -> None:
         """Forget ``key``'s entry, and any read of it already under way (any thread)."""
         with self._cache_lock:
-            self._stamps[key] = next(self._ticks)
-            self._cache.pop(key, None)
-            if len(self._stamps) > _STAMPS_KEPT:  # domains come and go: start afresh
-                self._stamp_all = next(self._ticks)
-                self._stamps.clear()
-                self._cache.clear()
+            self._drop_locked(key)
+
+    def _drop_locked(self, key: str) -> None:
+        self._stamps[key] = next(self._ticks)
+        self._cache.pop(key, None)
+        if len(self._stamps) > _STAMPS_KEPT:  # domains come and go: start afresh
+            self._stamp_all = next(self._ticks)
+            self._stamps.clear()
+            self._cache.clear()
 
     def _drop_entries(self) -> None:
         with self._cache_lock:
@@ -301,8 +304,7 @@ class LibvirtAdapter(RuntimeAdapter):
         with self._cache_lock:
             unseen = stamp == (self._stamp_all, self._stamps.get(key, 0))
             if drop:
-                self._stamps[key] = next(self._ticks)
-                self._cache.pop(key, None)
+                self._drop_locked(key)
             if unseen and self._cache_ok and self.config.cache_ttl > 0:
                 self._cache[key] = (read_at, state)
 
