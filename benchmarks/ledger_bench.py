@@ -73,7 +73,10 @@ def _draft(i: int) -> Draft:
 
 async def _appends(d: DataDir, writers: int, count: int) -> float:
     """Records/s for ``count`` appends spread over ``writers`` tasks."""
-    config = LedgerConfig(checkpoint_every=10_000, checkpoint_interval=1.0)
+    # The sealing process starts with the ledger, as `govgate serve` starts it.
+    config = LedgerConfig(
+        checkpoint_every=10_000, checkpoint_interval=1.0, seal_process_at_start=True
+    )
     async with d.open_ledger(config) as log:
         await log.append(_draft(0))  # warm: genesis, frontier cache
         per = count // writers

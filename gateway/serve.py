@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -158,8 +159,10 @@ async def _run(
     metrics: Metrics | None, data: DataDir, say: Say, ready: Callable[[int], None] | None,
     stop: asyncio.Event | None,
 ) -> None:  # fmt: skip
+    # A server starts its sealing process now, not in the middle of its first burst.
+    ledger_config = dataclasses.replace(config.ledger, seal_process_at_start=True)
     async with (
-        data.open_ledger(config.ledger) as ledger,
+        data.open_ledger(ledger_config) as ledger,
         _adapters(config, say) as adapters,
         MicroBatcher(Scorer(model)) as batcher,
     ):

@@ -62,6 +62,7 @@ from ledger.merkle import (
 )
 from ledger.note import NoteSigner
 from ledger.record import (
+    ZERO_HASH,
     Draft,
     Prepared,
     Record,
@@ -90,6 +91,7 @@ _PROCESS_MIN = 32
 _log = logging.getLogger(__name__)
 _SEAL_TASK = "ledger.record:seal_chain_task"
 _WORKER_DEADLINE = 2.0  # seconds a chunk may take in the worker, plus 1 ms a record
+_START_DEADLINE = 10.0  # seconds the worker may take to start and answer
 
 
 class _SealProcess:
@@ -135,10 +137,7 @@ class _SealProcess:
                 return None
             if self._pool is None:
                 # It starts (imports) while this chunk is signed here: no first-use stall.
-                self._pool = ScanPool(1, _SEAL_TASK)
-                self._stop_watch = threading.Event()
-                args = (self._pool, self._stop_watch)
-                threading.Thread(target=self._watch, args=args, daemon=True).start()
+                self._launch()
                 return None
             self._deadline = time.monotonic() + _WORKER_DEADLINE + len(parts) / 1000
             try:
@@ -158,6 +157,37 @@ class _SealProcess:
             return None
         finally:
             self._lock.release()
+
+    def start(self, signer: NoteSigner) -> None:
+        """Start the worker now rather than at the first chunk it would sign, and wait
+        until it answers: its start (about 0.3 s of imports) then stays out of the first
+        burst of appends."""
+        with self._lock:
+            if not self._enabled or self._pool is not None:
+                return
+            try:
+                self._launch()
+                assert self._pool is not None
+                self._deadline = time.monotonic() + _START_DEADLINE
+                try:  # an empty chain: the answer says it is up and has the key
+                    self._pool.submit((signer.private_key_string(), [], 0, ZERO_HASH, ""))
+                    if self._pool.result() != []:
+                        raise RuntimeError("the sealing process answered an empty chain")
+                finally:
+                    self._deadline = 0.0
+            except Exception as e:
+                _log.warning(
+                    "the sealing process did not start (%s); sealing in this process",
+                    type(e).__name__,
+                )
+                self._enabled = False
+                self._stop(kill=True)
+
+    def _launch(self) -> None:
+        self._pool = ScanPool(1, _SEAL_TASK)
+        self._stop_watch = threading.Event()
+        args = (self._pool, self._stop_watch)
+        threading.Thread(target=self._watch, args=args, daemon=True).start()
 
     def close(self) -> None:
         with self._lock:
@@ -183,6 +213,9 @@ class LedgerConfig:
     checkpoint_on_close: bool = True  # sign the final size when closing
     # Sign in a worker process (on another core) rather than in a thread.
     seal_process: bool = True
+    # Start that process with the ledger (a server) rather than at the first chunk
+    # of _PROCESS_MIN appends (short jobs, tests: most never need it).
+    seal_process_at_start: bool = False
     # A process that is not the elected signer waits this long for one to sign.
     follow_timeout: float = 3.0
 
@@ -334,6 +367,13 @@ class Ledger:
             await self._store.close()  # its connection and threads with it
             raise
         self._last_checkpoint_size = latest.size if latest else 0
+        if self._config.seal_process_at_start:
+            try:
+                await asyncio.to_thread(self._seal_process.start, self._signer)
+            except BaseException:  # cancelled: leave no process behind
+                await asyncio.to_thread(self._seal_process.close)
+                await self._store.close()
+                raise
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
         if self._config.checkpoint_interval:
             self._ticker = asyncio.create_task(self._tick_loop(), name="ledger-checkpoints")

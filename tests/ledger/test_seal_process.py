@@ -121,3 +121,38 @@ async def test_without_the_worker_appends_are_the_same(tmp_path: Path) -> None:
         out = tmp_path / "x.jsonl"
         await export_ledger(log, out)
     assert verify_export(out, d.signer().verifier).size == 301
+
+
+async def test_a_server_starts_the_worker_with_the_ledger(tmp_path: Path) -> None:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+    async with d.open_ledger(config) as log:
+        pool = log._seal_process._pool
+        assert pool is not None  # up, and it answered, before the first append
+        assert pool._received == 1
+        assert await _many(log, 300) == list(range(1, 301))
+        assert log._seal_process._pool is pool
+        assert pool._received > 1  # chunks went to it
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert all(p.poll() is not None for p in pool._procs)  # closed with the ledger
+    assert verify_export(out, d.signer().verifier).size == 301
+
+
+async def test_a_worker_that_cannot_start_means_signing_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("ledger.log._SEAL_TASK", "ledger.no_such_module:seal")
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+    with caplog.at_level(logging.WARNING, logger="ledger.log"):
+        async with d.open_ledger(config) as log:
+            assert log._seal_process._pool is None
+            assert await _many(log, 300) == list(range(1, 301))
+            assert log._seal_process._pool is None  # not tried again
+            out = tmp_path / "x.jsonl"
+            await export_ledger(log, out)
+    assert "sealing process did not start" in caplog.text
+    assert verify_export(out, d.signer().verifier).size == 301
