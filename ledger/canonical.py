@@ -10,6 +10,11 @@ other than the plain JSON ones) goes to ``rfc8785``, which is exact or refuses.
 Why ASCII keys: JCS orders keys by UTF-16 code units, orjson by code points;
 the two orders agree on ASCII. Why no floats: JCS writes ``1.0`` as ``1``.
 
+The checks cost less than a walk of every key: orjson itself refuses keys
+that are not str and unsafe integers (``_ORJSON``); ASCII output proves ASCII
+keys; what is left is a walk of the values for floats and types JSON does not
+have. Output that is not ASCII gets the full walk (``_plain``).
+
 Example::
 
     canonical_json({"b": 1, "a": [True, None]}) == b'{"a":[true,null],"b":1}'
@@ -68,13 +73,49 @@ def canonical_json_slow(value: Any) -> bytes:
         raise CanonicalJSONError(f"value has no RFC 8785 form: {e}") from e
 
 
+# orjson refuses here what it would otherwise write in a form of its own: integers
+# beyond the safe range, and (through the passthrough options, with no ``default``)
+# dataclasses, dates and times, and subclasses of str, int, dict and list. It
+# refuses keys that are not exactly str by itself.
+_ORJSON = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_STRICT_INTEGER
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _plain_values(value: Any) -> bool:
+    """:func:`_plain` without the look at keys and integer ranges, for a value that
+    orjson wrote as ASCII (so every key is ASCII) under ``_ORJSON`` (so every key is a
+    str and every integer is safe): it still refuses floats (whose orjson form is not
+    always the JCS form) and types orjson writes but JSON does not have (enums, UUIDs)."""
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is dict:
+            for item in v.values():
+                if type(item) is not str:  # strings need no further look
+                    push(item)
+        elif t is list or t is tuple:
+            extend(v)
+        elif not (t is str or t is int or t is bool or v is None):
+            return False
+    return True
+
+
 def canonical_json(value: Any) -> bytes:
     """RFC 8785 bytes of ``value``; raise :class:`CanonicalJSONError` if it has none."""
-    if _plain(value):
-        try:
-            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-        except orjson.JSONEncodeError:
-            pass  # e.g. a lone surrogate: let the reference decide and explain
+    try:
+        out = orjson.dumps(value, option=_ORJSON)
+    except orjson.JSONEncodeError:
+        # e.g. a lone surrogate, a large integer: let the reference decide and explain
+        return canonical_json_slow(value)
+    if _plain_values(value) if out.isascii() else _plain(value):
+        return out
     return canonical_json_slow(value)
 
 

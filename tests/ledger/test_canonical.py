@@ -22,8 +22,12 @@ What is shown:
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import enum
 import math
 import struct
+import uuid
 from typing import Any
 
 import orjson
@@ -205,6 +209,72 @@ def test_values_with_no_rfc8785_form_raise_from_both(value: Any) -> None:
     for f in (canonical_json, canonical_json_slow):
         with pytest.raises(CanonicalJSONError):
             f(value)
+
+
+class _Text(str):
+    pass
+
+
+class _Number(int):
+    pass
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+def _outcome(f: Any, value: Any) -> bytes | str:
+    try:
+        return bytes(f(value))
+    except CanonicalJSONError:
+        return "no RFC 8785 form"
+
+
+_ODD = [
+    _Colour.RED,
+    uuid.UUID(int=7),
+    _Point(1),
+    dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+    dt.date(2026, 1, 2),
+    _Text("subclass"),
+    _Number(3),
+    orjson.Fragment(b"1"),
+    {1, 2},
+    b"bytes",
+]
+
+
+@pytest.mark.parametrize(
+    ("odd", "where"),
+    [
+        (odd, where)
+        for odd in _ODD
+        for where in ("top", "list", "value", "key")
+        if where != "key" or isinstance(odd, str)  # only a str subclass can be a key
+    ],
+    ids=repr,
+)
+def test_types_json_does_not_have_give_what_the_reference_gives(odd: Any, where: str) -> None:
+    """orjson writes enums, UUIDs, dataclasses, dates and fragments in forms of its own;
+    the fast path must leave all of them, and subclasses of str and int (which the
+    reference writes as their values), to the reference."""
+    if where == "top":
+        value = odd
+    elif where == "list":
+        value = ["a", 1, [odd]]
+    elif where == "value":
+        value = {"a": {"b": odd}, "c": "ascii"}
+    else:
+        value = {odd: 1, "z": "é"}
+    fast, slow = _outcome(canonical_json, value), _outcome(canonical_json_slow, value)
+    assert fast == slow
+    if not isinstance(odd, str | int):
+        assert fast == "no RFC 8785 form"
 
 
 def test_nesting_deeper_than_orjson_allows_still_matches() -> None:
