@@ -3,9 +3,11 @@ progress bars."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import orjson
@@ -15,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ledger.datadir import default_data_dir
 
-__all__ = ["DataOpt", "UrlOpt", "err", "print_json", "progress"]
+__all__ = ["DataOpt", "UrlOpt", "err", "lazy_module", "print_json", "progress"]
 
 err = Console(stderr=True)  # messages and progress; results go to standard output
 
@@ -65,3 +67,20 @@ def progress(label: str, unit: str = "records") -> tuple[Progress, Callable[[int
         bar.update(task, completed=done, total=total)
 
     return bar, update
+
+
+def lazy_module(name: str) -> ModuleType:
+    """The module ``name``, loaded when one of its attributes is first used (the module
+    itself if it is loaded already). Commands that never talk to a gateway then start
+    without loading gRPC and protobuf (about 65 ms)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module

@@ -33,28 +33,41 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import grpc
 import typer
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
-from rich.table import Column, Table
 
-from gateway._cli import DataOpt, err, print_json
-from gateway._proto.govgate.v1 import (
-    decision_pb2,
-    decision_pb2_grpc,
-    oversight_pb2,
-    oversight_pb2_grpc,
-    types_pb2,
-)
+from gateway._cli import DataOpt, err, lazy_module, print_json
+
+if TYPE_CHECKING:
+    import grpc
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    from rich.table import Table
+
+    from gateway._proto.govgate.v1 import (
+        decision_pb2,
+        decision_pb2_grpc,
+        oversight_pb2,
+        oversight_pb2_grpc,
+        types_pb2,
+    )
+else:  # loaded when a command first uses them: other commands start without gRPC
+    grpc = lazy_module("grpc")
+    x509 = lazy_module("cryptography.x509")
+    serialization = lazy_module("cryptography.hazmat.primitives.serialization")
+    error_details_pb2 = lazy_module("google.rpc.error_details_pb2")
+    rpc_status = lazy_module("grpc_status.rpc_status")
+    decision_pb2 = lazy_module("gateway._proto.govgate.v1.decision_pb2")
+    decision_pb2_grpc = lazy_module("gateway._proto.govgate.v1.decision_pb2_grpc")
+    oversight_pb2 = lazy_module("gateway._proto.govgate.v1.oversight_pb2")
+    oversight_pb2_grpc = lazy_module("gateway._proto.govgate.v1.oversight_pb2_grpc")
+    types_pb2 = lazy_module("gateway._proto.govgate.v1.types_pb2")
 
 __all__ = ["DEFAULT_SERVER", "decision_json", "register"]
 
@@ -393,6 +406,8 @@ def _age(d: Any, now: dt.datetime) -> str:
 def _table(pending: Sequence[Any], recent: Sequence[Any] = (), title: str = "") -> Table:
     """Pending decisions (and, for ``watch``, the ones that just left the list)."""
     now = dt.datetime.now(dt.UTC)
+    from rich.table import Column, Table
+
     table = Table(
         Column("decision", no_wrap=True),  # whole: reviewers copy it
         "age",
@@ -792,6 +807,8 @@ def decisions_watch(
     Polls the pending list; a decision that leaves it is fetched once to show how it
     ended (executed, denied, expired ...).
     """
+    from rich.live import Live
+
     out = Console()
     with _session(Conn(data, server, identity, ca, cert, key, timeout)) as gw:
         if once:
