@@ -3,7 +3,7 @@ progress bars."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,18 +69,27 @@ def progress(label: str, unit: str = "records") -> tuple[Progress, Callable[[int
     return bar, update
 
 
-def lazy_module(name: str) -> ModuleType:
-    """The module ``name``, loaded when one of its attributes is first used (the module
-    itself if it is loaded already). Commands that never talk to a gateway then start
-    without loading gRPC and protobuf (about 65 ms)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+class _Deferred:
+    """Stands for a module until one of its attributes is first used, then imports it
+    with the ordinary import statement's machinery. Nothing is put in ``sys.modules``
+    before that, so code elsewhere that imports the module meets only the real one."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        module = self._module
+        if module is None:
+            module = self._module = importlib.import_module(self._name)
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        return f"<deferred module {self._name!r}>"
+
+
+def lazy_module(name: str) -> Any:
+    """The module ``name``, imported when one of its attributes is first used. Commands
+    that never talk to a gateway then start without loading gRPC and protobuf (about
+    65 ms)."""
+    return _Deferred(name)

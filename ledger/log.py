@@ -176,12 +176,21 @@ class _SealProcess:
                 finally:
                     self._deadline = 0.0
             except Exception as e:
-                _log.warning(
-                    "the sealing process did not start (%s); sealing in this process",
-                    type(e).__name__,
-                )
+                if self._enabled:  # not stopped by abort()
+                    _log.warning(
+                        "the sealing process did not start (%s); sealing in this process",
+                        type(e).__name__,
+                    )
                 self._enabled = False
                 self._stop(kill=True)
+
+    def abort(self) -> None:
+        """Stop the worker now, from any thread, without waiting for the call that holds it
+        (a start the caller gave up on): that call's read fails and it lets go."""
+        self._enabled = False
+        pool = self._pool
+        if pool is not None:
+            pool.kill()
 
     def _launch(self) -> None:
         self._pool = ScanPool(1, _SEAL_TASK)
@@ -370,9 +379,12 @@ class Ledger:
         if self._config.seal_process_at_start:
             try:
                 await asyncio.to_thread(self._seal_process.start, self._signer)
-            except BaseException:  # cancelled: leave no process behind
-                await asyncio.to_thread(self._seal_process.close)
-                await self._store.close()
+            except BaseException:  # cancelled: leave no process behind, and do not wait
+                self._seal_process.abort()
+                try:
+                    await asyncio.to_thread(self._seal_process.close)
+                finally:
+                    await self._store.close()
                 raise
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
         if self._config.checkpoint_interval:

@@ -24,6 +24,7 @@ from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
 from explain.scorer import Scorer
+from gateway._cli import lazy_module
 from gateway.decision import Decision
 from gateway.identity import init_certs
 from gateway.pipeline import Gateway
@@ -326,10 +327,8 @@ def test_commands_that_do_not_call_a_gateway_do_not_load_grpc(tmp_path: Path) ->
         "        main()\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, (argv, e.code)\n"
-        "# Loaded only when grpc or a generated _pb2 module runs (they are in sys.modules\n"
-        "# from the start, waiting to run on first use).\n"
-        "loaded = [m for m in ('grpc._cython.cygrpc', 'google.protobuf.descriptor_pool')\n"
-        "          if m in sys.modules]\n"
+        "loaded = [m for m in ('grpc', 'grpc._cython.cygrpc', 'google.protobuf.descriptor_pool',\n"
+        "          'gateway._proto.govgate.v1.decision_pb2') if m in sys.modules]\n"
         "print('LOADED', loaded)\n"
     )
     out = subprocess.run(
@@ -337,3 +336,25 @@ def test_commands_that_do_not_call_a_gateway_do_not_load_grpc(tmp_path: Path) ->
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     assert "LOADED []" in out, out
+
+
+def test_a_lazy_module_is_imported_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "lazypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    ran = tmp_path / "ran"
+    (pkg / "sub.py").write_text(f"open({str(ran)!r}, 'w').close()\nVALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("lazypkg", "lazypkg.sub"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    sub = lazy_module("lazypkg.sub")
+    assert not ran.exists()
+    assert "lazypkg.sub" not in sys.modules  # nothing stands in for it there
+    assert sub.VALUE == 7
+    assert ran.exists()
+    import lazypkg.sub
+
+    assert lazypkg.sub is sys.modules["lazypkg.sub"]  # an ordinary import, done once
+    assert lazypkg.sub.VALUE == 7

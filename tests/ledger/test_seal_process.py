@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import DataDir, Draft, LedgerConfig
+from ledger import DataDir, Draft, LedgerConfig, SQLiteStore
 from ledger._workers import ScanPool
 from ledger.export import export_ledger
 from ledger.log import _PROCESS_MIN, _SEAL_TASK, Ledger
@@ -156,3 +156,31 @@ async def test_a_worker_that_cannot_start_means_signing_here(
             await export_ledger(log, out)
     assert "sealing process did not start" in caplog.text
     assert verify_export(out, d.signer().verifier).size == 301
+
+
+async def test_giving_up_on_a_start_does_not_wait_for_a_stuck_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that never answers (its import hangs) is killed when the caller cancels
+    the ledger's start, instead of being waited for until its start deadline."""
+    (tmp_path / "hangs_on_import.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("ledger.log._SEAL_TASK", "hangs_on_import:seal")
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+    log = Ledger(SQLiteStore(d.db_path), d.signer(), config=config)
+    starting = asyncio.create_task(log.start())
+    for _ in range(200):  # until the worker is launched and awaited
+        if log._seal_process._pool is not None:
+            break
+        await asyncio.sleep(0.01)
+    pool = log._seal_process._pool
+    assert pool is not None
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert loop.time() - began < 5  # the start deadline is 10 s
+    assert all(p.poll() is not None for p in pool._procs)  # no worker left behind
