@@ -13,7 +13,7 @@ the two orders agree on ASCII. Why no floats: JCS writes ``1.0`` as ``1``.
 The checks cost less than a walk of every key: orjson itself refuses keys
 that are not str and unsafe integers (``_ORJSON``); ASCII output proves ASCII
 keys; what is left is a walk of the values for floats and types JSON does not
-have. Output that is not ASCII gets the full walk (``_plain``).
+have (``_plain``), which looks at the keys only when the output is not ASCII.
 
 Example::
 
@@ -32,37 +32,6 @@ from ledger.errors import CanonicalJSONError
 __all__ = ["MAX_SAFE_INTEGER", "canonical_json", "canonical_json_slow", "canonical_str"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
-
-
-def _plain(value: Any) -> bool:
-    """True when ``value`` is made only of types whose orjson form is the JCS form.
-
-    Iterative and loop-based: it runs on every record body, on the hot path.
-    """
-    stack = [value]
-    pop, push, extend = stack.pop, stack.append, stack.extend
-    while stack:
-        v = pop()
-        t = type(v)
-        if t is str or t is bool or v is None:
-            continue
-        if t is int:
-            if -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
-                continue
-            return False
-        if t is dict:
-            for k in v:
-                if type(k) is not str or not k.isascii():
-                    return False
-            for item in v.values():
-                if type(item) is not str:  # strings need no further look
-                    push(item)
-            continue
-        if t is list or t is tuple:
-            extend(v)
-            continue
-        return False
-    return True
 
 
 def canonical_json_slow(value: Any) -> bytes:
@@ -86,17 +55,23 @@ _ORJSON = (
 )
 
 
-def _plain_values(value: Any) -> bool:
-    """:func:`_plain` without the look at keys and integer ranges, for a value that
-    orjson wrote as ASCII (so every key is ASCII) under ``_ORJSON`` (so every key is a
-    str and every integer is safe): it still refuses floats (whose orjson form is not
-    always the JCS form) and types orjson writes but JSON does not have (enums, UUIDs)."""
+def _plain(value: Any, *, keys: bool) -> bool:
+    """True when ``value``, which orjson wrote under ``_ORJSON`` (so every key is a str
+    and every integer is safe), is made only of types whose orjson form is the JCS form:
+    no floats (orjson writes ``1.0`` where JCS writes ``1``), no types JSON does not have
+    (enums, UUIDs), and, with ``keys``, only ASCII keys (output that is ASCII proves
+    that without the look).
+
+    Iterative and loop-based: it runs on every record body, on the hot path.
+    """
     stack = [value]
     pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
         v = pop()
         t = type(v)
         if t is dict:
+            if keys and not all(k.isascii() for k in v):
+                return False
             for item in v.values():
                 if type(item) is not str:  # strings need no further look
                     push(item)
@@ -114,7 +89,7 @@ def canonical_json(value: Any) -> bytes:
     except orjson.JSONEncodeError:
         # e.g. a lone surrogate, a large integer: let the reference decide and explain
         return canonical_json_slow(value)
-    if _plain_values(value) if out.isascii() else _plain(value):
+    if _plain(value, keys=not out.isascii()):
         return out
     return canonical_json_slow(value)
 
