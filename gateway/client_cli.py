@@ -405,9 +405,9 @@ def _age(d: Any, now: dt.datetime) -> str:
 
 def _table(pending: Sequence[Any], recent: Sequence[Any] = (), title: str = "") -> Table:
     """Pending decisions (and, for ``watch``, the ones that just left the list)."""
-    now = dt.datetime.now(dt.UTC)
     from rich.table import Column, Table
 
+    now = dt.datetime.now(dt.UTC)
     table = Table(
         Column("decision", no_wrap=True),  # whole: reviewers copy it
         "age",

@@ -139,21 +139,13 @@ class _SealProcess:
                 # It starts (imports) while this chunk is signed here: no first-use stall.
                 self._launch()
                 return None
-            self._deadline = time.monotonic() + _WORKER_DEADLINE + len(parts) / 1000
-            try:
-                self._pool.submit((signer.private_key_string(), parts, index, prev, when))
-                chain: list[tuple[bytes, bytes]] = self._pool.result()
-            finally:
-                self._deadline = 0.0
+            args = (signer.private_key_string(), parts, index, prev, when)
+            chain: list[tuple[bytes, bytes]] = self._ask(args, _WORKER_DEADLINE + len(parts) / 1000)
             if len(chain) != len(parts):
                 raise RuntimeError(f"{len(chain)} records sealed of {len(parts)}")
             return chain
         except Exception as e:
-            _log.warning(
-                "the sealing process failed (%s); sealing in this process", type(e).__name__
-            )
-            self._enabled = False
-            self._stop(kill=True)
+            self._give_up("failed", e)
             return None
         finally:
             self._lock.release()
@@ -167,22 +159,32 @@ class _SealProcess:
                 return
             try:
                 self._launch()
-                assert self._pool is not None
-                self._deadline = time.monotonic() + _START_DEADLINE
-                try:  # an empty chain: the answer says it is up and has the key
-                    self._pool.submit((signer.private_key_string(), [], 0, ZERO_HASH, ""))
-                    if self._pool.result() != []:
-                        raise RuntimeError("the sealing process answered an empty chain")
-                finally:
-                    self._deadline = 0.0
+                # An empty chain: the answer says it is up and has the key.
+                args: tuple[Any, ...] = (signer.private_key_string(), [], 0, ZERO_HASH, "")
+                if self._ask(args, _START_DEADLINE) != []:
+                    raise RuntimeError("the sealing process answered an empty chain")
             except Exception as e:
-                if self._enabled:  # not stopped by abort()
-                    _log.warning(
-                        "the sealing process did not start (%s); sealing in this process",
-                        type(e).__name__,
-                    )
-                self._enabled = False
-                self._stop(kill=True)
+                self._give_up("did not start", e)
+
+    def _ask(self, args: tuple[Any, ...], within: float) -> Any:
+        """The worker's answer to ``args``; the watchdog kills a worker that has not
+        answered within ``within`` seconds (the read then fails)."""
+        assert self._pool is not None
+        self._deadline = time.monotonic() + within
+        try:
+            self._pool.submit(args)
+            return self._pool.result()
+        finally:
+            self._deadline = 0.0
+
+    def _give_up(self, what: str, e: Exception) -> None:
+        """Stop using the worker for good: records are signed in this process from now on."""
+        if self._enabled:  # not stopped by abort(), which says nothing
+            _log.warning(
+                "the sealing process %s (%s); sealing in this process", what, type(e).__name__
+            )
+        self._enabled = False
+        self._stop(kill=True)
 
     def abort(self) -> None:
         """Stop the worker now, from any thread, without waiting for the call that holds it
