@@ -43,7 +43,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
@@ -72,13 +72,26 @@ from ledger import Draft, Ledger, LedgerError
 from ledger.errors import ClaimedError
 from ledger.store import RecordQuery
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "Switched"]
 
 _MAX_REQUEST_ID = 128
 _SYNC_PAGE = 1000  # records read per query when catching up with other replicas
 _CLAIM_TRIES = 5  # a step another replica keeps winning is retried this often, then UNAVAILABLE
 _TRACER = "govgate"  # the instrumentation scope (gateway.telemetry.TRACER_NAME)
 _NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+class Switched(NamedTuple):
+    """A recorded halt or resume: its record's ledger index, and the halt version it took
+    (the ``halt:<version>`` claim; versions count halts and resumes together, across
+    replicas)."""
+
+    ledger_index: int
+    version: int
+
+    @property
+    def halt_id(self) -> str:
+        return f"halt:{self.version}"
 
 
 def _utc(t: dt.datetime) -> str:
@@ -973,21 +986,21 @@ class Gateway:
             await self._expire(d, p)
         return len(overdue)
 
-    async def halt(self, scope: Halt, reason: str, actor: str) -> int:
+    async def halt(self, scope: Halt, reason: str, actor: str) -> Switched:
         with self._span("govgate.halt") as span:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a halt needs a reason", field="reason")
             return await self._switch("halt", scope, reason, actor)
 
-    async def resume(self, scope: Halt, reason: str, actor: str) -> int:
+    async def resume(self, scope: Halt, reason: str, actor: str) -> Switched:
         with self._span("govgate.resume") as span:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a resume needs a reason", field="reason")
             return await self._switch("resume", scope, reason, actor)
 
-    async def _switch(self, kind: str, scope: Halt, reason: str, actor: str) -> int:
+    async def _switch(self, kind: str, scope: Halt, reason: str, actor: str) -> Switched:
         """Record a halt or a resume as the next halt version (claimed: one per version,
         across replicas), then apply it."""
         for _ in range(_CLAIM_TRIES):
@@ -1009,5 +1022,5 @@ class Gateway:
                 self._halts.append(scope)
             elif kind == "resume":
                 self._halts[:] = [h for h in self._halts if h != scope]
-            return int(rec.index)
+            return Switched(int(rec.index), version)
         raise LedgerUnavailableError("other replicas kept changing the halts; retry")

@@ -382,15 +382,16 @@ class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: i
 
     async def Halt(self, request: Any, context: Any) -> Any:
         scope, who = halt_from_proto(request.scope), caller(context)
-        index = await self.gw.halt(scope, request.reason, who)
-        event("halt", scope=scope.describe(), actor=who, ledger_index=index)
-        return oversight_pb2.HaltResponse(ledger_index=index)
+        done = await self.gw.halt(scope, request.reason, who)
+        event("halt", scope=scope.describe(), actor=who, ledger_index=done.ledger_index,
+              halt_id=done.halt_id)  # fmt: skip
+        return oversight_pb2.HaltResponse(halt_id=done.halt_id, ledger_index=done.ledger_index)
 
     async def Resume(self, request: Any, context: Any) -> Any:
         scope, who = halt_from_proto(request.scope), caller(context)
-        index = await self.gw.resume(scope, request.reason, who)
-        event("resume", scope=scope.describe(), actor=who, ledger_index=index)
-        return oversight_pb2.ResumeResponse(ledger_index=index)
+        done = await self.gw.resume(scope, request.reason, who)
+        event("resume", scope=scope.describe(), actor=who, ledger_index=done.ledger_index)
+        return oversight_pb2.ResumeResponse(ledger_index=done.ledger_index)
 
 
 def _record_time(value: str, field: str) -> str | None:

@@ -215,6 +215,9 @@ async def test_halt_by_selector_then_resume(govgate: Cli):
     assert h.code == 0, h
     assert h.json()["scope"] == {"selector": "env=staging"}
     assert h.json()["ledger_index"] > 0
+    prefix, version = h.json()["halt_id"].split(":")
+    assert prefix == "halt", h
+    assert int(version) >= 1, h
     halted = await govgate(*RESIZE, "--param", "vcpus=3")
     assert halted.json()["state"] == "HALTED", halted
     assert halted.json()["risk"] is None  # never scored

@@ -341,11 +341,16 @@ async def test_halt_and_health(clients: Clients):
         oversight_pb2.HaltRequest(scope=types_pb2.Scope(all=True), reason="drill")
     )
     assert h.ledger_index > 0
+    query = ledger_pb2.QueryRequest(from_index=h.ledger_index, to_index=h.ledger_index + 1)
+    (record,) = [r async for r in clients.ledger("alice").Query(query, timeout=10)]
+    assert record.kind == "halt"
+    assert h.halt_id == f"halt:{json.loads(record.body_json)['version']}"
     d = await clients.decisions("engine-1").Propose(propose("r-5", vcpus="3"), timeout=10)
     assert d.state == types_pb2.HALTED
-    await clients.oversight("alice").Resume(
+    r = await clients.oversight("alice").Resume(
         oversight_pb2.ResumeRequest(scope=types_pb2.Scope(all=True), reason="over")
     )
+    assert r.ledger_index > h.ledger_index
     health = health_pb2_grpc.HealthStub(clients.channels["alice"])
     reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
