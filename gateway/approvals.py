@@ -97,14 +97,19 @@ class Pending:
         return self.closed is None and now >= self.deadline
 
     def review(
-        self, reviewer: str, approved: bool, reason: str, digest: bytes, now: dt.datetime
-    ) -> ReviewOutcome:
-        """Apply one review, or raise :class:`ApprovalError` and change nothing."""
+        self, reviewer: str, approved: bool, reason: str, digest: bytes, now: dt.datetime,
+        *, recorded: bool = False,
+    ) -> ReviewOutcome:  # fmt: skip
+        """Apply one review, or raise :class:`ApprovalError` and change nothing.
+
+        ``recorded``: a review read back from the ledger. The gateway checked its deadline
+        before it wrote the record, and the record's own time (when it was sealed) may be a
+        little later, so the deadline is not checked again."""
         if self.closed is not None:
             raise ApprovalError(
                 "not-pending", f"decision {self.decision_id} is already {self.closed}"
             )
-        if now >= self.deadline:
+        if now >= self.deadline and not recorded:
             raise ApprovalError(
                 "expired", f"decision {self.decision_id} expired at {self.deadline.isoformat()}"
             )

@@ -505,14 +505,31 @@ class Gateway:
                 await self._refused(err)
                 raise
         state = replace(state, recent_actions=self._recent_count(str(target), now))
-        if halt is not None:
-            d.state = "HALTED"
-            d.reasons.append(f"halted: the stop switch for {halt.describe()} is on")
-        else:
-            await self._score(d, state, now)
-            self._apply_policy(d, state, now)
-            if d.state == "EXECUTING":
-                await self._plan(d, state if described else None)
+        try:
+            if halt is not None:
+                d.state = "HALTED"
+                d.reasons.append(f"halted: the stop switch for {halt.describe()} is on")
+            else:
+                await self._score(d, state, now)
+                self._apply_policy(d, state, now)
+                if d.state == "EXECUTING":
+                    await self._plan(d, state if described else None)
+            rec = await self._record_decision(d, state, digest, seen, now)
+        except BaseException:
+            # Not recorded (or not known to be): it holds no place among the pending.
+            self._pending.pop(d.decision_id, None)
+            self._plan_errors.pop(d.decision_id, None)
+            raise
+        d.ledger_index, d.leaf_hash = rec.index, rec.leaf_hash
+        self._remember(d)
+        self._recent[str(target)].append(now.timestamp())
+        return d
+
+    async def _record_decision(
+        self, d: Decision, state: RuntimeState, digest: bytes, seen: int, now: dt.datetime
+    ) -> Any:
+        """Write ``d``'s decision record: the step that commits to it."""
+        request_id, action, target = d.request_id, d.action, d.action.target
         _left(d)  # the last moment to give up without a trace: nothing is recorded yet
         body: dict[str, Any] = {
             "request_id": request_id,
@@ -540,19 +557,10 @@ class Gateway:
             body["replica"] = d.executor = self.replica
         # Whether it runs or is halted depends on the halts: none may have changed unseen.
         guard = (f"halt:{seen + 1}",) if runs or d.state == "HALTED" else ()
-        draft = Draft("decision", body, trace_id=trace_id, actor=requester, target=str(target),
-                      decision_id=d.decision_id, claims=(f"request:{request_id}",),
-                      unclaimed=guard)  # fmt: skip
-        try:
-            rec = await self._record(draft, of=d)
-        except ClaimedError:
-            self._pending.pop(d.decision_id, None)
-            self._plan_errors.pop(d.decision_id, None)
-            raise
-        d.ledger_index, d.leaf_hash = rec.index, rec.leaf_hash
-        self._remember(d)
-        self._recent[str(target)].append(now.timestamp())
-        return d
+        draft = Draft("decision", body, trace_id=d.trace_id, actor=d.requester,
+                      target=str(target), decision_id=d.decision_id,
+                      claims=(f"request:{request_id}",), unclaimed=guard)  # fmt: skip
+        return await self._record(draft, of=d)
 
     async def _describe(self, d: Decision) -> tuple[RuntimeState, bool]:
         """The target's state, and whether it could be read at all. A target that does not
@@ -847,6 +855,11 @@ class Gateway:
                 body["plan"] = _plan_record(d.plan)
             if self.replica:
                 body["replica"] = self.replica
+        # The halt check and the plan may have taken a while: the deadline holds when the
+        # review is recorded, not only when it arrived.
+        if p.expired(max(now, dt.datetime.now(dt.UTC))):
+            await self._expire(d, p)
+            raise ReviewRefusedError("expired", f"decision {decision_id} expired")
         rec = await self._record(
             Draft(kind, body, actor=reviewer, target=str(d.action.target),
                   decision_id=decision_id, trace_id=d.trace_id,
@@ -981,10 +994,18 @@ class Gateway:
         """Record EXPIRED for every pending decision past its deadline; returns how many."""
         now = now or dt.datetime.now(dt.UTC)
         await self.sync()
-        overdue = [(self.decisions[i], p) for i, p in self._pending.items() if p.expired(now)]
-        for d, p in overdue:
+        overdue = [i for i, p in self._pending.items() if p.expired(now)]
+        expired = 0
+        for decision_id in overdue:
+            d, p = self.decisions.get(decision_id), self._pending.get(decision_id)
+            if d is None:  # pending decisions stay in the cache: this one was never recorded
+                self._pending.pop(decision_id, None)
+                continue
+            if p is None:  # reviewed meanwhile
+                continue
             await self._expire(d, p)
-        return len(overdue)
+            expired += d.state == "EXPIRED"
+        return expired
 
     async def halt(self, scope: Halt, reason: str, actor: str) -> Switched:
         with self._span("govgate.halt") as span:

@@ -273,7 +273,7 @@ class Replay:
         when = parse_time(rec.time)
         try:
             result = p.review(rec.actor, approve, _text(b, "reason"),
-                              bytes.fromhex(_text(b, "digest")), when)  # fmt: skip
+                              bytes.fromhex(_text(b, "digest")), when, recorded=True)  # fmt: skip
         except ApprovalError as err:
             raise _Unreadable(f"the review does not apply: {err}") from None
         d.reviews.append({"reviewer": rec.actor, "approved": approve, "reason": b.get("reason"),

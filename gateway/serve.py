@@ -254,6 +254,9 @@ async def _sweep(gw: Gateway, every: float, say: Say) -> None:
         except (GatewayError, AdapterError, OSError) as err:  # the next sweep tries again
             say(f"expiry sweep failed: {err}")
             continue
+        except Exception as err:  # a bug: say so, and keep sweeping (deadlines must hold)
+            say(f"expiry sweep failed: {type(err).__name__}: {err}")
+            continue
         if expired:
             say(f"{expired} pending decision(s) expired")
 

@@ -18,6 +18,7 @@ from explain.registry import Registry
 from explain.scorer import Scorer
 from gateway.decision import Halt
 from gateway.errors import (
+    DeadlineExceededError,
     InvalidRequestError,
     LedgerUnavailableError,
     RequestConflictError,
@@ -215,6 +216,62 @@ async def test_pending_decisions_expire(world: World):
     assert d.state == "EXPIRED"
     [expiry] = await records(world, "expiry", d.decision_id)
     assert expiry["body"]["approvals"] == 0
+
+
+async def test_a_pending_decision_the_ledger_refused_never_reaches_the_expiry_sweep(
+    world: World,
+):
+    """Held for approval by the policy, then refused by the ledger (or by the caller's
+    deadline): it was never recorded, so it is not pending, and the sweep goes on expiring
+    the decisions that were."""
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    real_append = world.gw.ledger.append
+
+    async def append(draft: Any) -> Any:
+        if draft.kind == "decision":
+            raise StoreError("disk full")
+        return await real_append(draft)
+
+    world.gw.ledger.append = append  # type: ignore[method-assign]
+    with pytest.raises(LedgerUnavailableError):
+        await world.gw.propose("r-lost", act("suspend"), requester=ENGINE)
+    del world.gw.ledger.append  # the ledger writes again
+    with pytest.raises(DeadlineExceededError):
+        await world.gw.propose("r-late", act("suspend"), requester=ENGINE, timeout=1e-9)
+    assert not world.gw._pending
+    d = await world.gw.propose("r-kept", act("suspend"), requester=ENGINE)
+    assert [p.decision_id for p in world.gw.pending()] == [d.decision_id]
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
+    assert await world.gw.expire_overdue(later) == 1
+    assert d.state == "EXPIRED"
+
+
+async def test_a_review_is_refused_when_the_deadline_passes_before_it_is_recorded(
+    world: World,
+):
+    """The approval arrives in time, but planning the action takes past the deadline: the
+    deadline holds when the review would be recorded, so the decision expires instead."""
+    short = APPROVE_ALL.replace(b"approvals = 2", b"approvals = 1").replace(
+        b"approval_ttl = 60", b"approval_ttl = 1"
+    )
+    await world.gw.activate_policy(Policy.parse(short, "approve-quickly"))
+    d = await world.gw.propose("r-slow", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "PENDING_APPROVAL"
+    real_plan = world.gw._plan
+
+    async def slow_plan(decision: Any, *args: Any) -> None:
+        assert decision.approval_deadline is not None
+        await asyncio.sleep((decision.approval_deadline - dt.datetime.now(dt.UTC)).total_seconds())
+        await real_plan(decision, *args)
+
+    world.gw._plan = slow_plan  # type: ignore[method-assign]
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.review(d.decision_id, ALICE, True, "fine", d.digest)
+    assert info.value.code == "expired"
+    assert d.state == "EXPIRED"
+    assert await records(world, "approval", d.decision_id) == []
+    assert len(await records(world, "expiry", d.decision_id)) == 1
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 2  # never ran
 
 
 async def test_halt_stops_proposals_in_scope_until_resumed(world: World):

@@ -8,7 +8,9 @@ outlives the gateway. The process-kill version is in tests/e2e/test_serve.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from gateway.recovery import Replay, recover
 from gateway.selector import parse_selector
 from ledger import DataDir, Draft, LedgerConfig
 from ledger.export import export_ledger
+from ledger.record import parse_time
 from ledger.store import RecordQuery
 from ledger.verify import verify_export
 
@@ -123,6 +126,38 @@ async def test_a_restarted_gateway_keeps_request_ids_pending_reviews_and_halts(r
         halted = await gw.propose("r-2", act("reboot", "db-1"), requester=ENGINE)
         assert halted.state == "HALTED"
         await verify(gw, runtime)
+
+
+async def test_a_review_in_time_counts_after_a_restart_though_its_record_was_sealed_late(
+    runtime: Runtime,
+):
+    """The gateway checks the deadline and then writes the review; the ledger stamps the
+    record when it seals it, which may be after the deadline. The record is what happened:
+    a restart must count the review, not refuse it as late."""
+    short = APPROVE_ALL.replace(b"approval_ttl = 60", b"approval_ttl = 1")
+    assert short != APPROVE_ALL
+    async with runtime.gateway(short) as gw:
+        d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        real_append = gw.ledger.append
+
+        async def sealed_late(draft: Draft) -> Any:
+            if draft.kind == "approval":
+                assert d.approval_deadline is not None
+                wait = (d.approval_deadline - dt.datetime.now(dt.UTC)).total_seconds()
+                await asyncio.sleep(wait + 0.05)
+            return await real_append(draft)
+
+        gw.ledger.append = sealed_late  # type: ignore[method-assign]
+        await gw.review(d.decision_id, ALICE, True, "fine", d.digest)
+        [approval] = await gw.ledger.store.query(RecordQuery(kind="approval"))
+        assert d.approval_deadline is not None
+        assert parse_time(approval.time) > d.approval_deadline  # the race, for real
+
+    async with runtime.gateway(short) as gw:
+        state = await recover(gw)
+        assert state.skipped == []
+        again = gw.decisions[d.decision_id]
+        assert [r["reviewer"] for r in again.reviews] == [ALICE]
 
 
 async def test_a_decision_interrupted_after_it_ran_is_reconciled_not_rerun(runtime: Runtime):
