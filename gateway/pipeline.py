@@ -1012,6 +1012,14 @@ class Gateway:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a halt needs a reason", field="reason")
+            if scope.runtime and scope.runtime not in self.adapters:
+                # A misspelt runtime would halt nothing while looking like a halt. (Resume
+                # takes any scope: a halt recorded before, or by another replica, must lift.)
+                known = ", ".join(sorted(self.adapters)) or "none"
+                raise InvalidRequestError(
+                    f"no runtime {scope.runtime!r} here (this gateway's runtimes: {known})",
+                    field="scope.runtime",
+                )
             return await self._switch("halt", scope, reason, actor)
 
     async def resume(self, scope: Halt, reason: str, actor: str) -> Switched:

@@ -284,6 +284,10 @@ async def test_halt_stops_proposals_in_scope_until_resumed(world: World):
     assert other.state != "HALTED"  # production is not in the halted scope
     with pytest.raises(InvalidRequestError, match="reason"):
         await world.gw.halt(Halt(all=True), " ", ALICE)
+    for typo in ("Libvirt", "libvirt ", "kata"):  # would halt nothing: refused, not recorded
+        with pytest.raises(InvalidRequestError, match="no runtime") as info:
+            await world.gw.halt(Halt(runtime=typo), "drill", ALICE)
+        assert info.value.field == "scope.runtime"
     await world.gw.resume(scope, "drill over", ALICE)
     d2 = await world.gw.propose("r-8", act("resize", vcpus=3), requester=ENGINE)
     assert d2.state == "EXECUTED"
