@@ -423,6 +423,14 @@ class Gateway:
                             f"(decision {first_id})"
                         )
                     decision = await self.get(first_id)
+                    if decision.dry_run != (dry_run or self.shadow):
+                        # The same action, but run where it was tried (or the reverse): the
+                        # first decision would answer a question that was not asked.
+                        first = "a dry run" if decision.dry_run else "a real proposal"
+                        raise RequestConflictError(
+                            f"request id {request_id!r} was used for {first} of this action "
+                            f"(decision {first_id}); use a new request id"
+                        )
                     span.set_attribute("govgate.decision.repeated", True)
                     _annotate(span, decision)
                     return decision

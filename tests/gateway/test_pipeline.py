@@ -301,6 +301,16 @@ async def test_dry_run_records_but_never_executes(world: World):
     assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 2
     [decision] = await records(world, "decision", d.decision_id)
     assert decision["body"]["dry_run"] is True
+    again = await world.gw.propose("r-9", act("resize", vcpus=4), requester=ENGINE, dry_run=True)
+    assert again is d
+    # A dry run's request id cannot be reused to run it for real, nor the reverse.
+    with pytest.raises(RequestConflictError, match="used for a dry run"):
+        await world.gw.propose("r-9", act("resize", vcpus=4), requester=ENGINE)
+    real = await world.gw.propose("r-9b", act("resize", vcpus=4), requester=ENGINE)
+    assert real.state == "EXECUTED"
+    with pytest.raises(RequestConflictError, match="used for a real proposal"):
+        await world.gw.propose("r-9b", act("resize", vcpus=4), requester=ENGINE, dry_run=True)
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).vcpus == 4
 
 
 async def test_fail_closed_when_the_ledger_cannot_record(world: World):
