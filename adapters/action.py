@@ -185,6 +185,17 @@ VERBS: Mapping[Verb, VerbInfo] = MappingProxyType(
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def text_problem(value: str, limit: int = MAX_TEXT) -> str | None:
+    """What is wrong with free text an overseer or an engine sends (too long, or a control
+    character: terminal escapes and NULs reach overseers' screens and logs), or None."""
+    if len(value) > limit:
+        return f"longer than {limit} characters"
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        return f"control character U+{ord(bad.group()):04X} at position {bad.start()}"
+    return None
+
+
 def _text(value: Any, where: str, *, required: bool = False) -> str:
     if value is None and not required:
         return ""
@@ -192,13 +203,8 @@ def _text(value: Any, where: str, *, required: bool = False) -> str:
         raise InvalidActionError("must be a string", field=where)
     if required and not value.strip():
         raise InvalidActionError("must not be empty", field=where)
-    if len(value) > MAX_TEXT:
-        raise InvalidActionError(f"longer than {MAX_TEXT} characters", field=where)
-    bad = _CONTROL.search(value)
-    if bad is not None:  # terminal escapes and NULs reach overseers' screens and logs
-        raise InvalidActionError(
-            f"control character U+{ord(bad.group()):04X} at position {bad.start()}", field=where
-        )
+    if (problem := text_problem(value)) is not None:
+        raise InvalidActionError(problem, field=where)
     return value
 
 

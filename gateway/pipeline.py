@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
-from adapters.action import Action, Reversibility, RuntimeState, Target
+from adapters.action import Action, Reversibility, RuntimeState, Target, text_problem
 from adapters.errors import AdapterError, EffectUnknownError, NotFoundError
 from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter, new_id
 from explain.batcher import MicroBatcher
@@ -118,6 +118,13 @@ def _timed(span: AbstractContextManager[Span], metrics: Metrics, stage: str) -> 
 def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _check_text(value: str, field: str) -> None:
+    """Refuse free text that would reach the ledger, overseers' screens and logs unfit:
+    longer than an action's text may be, or with control characters."""
+    if (problem := text_problem(value)) is not None:
+        raise InvalidRequestError(problem, field=field)
 
 
 def _left(d: Decision) -> float | None:
@@ -471,6 +478,7 @@ class Gateway:
             raise InvalidRequestError(
                 f"must be 1..{_MAX_REQUEST_ID} characters", field="request_id"
             )
+        _check_text(request_id, "request_id")
         if action.target.runtime not in self.adapters:
             raise InvalidRequestError(
                 f"no adapter for runtime {action.target.runtime!r} here",
@@ -817,6 +825,7 @@ class Gateway:
         with self._span("govgate.review") as span:
             span.set_attributes({"govgate.decision.id": decision_id,
                                  "govgate.review.approve": approve})  # fmt: skip
+            _check_text(reason, "reason")
             for _ in range(_CLAIM_TRIES):
                 try:
                     d = await self._review(decision_id, reviewer, approve, reason, digest,
@@ -919,6 +928,7 @@ class Gateway:
         """Revert an executed, reversible decision through its adapter; recorded first."""
         with self._span("govgate.rollback") as span:
             span.set_attribute("govgate.decision.id", decision_id)
+            _check_text(reason, "reason")
             d = await self._rollback(decision_id, reason, actor)
             _annotate(span, d)
             return d
@@ -972,6 +982,7 @@ class Gateway:
         self, decision_id: str, harmful: bool, severity: str, description: str, actor: str
     ) -> int:
         """Label a past decision's outcome (post-market monitoring); returns the record index."""
+        _check_text(description, "description")
         d = await self.get(decision_id)
         if severity not in ("", "minor", "major", "critical", "serious"):
             raise InvalidRequestError("must be minor, major, critical or serious", field="severity")
@@ -1020,6 +1031,7 @@ class Gateway:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a halt needs a reason", field="reason")
+            _check_text(reason, "reason")
             if scope.runtime and scope.runtime not in self.adapters:
                 # A misspelt runtime would halt nothing while looking like a halt. (Resume
                 # takes any scope: a halt recorded before, or by another replica, must lift.)
@@ -1035,6 +1047,7 @@ class Gateway:
             span.set_attribute("govgate.halt.scope", scope.describe())
             if not reason.strip():
                 raise InvalidRequestError("a resume needs a reason", field="reason")
+            _check_text(reason, "reason")
             return await self._switch("resume", scope, reason, actor)
 
     async def _switch(self, kind: str, scope: Halt, reason: str, actor: str) -> Switched:

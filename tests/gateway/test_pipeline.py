@@ -345,6 +345,35 @@ async def test_invalid_requests(world: World):
     assert info.value.field == "action.target.runtime"
 
 
+async def test_free_text_from_overseers_and_engines_is_checked_like_an_actions(world: World):
+    """Reasons, descriptions and request ids reach the ledger, overseers' screens and logs:
+    no control characters (terminal escapes, NULs), nothing longer than an action's text."""
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    with pytest.raises(InvalidRequestError, match="U\\+001B") as info:
+        await world.gw.propose("r-\x1b[2J", act("suspend"), requester=ENGINE)
+    assert info.value.field == "request_id"
+    d = await world.gw.propose("r-text", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "PENDING_APPROVAL"
+    for bad in ("\x1b]0;pwned\x07ok", "fine\x00", "x" * 4097):
+        with pytest.raises(InvalidRequestError) as info:
+            await world.gw.review(d.decision_id, ALICE, True, bad, d.digest)
+        assert info.value.field == "reason"
+        with pytest.raises(InvalidRequestError) as info:
+            await world.gw.halt(Halt(all=True), bad, ALICE)
+        assert info.value.field == "reason"
+        with pytest.raises(InvalidRequestError) as info:
+            await world.gw.report_incident(d.decision_id, True, "minor", bad, ALICE)
+        assert info.value.field == "description"
+        with pytest.raises(InvalidRequestError) as info:
+            await world.gw.rollback(d.decision_id, bad, ALICE)
+        assert info.value.field == "reason"
+    assert await records(world, "approval") == []
+    assert await records(world, "halt") == []
+    # Tabs, newlines and any script are text, not control.
+    await world.gw.review(d.decision_id, ALICE, True, "ok\tsee ticket\nΔ 42 ✓", d.digest)
+    assert len(await records(world, "approval", d.decision_id)) == 1
+
+
 async def test_rollback_reverts_and_is_recorded(world: World, tmp_path: Path):
     d = await world.gw.propose("r-15", act("resize", vcpus=4), requester=ENGINE)
     assert d.state == "EXECUTED"
