@@ -764,6 +764,9 @@ class Ledger:
         (:meth:`LedgerStore.lead`); the others wait up to ``follow_timeout`` for a
         checkpoint that covers the size they saw, then answer with the latest."""
         if size is not None:
+            head, _ = await self._store.snapshot()
+            if not 0 <= size <= head.size:  # (and never a number too big for the store)
+                raise NotFoundError(f"size {size} is beyond the log's size {head.size}")
             found = await self._store.checkpoint(size)
             if found is None:
                 raise NotFoundError(f"no checkpoint was signed for size {size}")

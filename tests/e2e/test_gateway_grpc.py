@@ -204,6 +204,11 @@ async def test_propose_executes_and_the_record_is_provable(clients: Clients):
     )
     assert proof.leaf_hash == d.leaf_hash
     verify_inclusion(proof.leaf_hash, d.ledger_index, cp.size, list(proof.proof), cp.root)
+    for size in (cp.size + 1, 2**64 - 1):  # a uint64 beyond the log, even beyond SQLite's
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(size=size), timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+        assert "beyond the log's size" in (info.value.details() or "")
     kinds = [r.kind async for r in ledger.Query(ledger_pb2.QueryRequest(decision_id=d.decision_id))]
     assert kinds == ["decision", "outcome"]
 
