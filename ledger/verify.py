@@ -16,9 +16,11 @@ What is checked, record by record, in one pass:
 
 Two modes: ``signatures=True`` checks every record signature, on a pool of
 threads (libsodium releases the GIL); ``signatures=False`` checks chain,
-Merkle roots and signed checkpoints only. Records are a tree whose signed
-roots bind every byte, so that mode still detects any change, but it names
-the record whose hash stops matching, not always the one that was edited.
+Merkle roots and signed checkpoints, and the signatures of ``key`` records
+only (the trust in every checkpoint's key rests on them). Records are a tree
+whose signed roots bind every byte, so that mode still detects any change,
+but it names the record whose hash stops matching, not always the one that
+was edited.
 
 Example::
 
@@ -293,14 +295,28 @@ def _join(st: _State, res: ChunkResult, lines_before: int = 0) -> None:
                 )
             line, raw = payload
             try:
-                rec = open_record(raw).record
+                opened = open_record(raw)
             except RecordError as e:
                 raise VerificationError(
                     f"malformed record: {e}", index=index, line=lines_before + line
                 ) from e
-            before = st.active.key_id if st.active else None
+            rec = opened.record
+            previous = st.active
+            before = previous.key_id if previous else None
             _adopt_key(st, rec.body, index, lines_before + line)
             assert st.active is not None
+            # Even here, a key record's own signature is checked (there are only a few):
+            # otherwise anyone could name the trusted key in a genesis, rotate to a key of
+            # their own, and sign checkpoints over whatever they like with it. The genesis
+            # is signed by the key it names, a rotation by the key it replaces.
+            signer, whose = (st.active, "it names") if index == 0 else (previous, "it replaces")
+            if signer is None or not opened.verify(signer):
+                raise VerificationError(
+                    f"key record is not signed by the key {whose} "
+                    f"({signer.key_id if signer else '?'})",
+                    index=index,
+                    line=lines_before + line,
+                )
             # The next record must carry the named key: a change of key id (unless the
             # record names the key already active).
             switch_at = index + 1 if index > 0 and st.active.key_id != before else None
