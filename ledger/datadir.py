@@ -129,7 +129,9 @@ class DataDir:
 
     def signer(self) -> NoteSigner:
         """The active signing key, finishing a rotation that committed before a crash."""
-        if not self.key_path.exists() and not self.next_key_path.exists():
+        if not self.key_path.exists() and self.next_key_path.exists():
+            self.recover_rotation_files()  # died between the two renames of _retire
+        if not self.key_path.exists():
             raise LedgerError(
                 f"no signing key in {self.path}; create one with: "
                 f"govgate keys generate --data {self.path}"
@@ -181,10 +183,11 @@ class DataDir:
         return new
 
     def _retire(self, *, ledger_key_id: str) -> None:
-        old = _load_signer(self.key_path)
-        retired = self.path / "keys" / "retired" / f"{old.key_id}.key"
-        retired.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.replace(self.key_path, retired)
+        if self.key_path.exists():  # else: moved already, by a retire a crash cut short
+            old = _load_signer(self.key_path)
+            retired = self.path / "keys" / "retired" / f"{old.key_id}.key"
+            retired.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(self.key_path, retired)
         os.replace(self.next_key_path, self.key_path)
         if self.signer().key_id != ledger_key_id:
             raise LedgerError(f"{self.key_path} is not the key the log now names ({ledger_key_id})")

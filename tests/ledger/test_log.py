@@ -311,6 +311,28 @@ async def test_rotation_interrupted_after_the_record_is_finished(sqlite_data: Da
     assert (sqlite_data.path / "keys" / "retired" / f"{old.key_id}.key").exists()
 
 
+async def test_rotation_interrupted_between_the_two_renames_is_finished(
+    sqlite_data: DataDir,
+) -> None:
+    """The old key was retired and the process died before the new one took its place."""
+    old = sqlite_data.signer()
+    async with sqlite_data.open_ledger(QUIET) as log:
+        new = await sqlite_data.rotate(log, "test")
+    os.replace(sqlite_data.key_path, sqlite_data.next_key_path)  # the state that crash left
+    assert sqlite_data.signer().key_id == new.key_id  # keys public, say, finishes it
+    assert not sqlite_data.next_key_path.exists()
+    os.replace(sqlite_data.key_path, sqlite_data.next_key_path)
+    async with sqlite_data.open_ledger(QUIET) as log:
+        rec = await log.append(Draft("note", {}))
+    assert rec.key_id == new.key_id
+    retired = sqlite_data.path / "keys" / "retired" / f"{old.key_id}.key"
+    assert _load_signer_key_id(retired) == old.key_id
+
+
+def _load_signer_key_id(path: Path) -> str:
+    return NoteSigner.from_key_string(path.read_text().strip()).key_id
+
+
 def test_key_files_are_private_and_never_overwritten(data: DataDir) -> None:
     mode = stat.S_IMODE(data.key_path.stat().st_mode)
     assert mode == 0o600
