@@ -158,14 +158,29 @@ def hmac_value(salt: bytes, value: Any) -> str:
 
 
 def _seal_sensitive(body: Mapping[str, Any], paths: Sequence[str], salt: bytes) -> dict[str, Any]:
+    """``body`` with the value at each dotted path replaced by its salted HMAC.
+
+    A path steps through objects by key and through lists by position
+    (``"creds.0.password"``). One that names nothing in the body is refused: a
+    misspelt path would otherwise store the secret in clear, for good."""
     out: dict[str, Any] = _deep_copy(body)
     for path in paths:
-        parts = path.split(".")
         node: Any = out
-        for p in parts[:-1]:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and parts[-1] in node:
-            node[parts[-1]] = hmac_value(salt, node[parts[-1]])
+        parts = path.split(".")
+        for depth, part in enumerate(parts):
+            if isinstance(node, dict) and part in node:
+                key: str | int = part
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                key = int(part)
+            else:
+                where = ".".join(parts[:depth]) or "the body"
+                raise RecordError(
+                    f"sensitive path {path!r} names nothing in the body ({where} has no {part!r})"
+                )
+            if depth == len(parts) - 1:
+                node[key] = hmac_value(salt, node[key])
+            else:
+                node = node[key]
     return out
 
 
@@ -181,8 +196,9 @@ def _deep_copy(value: Any) -> Any:
 class Draft:
     """What a writer asks to append; the ledger adds index, time, chain and signature.
 
-    ``sensitive`` lists dotted paths in ``body`` (``"parameters.password"``) whose
-    values are replaced by salted HMACs before anything is stored.
+    ``sensitive`` lists dotted paths in ``body`` (``"parameters.password"``, or
+    ``"creds.0.password"`` through a list) whose values are replaced by salted HMACs
+    before anything is stored; a path that names nothing is refused (:class:`RecordError`).
 
     ``claims`` are keys this record takes for good (a request id, a review round):
     the store refuses the append (:class:`~ledger.errors.ClaimedError`) if any is

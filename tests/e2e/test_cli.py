@@ -238,6 +238,17 @@ def test_sensitive_fields_are_stored_as_salted_hmacs(log: tuple[Path, str], gg: 
     assert bad.code == 2
     assert "VALUE is not JSON" in bad.msg, bad
 
+    # A misspelt path would store the secret in clear for good: refused, nothing appended.
+    before = len(_envelopes(data))
+    typo = gg(
+        "ledger", "append", "--data", data, "--kind", "decision",
+        "--body", orjson.dumps(body).decode(), "--sensitive", "pasword",
+    )  # fmt: skip
+    assert typo.code == 1, typo
+    assert "sensitive path 'pasword' names nothing in the body" in typo.msg, typo
+    assert typo.out == ""
+    assert len(_envelopes(data)) == before
+
 
 # -- query ----------------------------------------------------------------------------
 

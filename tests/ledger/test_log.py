@@ -152,11 +152,18 @@ async def test_sensitive_fields_are_stored_as_salted_hmacs(data: DataDir) -> Non
         rec = await log.append(
             Draft(
                 "decision",
-                {"parameters": {"password": "s3cret", "vcpus": 4}},
-                sensitive=("parameters.password", "parameters.missing"),
+                {"parameters": {"password": "s3cret", "vcpus": 4}, "creds": [{"key": "k3y"}]},
+                sensitive=("parameters.password", "creds.0.key"),
             )
         )
+        # A path that names nothing would leave the secret in clear: refused, not skipped.
+        body = {"parameters": {"password": "s3cret", "vcpus": 4}, "creds": [{"key": "k3y"}]}
+        for path in ("parameters.pasword", "creds.1.key", "creds.x", "parameters.vcpus.x"):
+            with pytest.raises(RecordError, match="names nothing"):
+                await log.append(Draft("note", body, sensitive=(path,)))
     assert rec.body["parameters"]["vcpus"] == 4
+    assert rec.body["creds"][0]["key"].startswith(HMAC_PREFIX)
+    assert b"k3y" not in rec.envelope
     stored = rec.body["parameters"]["password"]
     assert stored.startswith(HMAC_PREFIX)
     assert b"s3cret" not in rec.envelope
