@@ -53,6 +53,7 @@ from ledger.note import NoteSigner, NoteVerifier
 
 __all__ = [
     "KINDS",
+    "MAX_PAYLOAD_BYTES",
     "PAYLOAD_TYPE",
     "ZERO_HASH",
     "Draft",
@@ -303,9 +304,23 @@ def prepare(draft: Draft, salt: bytes | None = None) -> Prepared:
             canonical_json(body),
             canonical_str(draft.decision_id),
         )
-        return Prepared(draft, body, head, canonical_str(draft.kind), canonical_str(draft.target))
+        prepared = Prepared(
+            draft, body, head, canonical_str(draft.kind), canonical_str(draft.target)
+        )
     except CanonicalJSONError as e:
         raise RecordError(f"record body cannot be canonicalised: {e}") from e
+    size = len(head) + len(prepared.kind_json) + len(prepared.target_json) + len(draft.trace_id)
+    if size > MAX_PAYLOAD_BYTES:
+        # Its envelope (base64) would be longer than a verifier reads as one line.
+        raise RecordError(
+            f"record is {size} bytes of canonical JSON; at most {MAX_PAYLOAD_BYTES} fit a record"
+        )
+    return prepared
+
+
+# The longest payload a record may have: its envelope (base64, about 4/3 of it) then
+# stays well within the longest line an export verifier reads (16 MiB).
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 
 
 def _envelope(payload_b64: bytes, key_id: bytes, sig_b64: bytes) -> bytes:

@@ -94,8 +94,15 @@ def _check_sigs(jobs: list[_SigJob]) -> tuple[int, int] | None:
     return None
 
 
+def _bounded_lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The lines of ``f``, none read further than one byte past the longest allowed: a
+    line without end must not be read whole into memory before it is refused."""
+    while raw := f.readline(_MAX_LINE + 1):
+        yield raw
+
+
 def _lines(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    for n, raw in enumerate(f, start=1):
+    for n, raw in enumerate(_bounded_lines(f), start=1):
         if len(raw) > _MAX_LINE:
             raise VerificationError(f"line longer than {_MAX_LINE} bytes", line=n)
         if not raw.endswith(b"\n"):
@@ -491,7 +498,7 @@ def _stream_runs(f: IO[bytes], first_line: int, per_chunk: int) -> Iterator[Chun
     records = 0
     line_no = first_line
     batch: list[bytes] = []
-    for raw in f:
+    for raw in _bounded_lines(f):
         fault = None
         if len(raw) > _MAX_LINE:
             fault = f"line longer than {_MAX_LINE} bytes"
