@@ -315,6 +315,14 @@ def ledger_export(
     """Write every record and checkpoint to FILE, ending with a fresh signed checkpoint."""
     if not out.parent.is_dir():
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory; name the export file", param_hint="--out")
+    if DataDir(data, url).owns(out):
+        raise typer.BadParameter(
+            f"{out} is one of the data directory's own files (the ledger, its keys or salt); "
+            "export somewhere else",
+            param_hint="--out",
+        )
 
     async def go() -> None:
         bar, update = progress("exporting")

@@ -116,6 +116,19 @@ class DataDir:
     def salt_path(self) -> Path:
         return self.path / "hmac.salt"
 
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` is one of this directory's own files (the ledger database and
+        the files SQLite keeps beside it, its query index, the salt, anything under
+        ``keys/``): a file a command must never write over."""
+        target = path.resolve()
+        keys = (self.path / "keys").resolve()
+        if target == keys or keys in target.parents:
+            return True
+        db, salt = self.db_path.resolve(), self.salt_path.resolve()
+        if target == salt or target.parent != db.parent:
+            return target == salt
+        return target.name.startswith(db.name)  # ledger.db, -wal, -shm, .lookup, ...
+
     def generate_key(self, name: str = DEFAULT_ORIGIN) -> NoteSigner:
         """Create the log's signing key; refuse if one exists."""
         if self.key_path.exists():

@@ -473,6 +473,26 @@ def _flip(line: bytes, offset: int) -> bytes:
     return line[:offset] + new + line[offset + 1 :]
 
 
+def test_export_never_writes_over_the_data_directorys_own_files(
+    tmp_path: Path, log: tuple[Path, str], gg: Govgate
+) -> None:
+    data, _ = log
+    _append(data, _notes(2))
+    keep = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    targets = [data / "ledger.db", data / "ledger.db-wal", data / "ledger.db.lookup",
+               data / "keys" / "log.key", data / "keys" / "new.jsonl", data / "hmac.salt",
+               data / "keys" / ".." / "ledger.db"]  # fmt: skip
+    for out in targets:
+        r = gg("ledger", "export", "--data", data, "--out", out)
+        assert r.code == 2, (out, r)
+        assert "one of the data directory's own files" in r.msg, (out, r)
+    assert {p: p.read_bytes() for p in keep} == keep
+    assert gg("ledger", "export", "--data", data, "--out", data).code == 2  # a directory
+    beside = data / "export.jsonl"  # the data directory itself is fine for other files
+    assert gg("ledger", "export", "--data", data, "--out", beside).code == 0
+    assert gg("ledger", "query", "--data", data).code == 0
+
+
 def test_export_verifies_and_one_changed_byte_is_named(
     tmp_path: Path, log: tuple[Path, str], gg: Govgate
 ) -> None:
