@@ -145,7 +145,10 @@ def parse_time(s: str) -> dt.datetime:
         raise ValueError(f"{s!r} is not an RFC 3339 time") from e
     if t.tzinfo is None:
         raise ValueError(f"{s!r} has no time zone; use Z or an offset")
-    return t.astimezone(dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+        raise ValueError(f"{s!r} is out of range in UTC") from None
 
 
 def hmac_value(salt: bytes, value: Any) -> str:

@@ -329,10 +329,13 @@ def test_query_filters(populated: tuple[Path, list[dict[str, Any]]], gg: Govgate
     assert shifted.isoformat().endswith("+02:00")
     assert query("--since", shifted.isoformat()) == everything[5:]
 
-    for bad in (["--since", "yesterday"], ["--until", "2026-01-01T00:00:00"]):
+    for bad in (["--since", "yesterday"], ["--until", "2026-01-01T00:00:00"],
+                ["--since", "0001-01-01T00:00:00+01:00"],  # before the year 1 in UTC
+                ["--until", "9999-12-31T23:59:59-01:00"]):  # fmt: skip
         r = gg("ledger", "query", "--data", data, *bad)
         assert r.code == 2, r
         assert bad[0] in r.msg, r
+        assert "Traceback" not in r.err, r
     r = gg("ledger", "query", "--data", data.parent / "nowhere")
     assert r.code == 1
     assert "no ledger" in r.msg, r
