@@ -548,6 +548,8 @@ def verify_stream(
         not isinstance(header, dict)
         or header.get("format") != EXPORT_FORMAT
         or not isinstance(header.get("size"), int)
+        or isinstance(header["size"], bool)  # JSON true is not a size
+        or header["size"] < 0
         or header.get("origin") != trusted.name
     ):
         raise VerificationError(

@@ -116,3 +116,17 @@ def test_a_rotation_forged_onto_a_genuine_log_fails_where_it_starts(tmp_path: Pa
     path = tmp_path / "forged.jsonl"
     _write(path, longer, _signed_root(longer, forger), head=header)
     assert _verdicts(path, signer.verifier) == [rotation.index, rotation.index]
+
+
+@pytest.mark.parametrize("size", ["true", "false", "-1", "3.0", '"3"', "null"])
+def test_a_header_size_that_is_not_a_count_is_refused_at_the_header(tmp_path: Path, size: str):
+    trusted = NoteSigner.generate(ORIGIN)
+    path = tmp_path / "export.jsonl"
+    header = b'{"format":"%s","origin":"%s","size":%s}' % (
+        EXPORT_FORMAT.encode(), ORIGIN.encode(), size.encode()
+    )
+    path.write_bytes(header + b"\n")
+    for signatures in (True, False):
+        with pytest.raises(VerificationError, match="header must be") as info:
+            verify_export(path, trusted.verifier, signatures=signatures)
+        assert info.value.line == 1
