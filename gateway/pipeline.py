@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -209,6 +209,10 @@ class Gateway:
         self.restore(Replayed())
         self._sync_lock = asyncio.Lock()
         self._late: set[asyncio.Task[None]] = set()  # outcomes waiting for the ledger to recover
+        self._proposals: set[asyncio.Future[Decision]] = set()  # running, even if callers left
+        # Rollbacks under way or cut short (no outcome recorded): how many, by the index of
+        # the decision record each one reverts (for the replay floor).
+        self._rolling_back: Counter[int] = Counter()
         self._sync_asked = self._sync_done = 0
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
@@ -300,6 +304,31 @@ class Gateway:
         )  # fmt: skip
         self._replay.follow(state)
         self._trim()
+
+    def replay_floor(self) -> int | None:
+        """The lowest ledger index whose record this gateway's state still needs, as far as
+        what it holds goes (:mod:`gateway.recovery`, "Replay floor"): the decision record of
+        every decision that is not final, the record of every rollback without an outcome.
+        ``-1``: nothing held needs a record. None while work is under way that may still
+        write records this gateway does not yet know the index of (a proposal running, an
+        outcome waiting for the ledger): no floor can be vouched for then."""
+        if self._proposals or self._late:
+            return None
+        lowest = min(self._rolling_back, default=-1)
+        if self._rolling_back and lowest < 0:
+            return None  # a rollback of a decision whose index is not known here
+        for d in self.decisions.values():
+            if d.final:
+                continue
+            if d.ledger_index < 0:
+                return None
+            lowest = d.ledger_index if lowest < 0 else min(lowest, d.ledger_index)
+        return lowest
+
+    @property
+    def synced_upto(self) -> int:
+        """With other replicas: the index after the last record read from them."""
+        return self._state.last_index + 1
 
     async def sync(self) -> None:
         """Catch up with the records other replicas appended since the last call (nothing to
@@ -409,6 +438,8 @@ class Gateway:
                 respond_by,
             ))  # fmt: skip
             work.add_done_callback(_retrieved)  # a caller that left does not read its error
+            self._proposals.add(work)
+            work.add_done_callback(self._proposals.discard)
             return await asyncio.shield(work)
 
     async def _propose(
@@ -947,6 +978,10 @@ class Gateway:
         body: dict[str, Any] = {"reason": reason, "plan_id": outcome.plan.id}
         if self.replica:
             body["replica"] = self.replica
+        # Held (for the replay floor) from before its record: a call cancelled during the
+        # append may leave the record written, unknown here. The decision's own record
+        # comes before any rollback of it.
+        self._rolling_back[d.ledger_index] += 1
         try:
             await self._record(
                 Draft("rollback", body, actor=actor, target=str(d.action.target),
@@ -954,6 +989,7 @@ class Gateway:
                       claims=(f"rollback:{decision_id}:{d.rollbacks + 1}",)), of=d,
             )  # fmt: skip
         except ClaimedError:
+            self._rolling_back -= Counter([d.ledger_index])  # refused: nothing was written
             raise ReviewRefusedError(
                 "not-executed",
                 f"decision {decision_id} is being rolled back through another replica",
@@ -973,6 +1009,7 @@ class Gateway:
             Draft("outcome", body, target=str(d.action.target), decision_id=decision_id,
                   trace_id=d.trace_id), of=d,
         )  # fmt: skip
+        self._rolling_back -= Counter([d.ledger_index])
         d.reasons.append(f"rolled back by {actor}: {reason}" if d.state == "ROLLED_BACK"
                          else f"rollback by {actor} failed: {body['detail']}")  # fmt: skip
         d.changed.set()

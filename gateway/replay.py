@@ -35,7 +35,7 @@ from ledger.record import Record, parse_time
 
 __all__ = ["Replay", "Replayed"]
 
-_RECENT = dt.timedelta(hours=1)  # the featurizer's "recent actions" window
+RECENT = dt.timedelta(hours=1)  # the featurizer's "recent actions" window
 
 
 @dataclass
@@ -124,13 +124,17 @@ class Replay:
 
     def __init__(
         self, now: dt.datetime | None = None, *, keep: int = 1_000, requests: int = 10_000,
-        claims_from: int = 0, replica: str = "",
+        claims_from: int = 0, replica: str = "", floor: int = 0,
     ) -> None:  # fmt: skip
         self._now = now or dt.datetime.now(dt.UTC)
         self._keep = keep  # final decisions kept; the rest are only remembered by id
         self._requests = requests  # request ids kept; older ones are in the ledger's claims
         self._claims_from = claims_from  # decisions below this index may have no claim
         self._replica = replica
+        # Records from here on are fed in full; below it only halts, resumes and policies
+        # (gateway.recovery, "Replay floor"). A decision whose own record lies below it was
+        # final there, so a later record of it is treated as one of a decision no longer kept.
+        self._floor = floor
         self._gone: set[str] = set()  # ids of final decisions no longer kept
         self._state = Replayed()
         self._before: dict[str, RuntimeState] = {}  # the described state, for plans
@@ -159,7 +163,9 @@ class Replay:
             return  # already reflected: the gateway wrote it itself, or read it back
         if held is None and self.live and rec.decision_id and rec.kind != "decision":
             return  # not held here: read back from the ledger, this record with it, if asked
-        if rec.decision_id in self._gone:  # final, read back from the ledger when asked for
+        decided_below_floor = (held is None and self._floor > 0 and rec.index >= self._floor
+                       and rec.decision_id != "" and rec.kind != "decision")  # fmt: skip
+        if rec.decision_id in self._gone or decided_below_floor:  # final: read back if asked
             if rec.kind == "rollback":
                 self._rolling[rec.decision_id] = str(rec.body.get("replica", ""))
             elif rec.kind == "outcome" and rec.body.get("rollback"):
@@ -181,6 +187,7 @@ class Replay:
 
     def result(self) -> Replayed:
         s = self._state
+        s.last_index = max(s.last_index, self._floor - 1)  # every record below was accounted for
         s.unfinished = [d for d in s.decisions.values()
                         if d.state == "EXECUTING" and self._mine(d.executor)]  # fmt: skip
         s.rollbacks = sorted(i for i, by in self._rolling.items() if self._mine(by))
@@ -261,7 +268,7 @@ class Replay:
         self._before[d.decision_id] = state
         if len(s.decisions) > 2 * self._keep:  # trimmed in bulk, not on every record
             self._trim()
-        if (dt.datetime.now(dt.UTC) if self.live else self._now) - at < _RECENT:
+        if (dt.datetime.now(dt.UTC) if self.live else self._now) - at < RECENT:
             s.recent[str(action.target)].append(at.timestamp())
 
     def _on_approval(self, rec: Record, approve: bool = True) -> None:

@@ -52,7 +52,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
-from gateway.recovery import recover
+from gateway.recovery import load_floor, recover, save_floor
 from gateway.roles import Roles
 from gateway.samples import write_node
 from gateway.server import Health, ServerOptions, TlsFiles, start_server
@@ -173,8 +173,12 @@ async def _run(
                      metrics=metrics, replica=config.replica)  # fmt: skip
         if metrics is not None:
             metrics.watch_pending(lambda: len(gw.pending()))
-        state = await recover(gw)
-        say(f"rebuilt from {state.records} records: {len(state.decisions)} decisions, "
+        floor, why = await load_floor(gw, data.path)
+        if why:
+            say(f"replay floor not used: {why}; reading the whole ledger")
+        state = await recover(gw, floor=floor)
+        since = f" (from record {floor}, the replay floor of the last stop)" if floor else ""
+        say(f"rebuilt from {state.records} records{since}: {len(state.decisions)} decisions, "
             f"{len(state.pending)} pending, {len(state.halts)} halts")  # fmt: skip
         if state.foreign:
             say(f"left alone {state.foreign} decision records no gateway wrote")
@@ -227,6 +231,7 @@ async def _run(
             say(f"draining: NOT_SERVING, no new calls; in-flight calls get {config.grace:g}s "
                 "(a second signal stops them now)")  # fmt: skip
             await _drain(server, config.grace, force, say)
+            await _save_floor(gw, data.path, say)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -259,6 +264,22 @@ async def _sweep(gw: Gateway, every: float, say: Say) -> None:
             continue
         if expired:
             say(f"{expired} pending decision(s) expired")
+
+
+async def _save_floor(gw: Gateway, data: Path, say: Say) -> None:
+    """Leave the next start a replay floor (gateway.recovery), if one can be vouched for."""
+    try:
+        floor = await save_floor(gw, data)
+    except (OSError, LedgerError, ValueError) as err:
+        say(f"replay floor not saved ({err}); the next start reads from an older one, if any")
+        return
+    if floor is None:
+        say(
+            "replay floor not saved: work was still under way; the next start reads from "
+            "an older one, if any"
+        )
+    else:
+        say(f"replay floor {floor} saved: the next start reads the ledger from there")
 
 
 async def _drain(server: grpc.aio.Server, grace: float, force: asyncio.Event, say: Say) -> None:

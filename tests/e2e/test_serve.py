@@ -182,9 +182,13 @@ def test_a_restarted_gateway_keeps_decisions_pending_approvals_and_halts(site: S
     first.oversight().Halt(oversight_pb2.HaltRequest(scope=prod, reason="drill"), timeout=30)
     assert first.stop() == 0, first.output()
     assert "stopped; the ledger is closed" in first.output()
+    # Every record is from the last hour (the risk model's window): the floor stays at 0.
+    assert "replay floor 0 saved" in first.output()
+    assert (site.data / "replay-floor.json").exists()
 
     second = site.serve()
     assert "rebuilt from" in second.output()
+    assert "replay floor not used" not in second.output()
     again = second.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
     assert (again.decision_id, state(again)) == (done.decision_id, "EXECUTED")
     pending = second.oversight().ListPending(oversight_pb2.ListPendingRequest(), timeout=30)
