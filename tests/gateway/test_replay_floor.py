@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from test_pipeline import ALICE, APPROVE_ALL, BOB, ENGINE, act
-from test_recovery import Crash, Runtime, crash_before_outcome, runtime  # noqa: F401
+from test_recovery import Crash, Runtime, crash_before_outcome
 
 from gateway.decision import Halt
 from gateway.pipeline import Gateway
@@ -93,7 +93,7 @@ async def _history(gw: Gateway) -> dict[str, Any]:
 
 
 async def test_a_start_from_the_floor_rebuilds_what_a_start_from_zero_does(
-    runtime: Runtime,  # noqa: F811
+    runtime: Runtime,
 ):
     async with runtime.gateway() as gw:
         made = await _history(gw)
@@ -133,7 +133,7 @@ async def test_a_start_from_the_floor_rebuilds_what_a_start_from_zero_does(
 
 
 async def test_a_rollback_without_outcome_or_a_running_proposal_holds_the_floor(
-    runtime: Runtime,  # noqa: F811
+    runtime: Runtime,
 ):
     async with runtime.gateway() as gw:
         done = [await gw.propose(f"r-{i}", act("resize", vcpus=3 + i % 2), requester=ENGINE)
@@ -173,7 +173,7 @@ async def test_a_rollback_without_outcome_or_a_running_proposal_holds_the_floor(
 async def test_a_floor_that_does_not_fit_the_ledger_is_not_used(
     runtime: Runtime,
     change: Any,
-    why: str,  # noqa: F811
+    why: str,
 ):
     async with runtime.gateway() as gw:
         for i in range(3):
