@@ -973,6 +973,14 @@ class Gateway:
             raise ReviewRefusedError(
                 "irreversible", f"{d.action.verb} on {d.action.target} cannot be rolled back"
             )
+        if outcome.status is OutcomeStatus.ALREADY:
+            # Nothing changed: "undoing" it would change what was there before (a start
+            # that found the domain running would power it off).
+            raise ReviewRefusedError(
+                "nothing-changed",
+                f"{d.action.target} was already as {d.action.verb} wanted it: there is nothing "
+                "to roll back",
+            )
         if not reason.strip():
             raise InvalidRequestError("a rollback needs a reason", field="reason")
         body: dict[str, Any] = {"reason": reason, "plan_id": outcome.plan.id}

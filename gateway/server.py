@@ -90,6 +90,7 @@ _REVIEW_CODES = {
     "reason-required": code_pb2.INVALID_ARGUMENT,
     "not-executed": code_pb2.FAILED_PRECONDITION,
     "irreversible": code_pb2.FAILED_PRECONDITION,
+    "nothing-changed": code_pb2.FAILED_PRECONDITION,
     "halted": code_pb2.FAILED_PRECONDITION,
     "not-halted": code_pb2.FAILED_PRECONDITION,
 }

@@ -787,6 +787,8 @@ class LibvirtAdapter(RuntimeAdapter):
             dom = self._lookup(conn, target)
             match verb:
                 case Verb.START:
+                    if prior in _LIVE:  # it was running (or paused) before: leave it be
+                        return f"left {prior}: it was {prior} before the start"
                     if dom.isActive():
                         dom.destroy()
                     return "powered off again"

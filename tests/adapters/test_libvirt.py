@@ -157,6 +157,19 @@ async def test_power_verbs_apply_then_are_idempotent_then_revert(
     assert rec.state.power is before.power
 
 
+async def test_reverting_a_start_that_found_the_domain_running_leaves_it_running(
+    lv: LibvirtAdapter,
+):
+    """Such a start changed nothing; its revert must not power the domain off."""
+    for resource, power in (("web-1", PowerState.RUNNING), ("paused-1", PowerState.PAUSED)):
+        target = Target("libvirt", resource)
+        _, outcome = await run(lv, act("start", resource))
+        assert outcome.status is OutcomeStatus.ALREADY, outcome
+        reverted = await lv.revert(outcome)
+        assert reverted.status is OutcomeStatus.REVERTED
+        assert (await lv.describe(target)).power is power
+
+
 async def test_save_keeps_memory_for_the_next_start(lv: LibvirtAdapter):
     await run(lv, act("save"))
     has_image = await lv._call("img", lambda c: c.lookupByName("web-1").hasManagedSaveImage(0))

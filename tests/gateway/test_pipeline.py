@@ -398,6 +398,14 @@ async def test_rollback_reverts_and_is_recorded(world: World, tmp_path: Path):
     with pytest.raises(ReviewRefusedError) as info:
         await world.gw.rollback(revert.decision_id, "undo", ALICE)
     assert info.value.code == "irreversible"
+    # A start that found web-1 running changed nothing: rolling it back would power it off.
+    noop = await world.gw.propose("r-18", act("start"), requester=ENGINE)
+    assert (noop.state, noop.outcome and noop.outcome["status"]) == ("EXECUTED", "already")
+    with pytest.raises(ReviewRefusedError) as info:
+        await world.gw.rollback(noop.decision_id, "undo", ALICE)
+    assert info.value.code == "nothing-changed"
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).power is PowerState.RUNNING
+    assert await records(world, "rollback", noop.decision_id) == []
     await assert_ledger_verifies(world, tmp_path)
 
 
