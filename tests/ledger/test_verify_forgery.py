@@ -123,7 +123,9 @@ def test_a_header_size_that_is_not_a_count_is_refused_at_the_header(tmp_path: Pa
     trusted = NoteSigner.generate(ORIGIN)
     path = tmp_path / "export.jsonl"
     header = b'{"format":"%s","origin":"%s","size":%s}' % (
-        EXPORT_FORMAT.encode(), ORIGIN.encode(), size.encode()
+        EXPORT_FORMAT.encode(),
+        ORIGIN.encode(),
+        size.encode(),
     )
     path.write_bytes(header + b"\n")
     for signatures in (True, False):
