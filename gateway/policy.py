@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import itertools
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -112,13 +113,20 @@ class Rule:
         return selector_matches(self.selector, p.labels)
 
 
+_MAX_DURATION = 366 * 86_400.0  # a year (and a day): an approval can wait no longer
+
+
 def _duration(value: Any, where: str) -> float:
+    seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    m = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
-    if m is None or float(m.group(1)) <= 0:
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())) is not None:
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds is None or not 0 < seconds < math.inf:
         raise PolicyError(f'{where}: {value!r} is not a duration (e.g. 900, "15m", "1h")')
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > _MAX_DURATION:
+        raise PolicyError(f"{where}: {value!r} is longer than a year (366 days)")
+    return seconds
 
 
 def _fraction(value: Any, where: str) -> float:

@@ -104,6 +104,12 @@ def test_fallback_without_a_score(policy: Policy):
         ("version = 1\n[defaults]\nabove = 'maybe'", "above: must be 'deny' or 'approval'"),
         ("version = 1\n[defaults]\napprovals = 0", "defaults.approvals: must be a whole number"),
         ("version = 1\n[defaults]\napproval_ttl = 'soon'", "defaults.approval_ttl"),
+        # Past what a deadline can be (the datetime overflows): refused at load, not at use.
+        ("version = 1\n[defaults]\napproval_ttl = inf", "not a duration"),
+        ("version = 1\n[defaults]\napproval_ttl = nan", "not a duration"),
+        ("version = 1\n[defaults]\napproval_ttl = 1e12", "longer than a year"),
+        ("version = 1\n[defaults]\napproval_ttl = '99999999d'", "longer than a year"),
+        ("version = 1\n[defaults]\napproval_ttl = '367d'", "longer than a year"),
         ("version = 1\n[defaults]\nexecte_below = 0.1", "defaults.execte_below: unknown setting"),
         ("version = 1\n[surprise]", "unknown section 'surprise'"),
         ("version = 1\n[[rules]]\nmatch = { verbs = ['nuke'] }", "match.verbs: unknown verb"),
