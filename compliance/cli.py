@@ -3,8 +3,10 @@
 Registered in ``gateway/cli.py`` with ``app.command("report")(report_command)``.
 Progress goes to standard error; the report is written to ``--out`` (RFC 8785
 JSON, or its HTML or PDF rendering; the digest printed on standard error).
-Exit 1 with one line on a bad argument; a ledger that does not verify still
-gives a report (it says so first) and exits 2, so scripts notice.
+Exit status: 0 when the ledger verifies; 3 when it does not (the report is still
+written, and says so first), so scripts notice; 1 with one line when a source,
+key or output cannot be used; 2 on a usage error (an option missing or
+malformed, as for every command).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from compliance.errors import ReportError
 __all__ = ["report_command"]
 
 _err = Console(stderr=True)
+UNVERIFIED = 3  # the exit status when the ledger does not verify (2 is click's usage error)
 
 
 class FrameworkName(enum.StrEnum):
@@ -58,6 +61,8 @@ def report_command(
         raise typer.BadParameter("give exactly one of --data DIR or --export FILE")
     if not out.parent.is_dir():
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a directory; name the report file", param_hint="--out")
     source = data if data is not None else export
     assert source is not None
     bar = Progress(
@@ -106,7 +111,7 @@ def report_command(
             f"[red]UNVERIFIED[/red] the ledger does not verify: "
             f"{integrity['error']['message']}; report written to {out}"
         )
-        raise typer.Exit(2)
+        raise typer.Exit(UNVERIFIED)
     _err.print(f"report written to {out}; sha-256 {report['digest']['value']}")
 
 

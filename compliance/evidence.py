@@ -100,8 +100,12 @@ class Evidence:
         policy_text: Callable[[str, str], PolicyText | None] | None = None,
         model_card: Callable[[str], ModelCard | None] | None = None,
         drift: bool = True,
+        as_of: dt.datetime | None = None,
     ) -> None:
+        """``as_of``: when the report is made; a period not over by then is measured up to
+        it, not to its end (None: the period is taken to be over)."""
         self.period = period
+        self.as_of = as_of
         self._lo, self._hi = period.start_text, period.end_text
         self._policy_text = policy_text
         self._model_card = model_card
@@ -274,10 +278,9 @@ class Evidence:
 
     def finish(self) -> None:
         """Call after the last record: closes the trailing gap and the covering checkpoint."""
-        prev = parse_time(self._prev_time) if self._prev_time else self.period.start
-        end = min(self.period.end, parse_time(self.last_time)) if self.last_time else prev
-        if self.last_time and self.last_time >= self._hi:
-            end = self.period.end
+        # Up to the period's end, or to now if it is not over: a ledger that went silent
+        # before the end has a gap there, whether or not it wrote anything after.
+        end = self.period.end if self.as_of is None else min(self.period.end, self.as_of)
         if (gap := self._gap(end, format_time(end))) is not None:
             self.gaps.add(gap)
         candidate = self._candidate

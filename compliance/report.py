@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import os
 import tempfile
@@ -95,6 +96,8 @@ def build_report(
         raise ReportError(str(err)) from None
     if source.is_dir():
         data = DataDir(source)
+        if not data.has_ledger():  # opening it would write a genesis record and report on it
+            raise SourceError(f"there is no ledger in {source} (no {data.db_path.name})")
         try:
             trusted = _verifier(key) if key else data.signer().verifier
         except LedgerError as err:
@@ -162,7 +165,10 @@ def _build(
 ) -> dict[str, Any]:
     integrity = _integrity(export, trusted, progress, signatures)
     evidence = Evidence(
-        period, policy_text=_policy_finder(policy_places), model_card=_card_finder(models)
+        period,
+        policy_text=_policy_finder(policy_places),
+        model_card=_card_finder(models),
+        as_of=dt.datetime.now(dt.UTC),  # a period not over yet has no gap after now
     )
     header = _aggregate(export, evidence, progress, models)
     verified = bool(integrity["verified"])

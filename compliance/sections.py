@@ -299,8 +299,9 @@ def _retention(ev: Evidence) -> dict[str, Any]:
             "minimum_days": RETENTION_MINIMUM_DAYS,
             "meets_minimum": False,
         }
-    # Measured at the period's end, or at the newest record if the period ends later.
-    at = min(ev.period.end, parse_time(ev.last_time))
+    # Measured at the period's end, or at the newest record if the period ends later; a
+    # period that ends before the oldest record held nothing for any time.
+    at = max(min(ev.period.end, parse_time(ev.last_time)), parse_time(ev.first_time))
     held = (at - parse_time(ev.first_time)).total_seconds() / 86_400
     return {
         "oldest_record": ev.first_time,

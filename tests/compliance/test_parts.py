@@ -199,7 +199,8 @@ def test_listed_gaps_are_the_first_ones_whatever_the_cuts(monkeypatch: pytest.Mo
 def test_the_made_up_ledger_crosses_cuts_with_what_matters():
     """The cases above are only worth something if the ledger has them: check it does."""
     ev = one_reading(Period.parse(*PERIODS[0]))
-    assert ev["completeness"]["gaps"]["count"] == 5  # four, and one from the period's start
+    # four, one from the period's start and one to its end
+    assert ev["completeness"]["gaps"]["count"] == 6
     oversight = ev["oversight"]
     assert (oversight["approvals"], oversight["denials"], oversight["expiries"]) == (3, 1, 1)
     assert oversight["time_to_approval_seconds"]["count"] == 2  # d1 (two approvals) and d5
@@ -243,3 +244,34 @@ def test_a_part_read_in_a_worker_is_the_same_as_one_read_here(built: Built):
     assert there == here
     assert here["drift"]["models"]  # drift was computed: the part carried its bins
     assert all(m["available"] for m in here["drift"]["models"].values())
+
+
+def test_a_ledger_silent_until_the_period_ends_has_a_gap_there_whatever_comes_after():
+    """The same records in the period give the same gaps whether or not the ledger wrote
+    anything after the period: silence to the period's end is a gap."""
+    period = Period.parse("2026-03-01", "2026-03-08")
+    early = [Rec(0, at(1), "policy", body={"policy_id": "p1"}), Rec(1, at(2), "note")]
+    after = Rec(2, format_time(dt.datetime(2026, 3, 20, tzinfo=dt.UTC)), "note")
+    for lines in (early, [*early, after]):
+        ev = feed(Evidence(period, drift=False), lines)
+        ev.finish()
+        gaps = ev.result()["completeness"]["gaps"]
+        assert gaps["count"] == 1, lines
+        assert (gaps["items"][0]["from"], gaps["items"][0]["to"]) == (
+            at(2),
+            "2026-03-08T00:00:00.000000Z",
+        )
+    # A period not over yet is measured up to when the report is made.
+    ongoing = feed(Evidence(period, drift=False, as_of=T0 + dt.timedelta(hours=20)), early)
+    ongoing.finish()
+    assert ongoing.result()["completeness"]["gaps"]["count"] == 0
+    # And a period with no record at all is one gap.
+    empty = Evidence(Period.parse("2026-05-01", "2026-05-03"), drift=False)
+    empty.finish()
+    assert empty.result()["completeness"]["gaps"]["count"] == 1
+
+
+def test_retention_before_the_oldest_record_is_no_time_at_all():
+    ev = feed(Evidence(Period.parse("2001-01-01", "2001-02-01"), drift=False), ledger())
+    ev.finish()
+    assert ev.result()["retention"]["held_days"] == 0

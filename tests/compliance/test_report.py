@@ -221,3 +221,17 @@ def test_bad_arguments_are_refused(built: Built):
     with pytest.raises(ReportError, match="--key"):
         build_report(built.export, "eu-ai-act", *ALL_TIME)
     assert Period.parse("2026-01-01", "2026-01-02").start_text == "2026-01-01T00:00:00.000000Z"
+
+
+def test_a_data_directory_without_a_ledger_is_refused_and_left_as_it_was(tmp_path: Path):
+    """Opening it would write a genesis record, and the report would count it."""
+    from compliance.errors import SourceError
+    from ledger import DataDir
+
+    data = DataDir(tmp_path / "data")
+    data.generate_key("example.com/govgate")
+    before = sorted(p.name for p in data.path.iterdir())
+    with pytest.raises(SourceError, match="no ledger"):
+        build_report(data.path, "eu-ai-act", *ALL_TIME)
+    assert sorted(p.name for p in data.path.iterdir()) == before
+    assert not data.has_ledger()

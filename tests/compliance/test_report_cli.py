@@ -80,3 +80,30 @@ def test_source_must_be_given_once(built: Built, tmp_path: Path):
     )
     assert code != 0
     assert "exactly one" in output
+
+
+def test_exit_status_tells_an_unverified_ledger_from_a_mistake(built: Built, tmp_path: Path):
+    """Scripts watch for tampering: 3 is an unverified ledger and only that; 2 is a usage
+    error, 1 a source or key that cannot be used."""
+    period = ("--framework", "eu-ai-act", "--from", "2000-01-01", "--to", "2100-01-01")
+    lines = built.export.read_bytes().splitlines(keepends=True)
+    n = next(i for i, x in enumerate(lines) if i > 0 and x.startswith(b'{"payload"'))
+    sig = lines[n].index(b'"sig":"') + len(b'"sig":"') + 5
+    flipped = b"A" if lines[n][sig : sig + 1] != b"A" else b"B"
+    lines[n] = lines[n][:sig] + flipped + lines[n][sig + 1 :]  # one signature byte
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_bytes(b"".join(lines))
+    out = tmp_path / "r.json"
+    code, output = run(*period, "--out", str(out), "--export", str(tampered), "--key", built.key)
+    assert code == 3, output
+    assert "UNVERIFIED" in output
+    assert out.exists()  # the report is still written, and says so
+    code, output = run(*period, "--out", str(tmp_path), "--export", str(built.export),
+                       "--key", built.key)  # fmt: skip
+    assert code == 2, output
+    assert not (tmp_path.parent / f"{tmp_path.name}.partial").exists()
+    code, output = run(*period, "--out", str(out))  # neither --data nor --export
+    assert code == 2, output
+    code, output = run(*period, "--out", str(out), "--export", str(built.export),
+                       "--key", "not a key")  # fmt: skip
+    assert code == 1, output
