@@ -138,7 +138,11 @@ KeyOpt = Annotated[
 TimeoutOpt = Annotated[
     float,
     typer.Option(
-        "--timeout", min=0.1, rich_help_panel=_CONN, help="Seconds to wait for each call."
+        "--timeout",
+        min=0.1,
+        max=86_400.0,
+        rich_help_panel=_CONN,
+        help="Seconds to wait for each call (at most a day: gRPC cannot keep a longer deadline).",
     ),
 ]
 

@@ -250,6 +250,9 @@ async def test_invalid_input_names_the_field(govgate: Cli):
     missing = await govgate("decisions", "get", "d-nope", identity="alice")
     assert missing.code == 1
     assert "NOT_FOUND" in missing.msg
+    for forever in ("inf", "1e10", "nan"):  # a deadline gRPC cannot keep: a usage error
+        r = await govgate("approvals", "list", "--timeout", forever, identity="alice")
+        assert r.code == 2, (forever, r)
 
 
 async def test_watch_once_shows_the_pending_decision(govgate: Cli):
