@@ -301,7 +301,9 @@ class RuntimeAdapter(abc.ABC):
             case Verb.START | Verb.RESUME:
                 took = state.power is PowerState.RUNNING
             case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
-                took = state.power is PowerState.SHUTOFF
+                # A transient domain is gone once it stops: absent is off, for it.
+                gone = state.power is PowerState.ABSENT and plan.before.persistent is False
+                took = state.power is PowerState.SHUTOFF or gone
             case Verb.SUSPEND:
                 took = state.power is PowerState.PAUSED
             case Verb.RESIZE:

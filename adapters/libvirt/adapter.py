@@ -74,6 +74,7 @@ from adapters.runtime import (
     Outcome,
     OutcomeStatus,
     Plan,
+    Reconciliation,
     RuntimeAdapter,
 )
 
@@ -487,7 +488,20 @@ class LibvirtAdapter(RuntimeAdapter):
                     raise ConflictError(f"cannot suspend a domain that is {power}")
                 return {"power": "paused"}, undo
             case Verb.RESIZE:
-                return self._plan_resize(action, before)
+                desired, resize_undo = self._plan_resize(action, before)
+                if desired["config"] and power in _LIVE:
+                    # The saved size may differ from the running one: keep it to go back to.
+                    target = action.target
+                    saved = await self._call(
+                        f"saved size of {target}", lambda c: _saved_size(self._lookup(c, target))
+                    )
+                    vcpus, memory = desired["vcpus"], desired["memory_mib"]
+                    resize_undo = {
+                        **resize_undo,
+                        "config_vcpus": saved[0] if vcpus is not None else None,
+                        "config_memory_mib": saved[1] if memory is not None else None,
+                    }
+                return desired, resize_undo
             case Verb.SNAPSHOT:
                 name = str(action.param("name") or f"govgate-{uuid.uuid4().hex[:12]}")
                 if await self._has_snapshot(action.target, name):
@@ -807,8 +821,19 @@ class LibvirtAdapter(RuntimeAdapter):
                         dom.suspend()
                     return f"back to {prior}"
                 case Verb.RESIZE:
-                    back = {**undo, "live": undo["live"], "config": undo["config"]}
-                    return self._resize(dom, back)[1]
+                    # Each place back to its own size: the saved one may not have been the
+                    # running one (plans before config_* were kept: the same for both).
+                    done = []
+                    if undo["live"]:
+                        back = {"vcpus": undo["vcpus"], "memory_mib": undo["memory_mib"],
+                                "live": True, "config": False}  # fmt: skip
+                        done.append(self._resize(dom, back)[1])
+                    if undo["config"]:
+                        back = {"vcpus": undo.get("config_vcpus", undo["vcpus"]),
+                                "memory_mib": undo.get("config_memory_mib", undo["memory_mib"]),
+                                "live": False, "config": True}  # fmt: skip
+                        done.append(self._resize(dom, back)[1])
+                    return "; ".join(done)
                 case Verb.SNAPSHOT:
                     name = undo["snapshot"]
                     if name in dom.snapshotListNames(0):
@@ -824,6 +849,41 @@ class LibvirtAdapter(RuntimeAdapter):
 
     # -- reconcile ---------------------------------------------------------------------
 
+    async def _reconcile(self, plan: Plan) -> Reconciliation:
+        if plan.action.verb is not Verb.RESIZE or not plan.desired["config"]:
+            return await super()._reconcile(plan)
+        # A change to the saved definition shows there, not in the running size.
+        state = await self._describe_or_absent(plan.target)
+        if state.power is PowerState.ABSENT:
+            return Reconciliation(plan, None, state, "the domain is gone: no size to read")
+        desired, undo = plan.desired, plan.undo
+        places: list[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]] = []
+        if desired["live"] and state.power in _LIVE:
+            now = (state.vcpus, state.memory_mib)
+            places.append((now, (desired["vcpus"], desired["memory_mib"]),
+                           (undo["vcpus"], undo["memory_mib"])))  # fmt: skip
+        saved = await self._call(
+            f"saved size of {plan.target}", lambda c: _saved_size(self._lookup(c, plan.target))
+        )
+        places.append((saved, (desired["vcpus"], desired["memory_mib"]),
+                       (undo.get("config_vcpus", undo["vcpus"]),
+                        undo.get("config_memory_mib", undo["memory_mib"]))))  # fmt: skip
+
+        def matches(now: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
+            return all(w is None or n == w for n, w in zip(now, want, strict=True))
+
+        if all(matches(now, want) for now, want, _ in places):
+            took: bool | None = True
+        elif all(matches(now, was) for now, _, was in places):
+            took = False
+        else:
+            took = None
+        if took is None:
+            detail = "the sizes match neither the plan nor the state before it"
+        else:
+            detail = "took effect" if took else "did not take effect"
+        return Reconciliation(plan, took, state, detail)
+
     async def _judge(self, plan: Plan, state: RuntimeState) -> bool | None:
         verb = plan.action.verb
         if verb in (Verb.SNAPSHOT, Verb.SNAPSHOT_DELETE):
@@ -835,6 +895,11 @@ class LibvirtAdapter(RuntimeAdapter):
         if verb is Verb.MIGRATE and state.power is PowerState.ABSENT:
             return True  # gone from here; only the destination can say more
         return None  # reboot, reset, revert: no trace in the domain's state
+
+
+def _saved_size(dom: Dom) -> tuple[int, int]:
+    """The vCPUs and memory (MiB) of the domain's saved (persistent) definition."""
+    return int(dom.vcpusFlags(_AFFECT_CONFIG)), LibvirtAdapter._memory_mib(dom, live=False)
 
 
 def _alive(conn: Conn) -> bool:

@@ -206,6 +206,63 @@ async def test_resize_live_and_config_and_back(lv: LibvirtAdapter):
     assert config == 3
 
 
+def _sizes(conn: Any) -> dict[str, int]:
+    """web-1's running and saved sizes."""
+    dom = conn.lookupByName("web-1")
+    return {
+        "vcpus": dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE),
+        "saved_vcpus": dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG),
+        "memory": LibvirtAdapter._memory_mib(dom, live=True),
+        "saved_memory": LibvirtAdapter._memory_mib(dom, live=False),
+    }
+
+
+async def test_a_resize_of_a_domain_whose_saved_size_differs_goes_back_to_each(
+    lv: LibvirtAdapter,
+):
+    """The next boot's size was changed before (saved definition only): a revert puts the
+    running and the saved size back each to its own value, and reconcile reads each."""
+    config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+    def next_boot(c: Any) -> None:
+        c.lookupByName("web-1").setVcpusFlags(4, config)
+        c.lookupByName("web-1").setMemoryFlags(6144 * 1024, config)
+
+    await lv._call("prepare", next_boot)
+    before = await lv._call("sizes", _sizes)
+    assert before == {"vcpus": 2, "saved_vcpus": 4, "memory": 4096, "saved_memory": 6144}
+    plan, out = await run(lv, act("resize", vcpus=6, memory_mib=7000))
+    assert await lv._call("sizes", _sizes) == {
+        "vcpus": 6, "saved_vcpus": 6, "memory": 7000, "saved_memory": 7000
+    }  # fmt: skip
+    assert (await lv.reconcile(plan)).took_effect is True
+    await lv.revert(out)
+    assert await lv._call("sizes", _sizes) == before
+    assert (await lv.reconcile(plan)).took_effect is False
+
+    # Only the saved size: the running one never shows it, reconcile reads the saved one.
+    plan, out = await run(lv, act("resize", vcpus=3, memory_mib=5000, live=False))
+    assert await lv._call("sizes", _sizes) == {
+        "vcpus": 2, "saved_vcpus": 3, "memory": 4096, "saved_memory": 5000
+    }  # fmt: skip
+    assert (await lv.reconcile(plan)).took_effect is True
+    await lv.revert(out)
+    assert await lv._call("sizes", _sizes) == before
+    assert (await lv.reconcile(plan)).took_effect is False
+
+
+async def test_stopping_a_transient_domain_reconciles_as_done(lv: LibvirtAdapter):
+    """A transient domain disappears when it stops: absent is its off."""
+    xml = ("<domain type='test'><name>temp-{}</name><memory unit='MiB'>256</memory>"
+           "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")  # fmt: skip
+    for i, verb in enumerate(("destroy", "shutdown")):
+        await lv._call("transient", lambda c, i=i: c.createXML(xml.format(i), 0))
+        plan, out = await run(lv, act(verb, f"temp-{i}"))
+        assert out.after.power is PowerState.ABSENT
+        rec = await lv.reconcile(plan)
+        assert rec.took_effect is True, rec.detail
+
+
 @pytest.mark.parametrize(
     ("action", "error", "needle"),
     [
