@@ -59,6 +59,17 @@ class ServeConfig:
     health_interval: float = 1.0  # seconds between checks that the ledger can write
     metrics_listen: str = ""  # HOST:PORT of a Prometheus scrape endpoint; "": none
 
+    def __post_init__(self) -> None:
+        # A zero or negative interval would spin its loop; nan compares false with anything.
+        for name in ("expiry_interval", "health_interval"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise ValueError(f"{name} must be more than 0 and at most 3600 seconds")
+        if not 0 <= self.grace <= 86_400:
+            raise ValueError("grace must be 0 to 86400 seconds")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+
     def path(self, p: Path) -> Path:
         """``p`` read from the data directory when relative."""
         return p if p.is_absolute() else self.data / p

@@ -48,7 +48,15 @@ from typing import Any, NamedTuple
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
-from adapters.action import Action, Reversibility, RuntimeState, Target, text_problem
+from adapters.action import (
+    Action,
+    PowerState,
+    Reversibility,
+    RuntimeState,
+    Target,
+    Verb,
+    text_problem,
+)
 from adapters.errors import AdapterError, EffectUnknownError, NotFoundError
 from adapters.runtime import Outcome, OutcomeStatus, Plan, RuntimeAdapter, new_id
 from explain.batcher import MicroBatcher
@@ -617,6 +625,8 @@ class Gateway:
             try:
                 return await self.adapters[target.runtime].describe(target, timeout=_left(d)), True
             except NotFoundError as err:
+                if d.action.verb is Verb.CREATE:  # the one verb whose target is not there yet
+                    return RuntimeState(power=PowerState.ABSENT), True
                 raise InvalidRequestError(str(err), field="action.target.resource") from err
             except AdapterError as err:
                 _failed(span, err)

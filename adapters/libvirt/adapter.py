@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import os
 import re
 import threading
 import time
@@ -149,8 +150,28 @@ class LibvirtConfig:
     # change describe reports (lifecycle, balloon, devices, metadata, tunables); each
     # such event, and each action of this adapter, drops the target's entry. 0: off.
     cache_ttl: float = 1.0
+    # Directories a created domain's disk image may be in: an engine must not hand a
+    # VM any file of the host (/etc/shadow as a disk). Absolute; subdirectories count.
+    image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
 
     def __post_init__(self) -> None:
+        for name in ("uri", "domain_type"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string")
+        for name in ("keepalive_interval", "keepalive_count", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number")
+        for name in ("shutdown_timeout", "poll_interval", "cache_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise ValueError(f"{name} must be a number")
+        dirs = self.image_dirs
+        if isinstance(dirs, str) or not all(isinstance(d, str) for d in dirs):
+            raise ValueError("image_dirs must be a list of directories")
+        if not all(os.path.isabs(d) for d in dirs):
+            raise ValueError("image_dirs must be absolute paths")
+        object.__setattr__(self, "image_dirs", tuple(os.path.normpath(d) for d in dirs))
         if not self.uri or "\n" in self.uri:
             raise ValueError("uri must be a libvirt connection URI")
         if self.keepalive_interval < 0 or self.keepalive_count < 0 or self.workers < 1:
@@ -467,6 +488,7 @@ class LibvirtAdapter(RuntimeAdapter):
         if verb is Verb.CREATE:
             if power is not PowerState.ABSENT:
                 raise ConflictError(f"domain {action.target.resource!r} is already defined")
+            await self._check_create(action)
             return {"defined": True}, {}
         if power is PowerState.ABSENT:
             raise NotFoundError(f"no domain {action.target.resource!r}")
@@ -504,6 +526,12 @@ class LibvirtAdapter(RuntimeAdapter):
                 return desired, resize_undo
             case Verb.SNAPSHOT:
                 name = str(action.param("name") or f"govgate-{uuid.uuid4().hex[:12]}")
+                if not _SNAPSHOT_NAME.fullmatch(name):
+                    raise InvalidActionError(
+                        "a snapshot name is 1 to 64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit",
+                        field="action.parameters.name",
+                    )
                 if await self._has_snapshot(action.target, name):
                     raise ConflictError(f"snapshot {name!r} already exists")
                 return {"snapshot": name}, {"snapshot": name}
@@ -537,6 +565,43 @@ class LibvirtAdapter(RuntimeAdapter):
                     )
                 return {"defined": False}, {}
         raise UnsupportedError(f"verb {verb} is not supported by the libvirt adapter")
+
+    async def _check_create(self, action: Action) -> None:
+        """A new domain's size within what the host offers, and its disk image in one of
+        the configured image directories."""
+        vcpus, memory = action.int_param("vcpus"), action.int_param("memory_mib")
+
+        def host(conn: Conn) -> tuple[int, int]:
+            kind = self.config.domain_type or None
+            return int(conn.getMaxVcpus(kind)), int(conn.getInfo()[1])
+
+        most_vcpus, host_mib = await self._call("the host's size", host)
+        if vcpus is not None and not 1 <= vcpus <= most_vcpus:
+            raise InvalidActionError(
+                f"must be 1 to {most_vcpus} (the hypervisor's limit)",
+                field="action.parameters.vcpus",
+            )
+        if memory is not None and not 16 <= memory <= host_mib:
+            raise InvalidActionError(
+                f"must be 16 to {host_mib} MiB (the host's memory)",
+                field="action.parameters.memory_mib",
+            )
+        image = action.param("image")
+        if image:
+            path = str(image)
+            inside = (
+                os.path.isabs(path)
+                and os.path.normpath(path) == path
+                and any(
+                    os.path.commonpath((d, path)) == d and path != d for d in self.config.image_dirs
+                )
+            )
+            if not inside:
+                where = ", ".join(self.config.image_dirs) or "none are configured"
+                raise InvalidActionError(
+                    f"{path!r} is not a normalised absolute path in an image directory ({where})",
+                    field="action.parameters.image",
+                )
 
     def _plan_resize(
         self, action: Action, before: RuntimeState
@@ -895,6 +960,9 @@ class LibvirtAdapter(RuntimeAdapter):
         if verb is Verb.MIGRATE and state.power is PowerState.ABSENT:
             return True  # gone from here; only the destination can say more
         return None  # reboot, reset, revert: no trace in the domain's state
+
+
+_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _saved_size(dom: Dom) -> tuple[int, int]:

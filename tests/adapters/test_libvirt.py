@@ -330,6 +330,40 @@ async def test_reboot_and_reset_have_nothing_to_undo(lv: LibvirtAdapter):
             await lv.revert(out)
 
 
+@pytest.mark.parametrize(
+    ("params", "field", "needle"),
+    [
+        ({"image": "/etc/shadow"}, "image", "not a normalised absolute path in an image dir"),
+        ({"image": "disk.qcow2"}, "image", "/var/lib/libvirt/images"),
+        ({"image": "/var/lib/libvirt/images/../../../etc/shadow"}, "image", "image directory"),
+        ({"image": "/var/lib/libvirt/images"}, "image", "image directory"),  # the dir itself
+        ({"image": "/var/lib/libvirt/images-evil/x.qcow2"}, "image", "image directory"),
+        ({"vcpus": 100_000}, "vcpus", "the hypervisor's limit"),
+        ({"memory_mib": 2**40}, "memory_mib", "the host's memory"),
+        ({"memory_mib": 1}, "memory_mib", "must be 16 to"),
+    ],
+)
+async def test_create_keeps_to_the_host_and_the_image_directories(
+    lv: LibvirtAdapter, params: dict[str, Any], field: str, needle: str
+):
+    """An engine must not hand a new VM a file of the host as its disk, nor ask for more
+    than the host has."""
+    with pytest.raises(InvalidActionError, match=needle) as info:
+        await lv.plan(act("create", "new-1", **params))
+    assert info.value.field == f"action.parameters.{field}"
+    plan = await lv.plan(act("create", "new-1", image="/var/lib/libvirt/images/new-1.qcow2"))
+    assert plan.desired == {"defined": True}
+
+
+@pytest.mark.parametrize("name", ["a/b", " pad ", "x" * 65, "-dash", "über"])
+async def test_snapshot_names_are_plain(lv: LibvirtAdapter, name: str):
+    with pytest.raises(InvalidActionError, match="snapshot name") as info:
+        await lv.plan(act("snapshot", name=name))
+    assert info.value.field == "action.parameters.name"
+    for plain in ("pre-upgrade_2026.11", "x" * 64):
+        assert (await lv.plan(act("snapshot", name=plain))).desired == {"snapshot": plain}
+
+
 async def test_create_and_delete(lv: LibvirtAdapter):
     plan, created = await run(lv, act("create", "new-1", vcpus=2, memory_mib=1024))
     assert created.status is OutcomeStatus.APPLIED

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from adapters.action import Action, PowerState, Target
+from adapters.errors import NotFoundError
 from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
@@ -407,6 +408,27 @@ async def test_rollback_reverts_and_is_recorded(world: World, tmp_path: Path):
     assert (await world.lv.describe(Target("libvirt", "web-1"))).power is PowerState.RUNNING
     assert await records(world, "rollback", noop.decision_id) == []
     await assert_ledger_verifies(world, tmp_path)
+
+
+async def test_create_goes_through_the_gateway(world: World):
+    """Its target does not exist yet: that is the one verb for which that is not a mistake."""
+    everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
+    await world.gw.activate_policy(Policy.parse(everything, "execute-everything"))
+    d = await world.gw.propose("r-new", act("create", "new-1", vcpus=2, memory_mib=1024),
+                               requester=ENGINE)  # fmt: skip
+    assert d.state == "EXECUTED", d.reasons
+    assert (await world.lv.describe(Target("libvirt", "new-1"))).vcpus == 2
+    with pytest.raises(InvalidRequestError) as info:  # any other verb on it: the caller's mistake
+        await world.gw.propose("r-ghost", act("start", "ghost-1"), requester=ENGINE)
+    assert info.value.field == "action.target.resource"
+    # The adapter's own checks still hold: a plan it refuses is recorded and never runs.
+    disk = await world.gw.propose("r-disk", act("create", "new-2", image="/etc/shadow"),
+                                  requester=ENGINE)  # fmt: skip
+    assert disk.state == "FAILED"
+    assert disk.outcome is not None
+    assert "image directory" in disk.outcome["detail"]
+    with pytest.raises(NotFoundError):
+        await world.lv.describe(Target("libvirt", "new-2"))
 
 
 async def test_incident_reports_feed_the_ledger(world: World):
