@@ -118,8 +118,11 @@ class Roles:
         unknown = set(doc) - {"version", "identities"}
         if unknown:
             raise RolesError(f"{source}: unknown section {sorted(unknown)[0]!r}")
+        identities = doc.get("identities", {})
+        if not isinstance(identities, Mapping):
+            raise RolesError(f"{source}: identities must be a table of identity = {{ roles }}")
         grants = {}
-        for identity, raw_grant in doc.get("identities", {}).items():
+        for identity, raw_grant in identities.items():
             where = f"identities.{identity!r}"
             if not isinstance(raw_grant, Mapping):
                 raise RolesError(f"{where}: must be a table")

@@ -203,8 +203,14 @@ async def _run(
         tracing = TracingInterceptor(server_address=host)  # outside the error mapper
         options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection,
                                 interceptors=(tracing,))  # fmt: skip
-        server, bound = await start_server(gw, tls, host=host, port=int(port), options=options,
-                                           health_status=health)  # fmt: skip
+        try:
+            server, bound = await start_server(gw, tls, host=host, port=int(port),
+                                               options=options, health_status=health)  # fmt: skip
+        except RuntimeError as err:  # grpc: "Failed to bind to address ..."
+            raise ConfigError(
+                f"cannot listen on {config.listen}: the address is in use or not this host's "
+                f"({err})"
+            ) from None
         tracing.server_port = bound
         say(f"listening on {host}:{bound} (mTLS"
             + (", reflection" if config.reflection else "") + ")")  # fmt: skip

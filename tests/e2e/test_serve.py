@@ -270,6 +270,20 @@ def test_bad_configuration_is_refused_with_a_clear_error(site: Site, setup: str,
     assert "Traceback" not in done.stderr
 
 
+def test_a_port_in_use_is_refused_with_a_clear_error(site: Site):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*GOVGATE, "serve", "--data", str(site.data), "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"},
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def health_of(served: Served) -> str:
     stub = health_pb2_grpc.HealthStub(served.channel("alice"))
     status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status

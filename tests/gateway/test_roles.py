@@ -71,6 +71,8 @@ def test_engine_grant(roles: Roles):
         ('version = 1\n[identities."a"]\nroles = ["engine"]\nselectors = ["prod"]', "key=value"),
         ('version = 1\n[identities."a"]\nroles = ["engine"]\nhosts = []', "unknown key 'hosts'"),
         ("version = 1\n[people]", "unknown section"),
+        ("version = 1\nidentities = 5", "identities must be a table"),
+        ('version = 1\nidentities = ["a"]', "identities must be a table"),
         ("version = [", "not valid TOML"),
     ],
 )
