@@ -500,6 +500,15 @@ class LibvirtAdapter(RuntimeAdapter):
             case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
                 if verb is Verb.SAVE and not before.persistent:
                     raise ConflictError("a transient domain has no managed save")
+                wait = action.param("timeout_s") if verb is Verb.SHUTDOWN else None
+                # The wait, and a forced power-off after it, must fit the execute deadline:
+                # past it, the outcome would be unknown and force would never come.
+                most = self.deadlines.execute - 5
+                if wait is not None and not 0 <= float(wait) <= most:
+                    raise InvalidActionError(
+                        f"must be 0 to {most:g} seconds (actions have {self.deadlines.execute:g})",
+                        field="action.parameters.timeout_s",
+                    )
                 return {"power": "shutoff"}, undo
             case Verb.REBOOT | Verb.RESET:
                 if power is not PowerState.RUNNING:
@@ -810,7 +819,8 @@ class LibvirtAdapter(RuntimeAdapter):
     async def _shutdown(self, plan: Plan) -> Outcome:
         """ACPI shutdown, waiting for the guest; forced off after the timeout if asked."""
         action, target = plan.action, plan.action.target
-        timeout = float(action.param("timeout_s") or self.config.shutdown_timeout)
+        wait = action.param("timeout_s")  # 0 is a wait of none: force at once, if asked
+        timeout = self.config.shutdown_timeout if wait is None else float(wait)
 
         def request(conn: Conn) -> bool:
             dom = self._lookup(conn, target)

@@ -426,6 +426,25 @@ async def test_shutdown_that_never_finishes_times_out_or_is_forced(lv: LibvirtAd
     assert forced.after.power is PowerState.SHUTOFF
 
 
+async def test_a_shutdown_wait_of_zero_forces_at_once_and_a_wait_past_the_deadline_is_refused(
+    lv: LibvirtAdapter, monkeypatch
+):
+    real_call = lv._call
+
+    async def call(what: str, fn: Any) -> Any:  # the guest ignores the power button
+        return await real_call(what, (lambda c: True) if what.startswith("shutdown") else fn)
+
+    monkeypatch.setattr(lv, "_call", call)
+    started = asyncio.get_running_loop().time()
+    _, forced = await run(lv, act("shutdown", timeout_s=0, force=True))
+    assert "forced off" in forced.detail
+    assert asyncio.get_running_loop().time() - started < 10  # not the 60 s default wait
+    for wait in (115.01, 600):
+        with pytest.raises(InvalidActionError, match="must be 0 to 115") as info:
+            await lv.plan(act("shutdown", timeout_s=wait, force=True))
+        assert info.value.field == "action.parameters.timeout_s"
+
+
 async def test_deadline_bounds_a_stuck_call(tmp_path: Path, monkeypatch):
     node = tmp_path / "node.xml"
     node.write_text(NODE)
