@@ -446,7 +446,7 @@ class LibvirtAdapter(RuntimeAdapter):
         )
 
     async def _describe(self, target: Target, *, fresh: bool = False) -> RuntimeState:
-        key = target.resource
+        key = _cache_key(target.resource)
         hit = None if fresh else self._cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.config.cache_ttl:
             self.cache_hits += 1
@@ -663,7 +663,7 @@ class LibvirtAdapter(RuntimeAdapter):
         what = f"{action.verb} {action.target}"
         if action.verb is Verb.SHUTDOWN:
             return await self._shutdown(plan)
-        key = action.target.resource
+        key = _cache_key(action.target.resource)
         read_at, stamp = time.monotonic(), self._stamp(key)
         applied, detail, after = await self._call(
             what, lambda c: self._apply_and_read(c, plan), retry=action.verb not in _ONCE_ONLY
@@ -973,6 +973,12 @@ class LibvirtAdapter(RuntimeAdapter):
 
 
 _SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _cache_key(resource: str) -> str:
+    """A domain's describe-cache key: a UUID in libvirt's own (lower-case) form, the form
+    that events drop entries under."""
+    return resource.lower() if _UUID.fullmatch(resource) else resource
 
 
 def _saved_size(dom: Dom) -> tuple[int, int]:

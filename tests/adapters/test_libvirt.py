@@ -529,6 +529,22 @@ async def test_describe_cache_is_dropped_by_events_actions_and_time(tmp_path: Pa
         assert lv.cache_hits == 0
 
 
+async def test_an_upper_case_uuid_is_cached_where_events_drop_it(tmp_path: Path):
+    """libvirt names a domain's UUID in lower case, and so do its events."""
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    async with LibvirtAdapter(LibvirtConfig(uri=f"test://{node}", cache_ttl=30)) as lv:
+        uuid = await lv._call("uuid", lambda c: c.lookupByName("web-1").UUIDString())
+        target = Target("libvirt", uuid.upper())
+        assert (await lv.describe(target)).power is PowerState.RUNNING
+        await lv._call("raw", lambda c: c.lookupByName("web-1").suspend())  # behind its back
+        for _ in range(100):
+            if (await lv.describe(target)).power is PowerState.PAUSED:
+                break
+            await asyncio.sleep(0.02)
+        assert (await lv.describe(target)).power is PowerState.PAUSED
+
+
 async def test_an_action_reports_the_state_it_left_and_the_next_describe_reuses_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
