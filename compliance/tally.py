@@ -112,12 +112,15 @@ def _parse_bound(text: str) -> dt.datetime:
     try:
         if len(text) == 10:
             return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no timezone; add Z or an offset")
-    return t.astimezone(dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:  # before the year 1 or after 9999 in UTC
+        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,11 @@ def test_bad_arguments_are_refused(built: Built):
     with pytest.raises(ReportError, match="--key"):
         build_report(built.export, "eu-ai-act", *ALL_TIME)
     assert Period.parse("2026-01-01", "2026-01-02").start_text == "2026-01-01T00:00:00.000000Z"
+    # RFC 3339 allows a lower-case z; an offset that leaves the calendar is refused clearly.
+    lower = Period.parse("2026-01-01T00:00:00z", "2026-01-02T00:00:00z")
+    assert lower.start_text == "2026-01-01T00:00:00.000000Z"
+    with pytest.raises(ValueError, match="out of range"):
+        Period.parse("0001-01-01T00:00:00+01:00", "2026-01-01")
 
 
 def test_a_data_directory_without_a_ledger_is_refused_and_left_as_it_was(tmp_path: Path):
