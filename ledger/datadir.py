@@ -8,6 +8,7 @@ Layout::
     DIR/keys/retired/ID.key    keys rotated out, kept for the record, 0600
     DIR/keys/log.key.next      a rotation in progress (see :meth:`DataDir.rotate`)
     DIR/hmac.salt              32 random bytes for sealing sensitive fields, 0600
+    DIR/replay-floor.json      where `govgate serve` starts reading (gateway.recovery)
 
 Secrets are written with ``O_CREAT | O_EXCL`` and mode 0600 from the start
 (no window where they are readable), existing files are never overwritten,
