@@ -262,7 +262,8 @@ def _irreversible(action: Action, state: RuntimeState) -> float:
 
 def _dependents(state: RuntimeState) -> float:
     raw = state.label("dependents")
-    if raw is None or not raw.isdigit():
+    # ASCII digits only: str.isdigit() is true for "²" and "①", which int() refuses.
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         return NAN
     return math.log2(1 + int(raw))
 

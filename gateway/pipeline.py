@@ -639,9 +639,13 @@ class Gateway:
             return
         with self._span("govgate.score", current=False) as span:
             try:
-                d.explanation = await self.batcher.score(
-                    featurize(d.action, state, Context(now=now))
-                )
+                vector = featurize(d.action, state, Context(now=now))
+            except (ValueError, TypeError, OverflowError) as err:  # a state it cannot read
+                _failed(span, err)
+                d.reasons.append(f"the target's state could not be turned into features: {err}")
+                return  # unscored: the policy's fallback decides, as when the model cannot
+            try:
+                d.explanation = await self.batcher.score(vector)
             except ModelUnavailableError as err:
                 _failed(span, err)
                 d.reasons.append(f"the model could not score: {err}")

@@ -212,7 +212,7 @@ def test_known_confidence_and_snapshots():
     assert f["running"] == 0.0
 
 
-@pytest.mark.parametrize("dependents", ["abc", "-3", "1.5", ""])
+@pytest.mark.parametrize("dependents", ["abc", "-3", "1.5", "", "²", "①", "٣", "9" * 4000])
 def test_unparseable_dependents_is_nan(dependents: str):
     state = RuntimeState(labels={"dependents": dependents})
     assert math.isnan(features(act(), state)["blast_radius"])

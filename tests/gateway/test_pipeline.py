@@ -333,6 +333,23 @@ async def test_model_unavailable_falls_back_per_policy(world: World):
     assert (gone.state, gone.fallback) == ("DENIED", True)  # irreversible: never blind
 
 
+async def test_a_state_that_cannot_be_featurized_takes_the_fallback(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """A label the features cannot read must not fail the proposal (UNKNOWN, nothing
+    recorded): it is left unscored, and the policy's fallback decides, recorded as such."""
+    import gateway.pipeline
+
+    def broken(*args: Any) -> Any:
+        raise ValueError("invalid literal for int() with base 10: '²'")
+
+    monkeypatch.setattr(gateway.pipeline, "featurize", broken)
+    d = await world.gw.propose("r-feat", act("resize", vcpus=4), requester=ENGINE)
+    assert (d.state, d.fallback, d.risk) == ("PENDING_APPROVAL", True, None)
+    assert any("could not be turned into features" in r for r in d.reasons)
+    assert len(await records(world, "decision", d.decision_id)) == 1
+
+
 async def test_invalid_requests(world: World):
     with pytest.raises(InvalidRequestError) as info:
         await world.gw.propose("", act("start"), requester=ENGINE)
