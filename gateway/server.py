@@ -96,6 +96,17 @@ _REVIEW_CODES = {
 }
 
 
+_MAX_MESSAGE = 512  # characters of an error's text in the status and its details
+_MAX_FIELD = 160  # characters of a field path (a parameter's name is the caller's)
+
+
+def _bounded(text: str, most: int) -> str:
+    """``text`` cut to ``most`` characters. Messages echo what the caller sent, and the
+    status travels in trailers: past the client's metadata limit (8 KB), the caller would
+    get RESOURCE_EXHAUSTED, the overload code, instead of the error."""
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def status_of(err: BaseException) -> status_pb2.Status:
     """The one table from domain errors to gRPC status codes, with rich details."""
     code, reason = code_pb2.INTERNAL, "INTERNAL"
@@ -123,11 +134,11 @@ def status_of(err: BaseException) -> status_pb2.Status:
             code, reason = code_pb2.PERMISSION_DENIED, "ACCESS_DENIED"
         case AdapterError() | LedgerError():
             code, reason = code_pb2.FAILED_PRECONDITION, type(err).__name__.upper()
-    message = str(err) if code != code_pb2.INTERNAL else "internal error"
+    message = _bounded(str(err), _MAX_MESSAGE) if code != code_pb2.INTERNAL else "internal error"
     status = status_pb2.Status(code=code, message=message)
     if isinstance(err, InvalidRequestError):
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=err.field, description=str(err)
+            field=_bounded(err.field, _MAX_FIELD), description=message
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     if isinstance(err, OverloadedError):
@@ -137,7 +148,7 @@ def status_of(err: BaseException) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain="govgate")
     decision_id = getattr(err, "decision_id", "")
     if decision_id:
-        info.metadata["decision_id"] = decision_id
+        info.metadata["decision_id"] = _bounded(decision_id, _MAX_FIELD)
     status.details.add().Pack(info)
     return status
 

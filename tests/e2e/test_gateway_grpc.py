@@ -287,6 +287,15 @@ TOO_LONG = "x" * 4097  # adapters.action.MAX_TEXT is 4096
                      id="engine-too-long"),
         pytest.param(propose("r-2", engine="auto\x00scaler", vcpus="4"), "action.engine",
                      id="engine-control-characters"),
+        # Errors that echo long input stay within the client's metadata limit (8 KB): else
+        # the caller gets RESOURCE_EXHAUSTED, the overload code, instead of this answer.
+        pytest.param(propose("r-2", vcpus="9" * 4096), "action.parameters.vcpus",
+                     id="long-value-echoed"),
+        pytest.param(propose("r-2", "x" * 4096, vcpus="4"), "action.verb", id="long-verb"),
+        pytest.param(propose("r-2", resource="r" * 4096, vcpus="4"), "action.target.resource",
+                     id="long-resource-echoed"),
+        pytest.param(propose("r-2", **{"p" * 3000: "4"}), "action.parameters." + "p" * 141 + "…",
+                     id="long-parameter-name"),
     ],
 )  # fmt: skip
 async def test_invalid_input_names_the_field(clients: Clients, request_, field: str):
