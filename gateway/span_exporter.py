@@ -168,6 +168,9 @@ class _Requests:
 # -- other exporters: the SDK's spans and batch processor ----------------------------------
 
 
+_MAX_STATES = 1024  # distinct tracestate headers kept parsed (most callers repeat one)
+
+
 class _Spans:
     """Each span rebuilt as the SDK's ``ReadableSpan``, for its batch processor."""
 
@@ -182,6 +185,8 @@ class _Spans:
     def _state(self, header: str) -> TraceState:
         found = self._states.get(header)
         if found is None:
+            if len(self._states) >= _MAX_STATES:  # callers may send a new one every call
+                self._states = {"": self._states[""]}
             found = self._states[header] = TraceState.from_header([header])
         return found
 

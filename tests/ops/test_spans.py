@@ -855,3 +855,18 @@ def test_console_export_writes_the_spans_to_standard_output(
     assert hello["attributes"] == {"n": 1, "s": "x"}
     assert [(e["name"], e["attributes"]) for e in hello["events"]] == [("step", {"ok": True})]
     assert hello["resource"]["attributes"]["service.name"] == "govgate-test"
+
+
+def test_the_exporter_keeps_a_bounded_number_of_tracestates():
+    """Some tracers put a per-request value in tracestate: one parsed state per distinct
+    header, kept for good, grew the exporter process without bound."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from gateway import span_exporter
+
+    spans = span_exporter._Spans(None, Resource.create({}), SpanLimits())  # type: ignore[arg-type]
+    for i in range(5 * span_exporter._MAX_STATES):
+        state = spans._state(f"dd=s:1;p:{i:016x}")
+        assert state.get("dd") == f"s:1;p:{i:016x}"
+        assert len(spans._states) <= span_exporter._MAX_STATES + 1
+    assert spans._state("") == spans._state("")
