@@ -19,8 +19,9 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NewType
+from typing import TYPE_CHECKING, Any, NewType
 
 import numpy as np
 
@@ -59,6 +60,44 @@ class Model:
     trees: int
 
 
+# Fixed probe rows (one per feature's scale: flags, counts, log sizes, fractions).
+_PROBES = np.array(
+    [[(i * 7 + r * 3) % 5 * (0.25 if r % 2 else 1.0) for i in range(len(FEATURE_NAMES))]
+     for r in range(4)],
+)  # fmt: skip
+
+
+def _check_structure(booster: Any, mid: str) -> None:
+    """A model govgate can explain: gradient-boosted trees (gbtree, what `govgate model
+    train` makes) with the logistic objective (risk is the sigmoid of the margin), every
+    split on one of the schema's features."""
+    try:
+        config = json.loads(booster.save_config())["learner"]
+        objective = config["objective"]["name"]
+        kind = config["gradient_booster"]["name"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelCorruptError(f"model {mid[:12]}: its settings cannot be read ({err})") from err
+    if objective != "binary:logistic" or kind != "gbtree":
+        raise ModelCorruptError(
+            f"model {mid[:12]} is {kind} with objective {objective}: govgate explains "
+            "gradient-boosted trees (gbtree) with binary:logistic"
+        )
+    try:
+        model = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]
+        highest = max(
+            (index for tree in model["trees"]
+             for index, left in zip(tree["split_indices"], tree["left_children"], strict=True)
+             if left != -1),
+            default=-1,
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelCorruptError(f"model {mid[:12]}: its trees cannot be read ({err})") from err
+    if highest >= len(FEATURE_NAMES):
+        raise ModelCorruptError(
+            f"model {mid[:12]} splits on feature {highest}; the schema has {len(FEATURE_NAMES)}"
+        )
+
+
 def load_model(raw: bytes, expected_id: str | None = None, *, nthread: int = 1) -> Model:
     """Verify and load model bytes; raise rather than return a half-usable model."""
     if len(raw) > MAX_MODEL_BYTES:
@@ -88,12 +127,22 @@ def load_model(raw: bytes, expected_id: str | None = None, *, nthread: int = 1) 
             f"model {mid[:12]} claims schema {schema} but its features "
             f"{booster.feature_names} are not {list(FEATURE_NAMES)}"
         )
-    probe = np.full((1, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    _check_structure(booster, mid)
+    # Probes: all missing, and a few fixed rows. The exact SHAP values must add up to the
+    # model's own margin on each (they do for any sound tree model).
+    probe = np.vstack([np.full(len(FEATURE_NAMES), np.nan), _PROBES]).astype(np.float32)
     try:
-        out = booster.predict(xgb.DMatrix(probe, feature_names=list(FEATURE_NAMES)))
+        matrix = xgb.DMatrix(probe, feature_names=list(FEATURE_NAMES))
+        out = booster.predict(matrix)
+        margin = booster.predict(matrix, output_margin=True)
+        contributions = booster.predict(matrix, pred_contribs=True)
     except xgb.core.XGBoostError as err:
         raise ModelCorruptError(f"model {mid[:12]} cannot score") from err
-    if out.shape != (1,) or not np.isfinite(out).all():
+    if out.shape != (len(probe),) or not np.isfinite(out).all():
         raise ModelCorruptError(f"model {mid[:12]} gives non-finite or mis-shaped output")
+    if not np.allclose(contributions.sum(axis=1), margin, rtol=0, atol=1e-4):
+        raise ModelCorruptError(
+            f"model {mid[:12]}: its SHAP values do not add up to its own margin"
+        )
     trees = booster.num_boosted_rounds()
     return Model(id=mid, booster=booster, schema=schema, size=len(raw), trees=trees)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import warnings
 
@@ -250,6 +251,32 @@ def test_corrupt_and_wrong_schema_models_are_refused(small_trained: Trained):
     renamed = bytes(booster.save_raw(raw_format="ubj"))
     with pytest.raises(SchemaMismatchError, match="features"):
         load_model(renamed, model_id_of(renamed))
+
+
+def test_models_govgate_cannot_explain_are_refused(small_trained: Trained):
+    """Stamped with the schema and named features, but not what risk and SHAP assume:
+    another objective or booster, or a split on a feature the schema does not have (its
+    SHAP values then do not add up to its own margin)."""
+    x, y = to_matrix(generate(2000, seed=3))
+    data = xgb.DMatrix(x, label=y, feature_names=list(FEATURE_NAMES))
+    for params, needle in (
+        ({"objective": "reg:squarederror"}, "objective reg:squarederror"),
+        ({"booster": "dart", "objective": "binary:logistic"}, "is dart"),
+        ({"booster": "gblinear", "objective": "binary:logistic"}, "is gblinear"),
+    ):
+        other = xgb.train(params, data, 10)
+        other.set_attr(**{SCHEMA_ATTR: SCHEMA_VERSION})
+        raw = bytes(other.save_raw(raw_format="ubj"))
+        with pytest.raises(ModelCorruptError, match=needle):
+            load_model(raw, model_id_of(raw))
+
+    doc = json.loads(bytes(xgb.Booster(model_file=bytearray(small_trained.raw)).save_raw("json")))
+    tree = doc["learner"]["gradient_booster"]["model"]["trees"][0]
+    tree["split_indices"][0] = 500  # the root of the first tree
+    bad = bytes(xgb.Booster(model_file=bytearray(json.dumps(doc).encode())).save_raw("ubj"))
+    with pytest.raises(ModelCorruptError, match="splits on feature 500"):
+        load_model(bad, model_id_of(bad))
+    load_model(small_trained.raw, model_id_of(small_trained.raw))  # the sound one still loads
 
 
 def test_registry_refuses_bad_active_marker_and_cards(tmp_path, small_trained: Trained):
