@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from explain.card import render_markdown
+from explain.card import CARD_FORMAT, render_markdown
 from explain.errors import ModelCorruptError, ModelNotFoundError
 from explain.model import Model, ModelId, load_model, model_id_of
 
@@ -182,6 +182,16 @@ class Registry:
             raise ModelCorruptError(f"card {path} is not valid JSON: {err}") from err
         if not isinstance(card, dict) or card.get("model_id") != entry.id:
             raise ModelCorruptError(f"card {path} does not describe model {entry.id[:12]}")
+        if card.get("format") != CARD_FORMAT:
+            raise ModelCorruptError(f"card {path} is not a {CARD_FORMAT} card")
+        try:  # every field a reader of the card uses is there, of its kind
+            if not isinstance(card["data"], dict) or not isinstance(card["metrics"], dict):
+                raise TypeError("data and metrics must be objects")
+            render_markdown(card)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise ModelCorruptError(
+                f"card {path} is malformed ({type(err).__name__}: {err})"
+            ) from None
         return card
 
     def verify(self, ref: str | None = None) -> Model:

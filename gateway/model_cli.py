@@ -264,6 +264,15 @@ def verify_cmd(
             err.print(f"[red]FAILED[/red] {mid}: {escape(str(ex))}", soft_wrap=True)
     if not ids:
         err.print("no models registered")
+    if not model:  # all of them: the one a gateway would load too
+        try:
+            active = registry.active_id()
+            if active not in ids:
+                registry.verify(active)
+            err.print(f"active {active}")
+        except ExplainError as ex:
+            bad += 1
+            err.print(f"[red]FAILED[/red] the active model: {escape(str(ex))}", soft_wrap=True)
     raise typer.Exit(1 if bad else 0)
 
 

@@ -158,6 +158,33 @@ def test_verify_reports_a_tampered_model(gg: Govgate, tmp_path: Path):
     assert "not its id" in r.msg
 
 
+def test_verify_checks_the_active_model_and_the_cards_shape(gg: Govgate, tmp_path: Path):
+    """What a gateway would load, and what list and card read, must pass verify too."""
+    data = tmp_path / "d"
+    model_id = gg("model", "train", "--data", data, "--samples", "2000", "--trees", "5").out.strip()
+    marker = data / "models" / "ACTIVE"
+    for active, why in (("0123" * 16, "no model 0123"), ("garbage", "does not hold a model id")):
+        marker.write_text(active + "\n")
+        r = gg("model", "verify", "--data", data)
+        assert r.code == 1, r
+        assert "FAILED the active model" in r.msg
+        assert why in r.msg, r
+    marker.unlink()
+    assert gg("model", "verify", "--data", data).code == 0
+
+    card_path = data / "models" / f"{model_id}.card.json"
+    card = json.loads(card_path.read_text())
+    card["data"] = "bootstrap"  # names its model, but is not a card's shape
+    card_path.write_text(json.dumps(card))
+    r = gg("model", "verify", "--data", data)
+    assert r.code == 1, r
+    assert f"FAILED {model_id}" in r.msg
+    assert "malformed" in r.msg
+    for command in (("model", "list"), ("model", "card", model_id[:10])):
+        shown = gg(*command, "--data", data)
+        assert "Traceback" not in shown.err, (command, shown)
+
+
 def test_train_from_history_file_and_bad_history(gg: Govgate, tmp_path: Path):
     from explain.bootstrap import generate
 
