@@ -217,7 +217,9 @@ class Gateway:
         self.restore(Replayed())
         self._sync_lock = asyncio.Lock()
         self._late: set[asyncio.Task[None]] = set()  # outcomes waiting for the ledger to recover
-        self._proposals: set[asyncio.Future[Decision]] = set()  # running, even if callers left
+        self._proposals: set[asyncio.Future[Any]] = set()  # running, even if callers left
+        # Decisions allowed to run whose outcome is not yet durable, by decision record index.
+        self._unsettled: Counter[int] = Counter()
         # Rollbacks under way or cut short (no outcome recorded): how many, by the index of
         # the decision record each one reverts (for the replay floor).
         self._rolling_back: Counter[int] = Counter()
@@ -322,9 +324,10 @@ class Gateway:
         outcome waiting for the ledger): no floor can be vouched for then."""
         if self._proposals or self._late:
             return None
-        lowest = min(self._rolling_back, default=-1)
-        if self._rolling_back and lowest < 0:
-            return None  # a rollback of a decision whose index is not known here
+        held = self._rolling_back + self._unsettled
+        lowest = min(held, default=-1)
+        if held and lowest < 0:
+            return None  # a decision whose index is not known here
         for d in self.decisions.values():
             if d.final:
                 continue
@@ -382,7 +385,11 @@ class Gateway:
             d.outcome = body | {"ledger_index": rec.index}
             d.changed.set()
         for decision_id in state.rollbacks:
-            d = await self.get(decision_id)
+            try:
+                d = await self.get(decision_id)
+            except DecisionNotFoundError:  # a rollback record no gateway wrote: never fatal
+                state.skipped.append(f"rollback of {decision_id}: no such decision; left alone")
+                continue
             detail = "the gateway stopped during the rollback; check the target"
             body = {"status": "unknown", "rollback": True, "recovered": True, "detail": detail}
             await self._record(
@@ -557,6 +564,10 @@ class Gateway:
             try:
                 self.roles.check_action(requester, action, state.labels)
             except AccessDeniedError as err:
+                # A retry of a request decided before (the grant changed since, and this
+                # process no longer holds the id) gets that decision, as any retry does.
+                if request_id not in self._by_request and await self._recall(request_id):
+                    raise ClaimedError(f"request:{request_id}") from None
                 await self._refused(err)
                 raise
         state = replace(state, recent_actions=self._recent_count(str(target), now))
@@ -712,6 +723,17 @@ class Gateway:
                 d.plan, self._plan_errors[d.decision_id] = None, err
 
     async def _execute(self, d: Decision) -> None:
+        """Run ``d`` and record its outcome. Until that record is durable, ``d`` holds the
+        replay floor at its decision record (a call cancelled on the way leaves it held: a
+        restart from record 0 is then what reconciles it)."""
+        self._unsettled[d.ledger_index] += 1
+        await self._run_and_record(d)
+        self._settled(d)
+
+    def _settled(self, d: Decision) -> None:
+        self._unsettled -= Counter([d.ledger_index])
+
+    async def _run_and_record(self, d: Decision) -> None:
         adapter = self.adapters[d.action.target.runtime]
         try:
             if d.plan is None:
@@ -758,10 +780,12 @@ class Gateway:
             try:
                 rec = await self._record(draft, of=d)
             except ClaimedError:
+                self._settled(d)  # another replica recorded its outcome
                 return
             except LedgerUnavailableError:
                 delay = min(delay * 2, 10.0)
                 continue
+            self._settled(d)
             if d.outcome is not None:
                 d.outcome["ledger_index"] = rec.index
             d.changed.set()
@@ -943,7 +967,13 @@ class Gateway:
             del self._pending[decision_id]
             d.state = "EXECUTING"
             d.changed.set()
-            await self._execute(d)
+            # Recorded as allowed to run: it runs to its outcome record even if this caller
+            # leaves (as a proposal does).
+            work = asyncio.ensure_future(self._execute(d))
+            work.add_done_callback(_retrieved)
+            self._proposals.add(work)
+            work.add_done_callback(self._proposals.discard)
+            await asyncio.shield(work)
         d.changed.set()
         return d
 

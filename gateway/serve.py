@@ -173,7 +173,7 @@ async def _run(
                      metrics=metrics, replica=config.replica)  # fmt: skip
         if metrics is not None:
             metrics.watch_pending(lambda: len(gw.pending()))
-        floor, why = await load_floor(gw, data.path)
+        floor, why = await load_floor(gw, data.path, salt=data.salt())
         if why:
             say(f"replay floor not used: {why}; reading the whole ledger")
         state = await recover(gw, floor=floor)
@@ -237,7 +237,7 @@ async def _run(
             say(f"draining: NOT_SERVING, no new calls; in-flight calls get {config.grace:g}s "
                 "(a second signal stops them now)")  # fmt: skip
             await _drain(server, config.grace, force, say)
-            await _save_floor(gw, data.path, say)
+            await _save_floor(gw, data, say)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -272,10 +272,10 @@ async def _sweep(gw: Gateway, every: float, say: Say) -> None:
             say(f"{expired} pending decision(s) expired")
 
 
-async def _save_floor(gw: Gateway, data: Path, say: Say) -> None:
+async def _save_floor(gw: Gateway, data: DataDir, say: Say) -> None:
     """Leave the next start a replay floor (gateway.recovery), if one can be vouched for."""
     try:
-        floor = await save_floor(gw, data)
+        floor = await save_floor(gw, data.path, salt=data.salt())
     except (OSError, LedgerError, ValueError) as err:
         say(f"replay floor not saved ({err}); the next start reads from an older one, if any")
         return
