@@ -475,7 +475,9 @@ def serve(
     ] = None,
     grace: Annotated[
         float | None,
-        typer.Option(min=0, help="Seconds in-flight calls get on SIGTERM (default 10)."),
+        typer.Option(
+            min=0, max=86_400, help="Seconds in-flight calls get on SIGTERM (default 10)."
+        ),
     ] = None,
     metrics_listen: Annotated[
         str | None,

@@ -87,7 +87,10 @@ class ServeConfig:
                     raise ValueError
             except ValueError:
                 raise ConfigError(f"{key}: {address!r} is not HOST:PORT") from None
-        out = replace(self, **given)
+        try:
+            out = replace(self, **given)
+        except (TypeError, ValueError) as err:  # the settings' own checks (__post_init__)
+            raise ConfigError(str(err)) from None
         if out.ledger_url and not out.ledger_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("ledger.url: must be a postgresql:// URL")
         if out.ledger_url and not out.replica:

@@ -220,6 +220,7 @@ class Gateway:
         self._proposals: set[asyncio.Future[Any]] = set()  # running, even if callers left
         # Decisions allowed to run whose outcome is not yet durable, by decision record index.
         self._unsettled: Counter[int] = Counter()
+        self._floor_unknown = False  # a decision record may be in the ledger, unknown here
         # Rollbacks under way or cut short (no outcome recorded): how many, by the index of
         # the decision record each one reverts (for the replay floor).
         self._rolling_back: Counter[int] = Counter()
@@ -322,7 +323,7 @@ class Gateway:
         ``-1``: nothing held needs a record. None while work is under way that may still
         write records this gateway does not yet know the index of (a proposal running, an
         outcome waiting for the ledger): no floor can be vouched for then."""
-        if self._proposals or self._late:
+        if self._proposals or self._late or self._floor_unknown:
             return None
         held = self._rolling_back + self._unsettled
         lowest = min(held, default=-1)
@@ -580,7 +581,15 @@ class Gateway:
                 self._apply_policy(d, state, now)
                 if d.state == "EXECUTING":
                     await self._plan(d, state if described else None)
-            rec = await self._record_decision(d, state, digest, seen, now)
+            try:
+                rec = await self._record_decision(d, state, digest, seen, now)
+            except (ClaimedError, DeadlineExceededError):
+                raise  # refused in the transaction, or given up before the write
+            except BaseException:
+                # A write that failed may still have committed: this process can no longer
+                # say which records its state needs (the next start reads them all).
+                self._floor_unknown = True
+                raise
         except BaseException:
             # Not recorded (or not known to be): it holds no place among the pending.
             self._pending.pop(d.decision_id, None)
@@ -895,17 +904,30 @@ class Gateway:
             span.set_attributes({"govgate.decision.id": decision_id,
                                  "govgate.review.approve": approve})  # fmt: skip
             _check_text(reason, "reason")
-            for _ in range(_CLAIM_TRIES):
-                try:
-                    d = await self._review(decision_id, reviewer, approve, reason, digest,
-                                           now or dt.datetime.now(dt.UTC))  # fmt: skip
-                    break
-                except ClaimedError:  # another replica reviewed it, or halted, first
-                    continue  # _review syncs before it looks again
-            else:
-                raise LedgerUnavailableError("other replicas kept changing the state; retry")
+            # Once started, a review runs to its end even if the caller leaves: a review
+            # record written for a cancelled call must still take effect here (and an
+            # action it lets run must get its outcome), as a proposal's does.
+            work = asyncio.ensure_future(
+                self._reviews(decision_id, reviewer, approve, reason, digest, now)
+            )
+            work.add_done_callback(_retrieved)
+            self._proposals.add(work)
+            work.add_done_callback(self._proposals.discard)
+            d = await asyncio.shield(work)
             _annotate(span, d)
             return d
+
+    async def _reviews(
+        self, decision_id: str, reviewer: str, approve: bool, reason: str, digest: bytes,
+        now: dt.datetime | None,
+    ) -> Decision:  # fmt: skip
+        for _ in range(_CLAIM_TRIES):
+            try:
+                return await self._review(decision_id, reviewer, approve, reason, digest,
+                                          now or dt.datetime.now(dt.UTC))  # fmt: skip
+            except ClaimedError:  # another replica reviewed it, or halted, first
+                continue  # _review syncs before it looks again
+        raise LedgerUnavailableError("other replicas kept changing the state; retry")
 
     async def _review(
         self, decision_id: str, reviewer: str, approve: bool, reason: str, digest: bytes,
@@ -967,13 +989,7 @@ class Gateway:
             del self._pending[decision_id]
             d.state = "EXECUTING"
             d.changed.set()
-            # Recorded as allowed to run: it runs to its outcome record even if this caller
-            # leaves (as a proposal does).
-            work = asyncio.ensure_future(self._execute(d))
-            work.add_done_callback(_retrieved)
-            self._proposals.add(work)
-            work.add_done_callback(self._proposals.discard)
-            await asyncio.shield(work)
+            await self._execute(d)
         d.changed.set()
         return d
 

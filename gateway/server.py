@@ -96,15 +96,19 @@ _REVIEW_CODES = {
 }
 
 
-_MAX_MESSAGE = 512  # characters of an error's text in the status and its details
-_MAX_FIELD = 160  # characters of a field path (a parameter's name is the caller's)
+_MAX_MESSAGE = 512  # UTF-8 bytes of an error's text in the status and its details
+_MAX_FIELD = 160  # UTF-8 bytes of a field path (a parameter's name is the caller's)
 
 
 def _bounded(text: str, most: int) -> str:
-    """``text`` cut to ``most`` characters. Messages echo what the caller sent, and the
-    status travels in trailers: past the client's metadata limit (8 KB), the caller would
-    get RESOURCE_EXHAUSTED, the overload code, instead of the error."""
-    return text if len(text) <= most else text[: most - 1] + "…"
+    """``text`` cut to at most ``most`` UTF-8 bytes, on a character boundary. Messages
+    echo what the caller sent, and the status travels in trailers (grpc-message
+    percent-encodes each non-ASCII byte as three): past the client's metadata limit
+    (8 KB), the caller would get RESOURCE_EXHAUSTED, the overload code, instead."""
+    raw = text.encode()
+    if len(raw) <= most:
+        return text
+    return raw[: most - 3].decode(errors="ignore") + "…"  # "…" is 3 bytes
 
 
 def status_of(err: BaseException) -> status_pb2.Status:

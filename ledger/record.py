@@ -174,7 +174,13 @@ def _seal_sensitive(body: Mapping[str, Any], paths: Sequence[str], salt: bytes) 
         for depth, part in enumerate(parts):
             if isinstance(node, dict) and part in node:
                 key: str | int = part
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            elif (
+                isinstance(node, list)
+                and part.isascii()  # str.isdigit() is true for "²", which int() refuses
+                and part.isdigit()
+                and len(part) <= 18
+                and int(part) < len(node)
+            ):
                 key = int(part)
             else:
                 where = ".".join(parts[:depth]) or "the body"

@@ -294,8 +294,12 @@ TOO_LONG = "x" * 4097  # adapters.action.MAX_TEXT is 4096
         pytest.param(propose("r-2", "x" * 4096, vcpus="4"), "action.verb", id="long-verb"),
         pytest.param(propose("r-2", resource="r" * 4096, vcpus="4"), "action.target.resource",
                      id="long-resource-echoed"),
-        pytest.param(propose("r-2", **{"p" * 3000: "4"}), "action.parameters." + "p" * 141 + "…",
+        pytest.param(propose("r-2", **{"p" * 3000: "4"}), "action.parameters." + "p" * 139 + "…",
                      id="long-parameter-name"),
+        pytest.param(propose("r-2", resource="😀" * 4096, vcpus="4"), "action.target.resource",
+                     id="long-non-ascii-resource"),
+        pytest.param(propose("r-2", **{"😀" * 3000: "4"}), "action.parameters." + "😀" * 34 + "…",
+                     id="long-non-ascii-parameter-name"),
     ],
 )  # fmt: skip
 async def test_invalid_input_names_the_field(clients: Clients, request_, field: str):

@@ -39,6 +39,8 @@ def test_flags_override_and_are_checked(tmp_path: Path):
         config.with_flags(listen="9000")
     with pytest.raises(ConfigError, match="is not HOST:PORT"):
         config.with_flags(listen="host:70000")
+    with pytest.raises(ConfigError, match="grace must be 0 to 86400"):  # a flag's value too
+        config.with_flags(grace=100_000.0)
 
 
 def test_a_replica_names_its_shared_ledger(tmp_path: Path):

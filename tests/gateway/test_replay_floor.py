@@ -21,6 +21,7 @@ from test_pipeline import ALICE, APPROVE_ALL, BOB, ENGINE, act
 from test_recovery import Crash, Runtime, crash_before_outcome
 
 from gateway.decision import Halt
+from gateway.errors import LedgerUnavailableError
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
 from gateway.recovery import FLOOR_FILE, Replay, floor_path, load_floor, recover, save_floor
@@ -334,3 +335,60 @@ async def test_a_retry_decided_below_the_floor_gets_its_first_decision_whatever_
         again = await gw.propose("r-0", act("resize", vcpus=4), requester=ENGINE)
         assert (again.decision_id, again.state) == (first.decision_id, "EXECUTED")
         assert await gw.ledger.store.query(RecordQuery(kind="access")) == []
+
+
+async def test_an_approval_cancelled_during_its_own_write_still_takes_effect(runtime: Runtime):
+    """The write commits anyway: the review counts here, and the action it lets run runs
+    to its outcome record, as it would have had the caller waited."""
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        d = await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        await gw.review(d.decision_id, ALICE, True, "one", d.digest)
+        store = gw.ledger.store
+        real_sequence = store.sequence
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.2)  # a slow commit (fsync on a busy disk)
+            return await real_sequence(*args, **kwargs)
+
+        store.sequence = slow  # type: ignore[method-assign]
+        review = asyncio.create_task(gw.review(d.decision_id, BOB, True, "two", d.digest))
+        await asyncio.sleep(0.05)
+        review.cancel()  # the Approve call's deadline passed
+        with pytest.raises(asyncio.CancelledError):
+            await review
+        for _ in range(300):
+            if d.outcome is not None and "ledger_index" in d.outcome:
+                break
+            await asyncio.sleep(0.01)
+        del store.sequence
+        assert d.state == "EXECUTED"
+        assert [r.kind for r in await store.query(RecordQuery(decision_id=d.decision_id))] == [
+            "decision", "approval", "approval", "outcome"
+        ]  # fmt: skip
+        assert gw.pending() == []
+        assert gw.replay_floor() == -1
+
+
+async def test_a_decision_write_that_may_have_committed_stops_the_floor(runtime: Runtime):
+    """The ledger reported a failure, but the record may be there: no floor is vouched for
+    until a restart has read it back."""
+    from ledger.errors import StoreError
+
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        real_append = gw.ledger.append
+
+        async def committed_then_failed(draft: Draft) -> Any:
+            await real_append(draft)
+            if draft.kind == "decision":
+                raise StoreError("the acknowledgement was lost")
+            return None
+
+        gw.ledger.append = committed_then_failed  # type: ignore[method-assign]
+        with pytest.raises(LedgerUnavailableError):
+            await gw.propose("r-1", act("resize", vcpus=4), requester=ENGINE)
+        del gw.ledger.append
+        assert gw.replay_floor() is None
+        assert await save_floor(gw, runtime.data.path, salt=runtime.data.salt()) is None
+    async with runtime.gateway(APPROVE_ALL) as gw:
+        state = await recover(gw)  # from record 0: the pending decision is found
+        assert len(state.pending) == 1

@@ -158,7 +158,8 @@ async def test_sensitive_fields_are_stored_as_salted_hmacs(data: DataDir) -> Non
         )
         # A path that names nothing would leave the secret in clear: refused, not skipped.
         body = {"parameters": {"password": "s3cret", "vcpus": 4}, "creds": [{"key": "k3y"}]}
-        for path in ("parameters.pasword", "creds.1.key", "creds.x", "parameters.vcpus.x"):
+        for path in ("parameters.pasword", "creds.1.key", "creds.x", "parameters.vcpus.x",
+                     "creds.²", "creds." + "0" * 5000):  # fmt: skip
             with pytest.raises(RecordError, match="names nothing"):
                 await log.append(Draft("note", body, sensitive=(path,)))
     assert rec.body["parameters"]["vcpus"] == 4
