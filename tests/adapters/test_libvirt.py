@@ -231,24 +231,20 @@ async def test_a_resize_of_a_domain_whose_saved_size_differs_goes_back_to_each(
     await lv._call("prepare", next_boot)
     before = await lv._call("sizes", _sizes)
     assert before == {"vcpus": 2, "saved_vcpus": 4, "memory": 4096, "saved_memory": 6144}
-    plan, out = await run(lv, act("resize", vcpus=6, memory_mib=7000))
-    assert await lv._call("sizes", _sizes) == {
-        "vcpus": 6, "saved_vcpus": 6, "memory": 7000, "saved_memory": 7000
-    }  # fmt: skip
-    assert (await lv.reconcile(plan)).took_effect is True
-    await lv.revert(out)
-    assert await lv._call("sizes", _sizes) == before
-    assert (await lv.reconcile(plan)).took_effect is False
-
-    # Only the saved size: the running one never shows it, reconcile reads the saved one.
-    plan, out = await run(lv, act("resize", vcpus=3, memory_mib=5000, live=False))
-    assert await lv._call("sizes", _sizes) == {
-        "vcpus": 2, "saved_vcpus": 3, "memory": 4096, "saved_memory": 5000
-    }  # fmt: skip
-    assert (await lv.reconcile(plan)).took_effect is True
-    await lv.revert(out)
-    assert await lv._call("sizes", _sizes) == before
-    assert (await lv.reconcile(plan)).took_effect is False
+    cases: list[tuple[dict[str, Any], tuple[int, int, int, int]]] = [
+        ({"vcpus": 6, "memory_mib": 7000}, (6, 6, 7000, 7000)),
+        # Only the saved size: the running one never shows it; reconcile reads the saved one.
+        ({"vcpus": 3, "memory_mib": 5000, "live": False}, (2, 3, 4096, 5000)),
+    ]
+    for params, (vcpus, saved_vcpus, memory, saved_memory) in cases:
+        plan, out = await run(lv, act("resize", **params))
+        during = {"vcpus": vcpus, "saved_vcpus": saved_vcpus, "memory": memory,
+                  "saved_memory": saved_memory}  # fmt: skip
+        assert await lv._call("sizes", _sizes) == during
+        assert (await lv.reconcile(plan)).took_effect is True
+        await lv.revert(out)
+        assert await lv._call("sizes", _sizes) == before
+        assert (await lv.reconcile(plan)).took_effect is False
 
 
 async def test_stopping_a_transient_domain_reconciles_as_done(lv: LibvirtAdapter):
