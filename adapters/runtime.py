@@ -312,7 +312,8 @@ class RuntimeAdapter(abc.ABC):
                     state.memory_mib if desired["memory_mib"] else None,
                 )
                 want = (desired["vcpus"], desired["memory_mib"])
-                was = (plan.undo["vcpus"], plan.undo["memory_mib"])
+                # 0 in an undo: no limit (a sandbox's), which a state shows as unknown (None).
+                was = tuple(w or None for w in (plan.undo["vcpus"], plan.undo["memory_mib"]))
                 took = True if now == want else False if now == was else None
             case _:
                 took = await self._judge(plan, state)

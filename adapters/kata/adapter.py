@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -142,6 +143,21 @@ class KataConfig:
             raise ValueError("poll_interval and stop_timeout must be > 0")
 
 
+# containerd's identifier rule (its identifiers package): what it would refuse later.
+_ID = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+_MAX_ID = 76
+
+
+def _check_id(cid: str) -> None:
+    """Refuse at plan a sandbox id containerd would refuse at execute."""
+    if not _ID.fullmatch(cid) or len(cid) > _MAX_ID:
+        raise InvalidActionError(
+            f"a sandbox id is at most {_MAX_ID} letters and digits, joined by single '.', "
+            "'_' or '-'",
+            field="action.target.resource",
+        )
+
+
 def _err(e: grpc.aio.AioRpcError, what: str) -> AdapterError:
     kind = _BY_CODE.get(e.code(), AdapterError)
     return kind(f"{what}: {e.details() or e.code().name}")
@@ -240,6 +256,7 @@ class KataAdapter(RuntimeAdapter):
         verb, power = action.verb, before.power
         undo: dict[str, Any] = {"power": power.value}
         if verb is Verb.CREATE:
+            _check_id(action.target.resource)
             if power is not PowerState.ABSENT:
                 raise ConflictError(f"sandbox {action.target.resource!r} already exists")
             image = action.param("image")
@@ -255,6 +272,14 @@ class KataAdapter(RuntimeAdapter):
             case Verb.START:
                 return {"power": "running"}, undo
             case Verb.SHUTDOWN | Verb.DESTROY:
+                wait = action.param("timeout_s") if verb is Verb.SHUTDOWN else None
+                # The wait, the kill after it and its own wait must fit the execute deadline.
+                most = self.deadlines.execute - 15
+                if wait is not None and not 0 <= float(wait) <= most:
+                    raise InvalidActionError(
+                        f"must be 0 to {most:g} seconds (actions have {self.deadlines.execute:g})",
+                        field="action.parameters.timeout_s",
+                    )
                 return {"power": "shutoff"}, undo
             case Verb.SUSPEND:
                 if power not in (PowerState.RUNNING, PowerState.PAUSED):
@@ -269,9 +294,9 @@ class KataAdapter(RuntimeAdapter):
                     raise UnsupportedError("a sandbox is resized live and in its spec together")
                 vcpus, memory = action.int_param("vcpus"), action.int_param("memory_mib")
                 desired = {"vcpus": vcpus, "memory_mib": memory}
-                undo = {
-                    "vcpus": before.vcpus if vcpus else None,
-                    "memory_mib": before.memory_mib if memory else None,
+                undo = {  # 0: no limit, which is what a revert puts back then
+                    "vcpus": (before.vcpus or 0) if vcpus else None,
+                    "memory_mib": (before.memory_mib or 0) if memory else None,
                 }
                 return desired, undo
             case Verb.DELETE:
@@ -371,7 +396,8 @@ class KataAdapter(RuntimeAdapter):
                     await self._rpc(what, tasks.Resume, tpb.ResumeTaskRequest(container_id=cid))
                     detail = "resumed"
             case Verb.RESIZE:
-                applied, detail = await self._resize(cid, plan.desired, status is not None)
+                live = status in (task_types.Status.RUNNING, task_types.Status.PAUSED)
+                applied, detail = await self._resize(cid, plan.desired, live)
             case Verb.DELETE:
                 applied, detail = await self._delete(cid)
             case Verb.EXEC:
@@ -449,7 +475,8 @@ class KataAdapter(RuntimeAdapter):
     async def _stop(self, plan: Plan, *, graceful: bool) -> str:
         cid = plan.target.resource
         tasks = tgrpc.TasksStub(self._ch())
-        timeout = float(plan.action.param("timeout_s") or self.config.stop_timeout)
+        wait = plan.action.param("timeout_s")  # 0 is a wait of none: kill at once, if asked
+        timeout = self.config.stop_timeout if wait is None else float(wait)
         sig = signal.SIGTERM if graceful else signal.SIGKILL
         if (await self._task_status(cid)) == task_types.Status.PAUSED:
             await self._rpc("resume", tasks.Resume, tpb.ResumeTaskRequest(container_id=cid))
@@ -490,12 +517,25 @@ class KataAdapter(RuntimeAdapter):
         spec = json.loads(container.spec.value)
         res = spec.setdefault("linux", {}).setdefault("resources", {})
         changed = []
-        if desired["vcpus"] is not None:
+        lifted: dict[str, dict[str, int]] = {}  # limits removed: -1 tells the running task
+        if desired["vcpus"] == 0:  # no limit: what the sandbox had before a resize
+            cpu = res.get("cpu", {})
+            if "quota" in cpu:
+                res["cpu"] = {k: v for k, v in cpu.items() if k not in ("quota", "period")}
+                lifted["cpu"] = {**res["cpu"], "quota": -1}
+                changed.append("no vCPU limit")
+        elif desired["vcpus"] is not None:
             quota = desired["vcpus"] * CPU_PERIOD
             if res.get("cpu", {}).get("quota") != quota:
                 res["cpu"] = {**res.get("cpu", {}), "quota": quota, "period": CPU_PERIOD}
                 changed.append(f"{desired['vcpus']} vCPUs")
-        if desired["memory_mib"] is not None:
+        if desired["memory_mib"] == 0:
+            memory = res.get("memory", {})
+            if "limit" in memory:
+                res["memory"] = {k: v for k, v in memory.items() if k != "limit"}
+                lifted["memory"] = {**res["memory"], "limit": -1}
+                changed.append("no memory limit")
+        elif desired["memory_mib"] is not None:
             limit = desired["memory_mib"] << 20
             if res.get("memory", {}).get("limit") != limit:
                 res["memory"] = {**res.get("memory", {}), "limit": limit}
@@ -508,7 +548,9 @@ class KataAdapter(RuntimeAdapter):
                 tgrpc.TasksStub(self._ch()).Update,
                 tpb.UpdateTaskRequest(
                     container_id=cid,
-                    resources=any_pb2.Any(type_url=RESOURCES_TYPE, value=json.dumps(res).encode()),
+                    resources=any_pb2.Any(
+                        type_url=RESOURCES_TYPE, value=json.dumps({**res, **lifted}).encode()
+                    ),
                 ),
             )
         container.spec.value = json.dumps(spec).encode()
@@ -592,8 +634,14 @@ class KataAdapter(RuntimeAdapter):
                 await self._delete(cid)
                 detail = "deleted the created sandbox"
             case Verb.START:
-                await self._stop(plan, graceful=False)
-                detail = "stopped again"
+                running = (task_types.Status.RUNNING, task_types.Status.PAUSED)
+                if prior in (PowerState.RUNNING, PowerState.PAUSED):
+                    detail = f"left {prior}: it was {prior} before the start"
+                elif await self._task_status(cid) in running:
+                    await self._stop(plan, graceful=False)
+                    detail = "stopped again"
+                else:
+                    detail = "already stopped"
             case Verb.SHUTDOWN | Verb.DESTROY:
                 if prior in (PowerState.RUNNING, PowerState.PAUSED):
                     await self._delete_task(cid)
@@ -613,7 +661,8 @@ class KataAdapter(RuntimeAdapter):
                     await self._rpc("pause", tasks.Pause, tpb.PauseTaskRequest(container_id=cid))
                 detail = f"back to {prior}"
             case Verb.RESIZE:
-                live = await self._task_status(cid) is not None
+                status = await self._task_status(cid)
+                live = status in (task_types.Status.RUNNING, task_types.Status.PAUSED)
                 detail = (await self._resize(cid, undo, live))[1]
             case _:
                 raise UnsupportedError(f"{verb} cannot be reverted by the Kata adapter")

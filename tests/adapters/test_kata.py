@@ -39,6 +39,8 @@ from adapters.errors import (
     UnsupportedError,
 )
 from adapters.kata import KataAdapter, KataConfig
+from adapters.kata._containerd.services.tasks.v1 import tasks_pb2 as tpb
+from adapters.kata._containerd.services.tasks.v1 import tasks_pb2_grpc as tgrpc
 from adapters.runtime import OutcomeStatus
 
 pytestmark = pytest.mark.slow
@@ -255,6 +257,61 @@ async def test_stubborn_sandbox_times_out_then_is_forced(k: KataAdapter):
     assert "killed (SIGKILL)" in forced.detail
     assert forced.after.power is PowerState.SHUTOFF
     await run(k, act("delete", "sb-2"))
+
+
+async def test_a_shutdown_wait_of_zero_kills_at_once_and_one_past_the_deadline_is_refused(
+    k: KataAdapter,
+):
+    await run(k, act("create", "sb-3", image=STUBBORN))
+    await run(k, act("start", "sb-3"))
+    for wait in (106, 600):  # the wait, the kill and its own wait fit 120 s
+        with pytest.raises(InvalidActionError, match="must be 0 to 105") as info:
+            await k.plan(act("shutdown", "sb-3", timeout_s=wait, force=True))
+        assert info.value.field == "action.parameters.timeout_s"
+    t0 = time.monotonic()
+    _, forced = await run(k, act("shutdown", "sb-3", timeout_s=0, force=True))
+    assert "killed (SIGKILL)" in forced.detail
+    assert time.monotonic() - t0 < 5  # not the 10 s default wait
+    await run(k, act("delete", "sb-3"))
+
+
+async def test_a_resize_of_a_sandbox_without_limits_reverts_to_none(k: KataAdapter):
+    T = Target("kata", "sb-4")
+    await run(k, act("create", "sb-4", image=IMAGE))
+    await run(k, act("start", "sb-4"))
+    assert ((await k.describe(T)).vcpus, (await k.describe(T)).memory_mib) == (None, None)
+    plan, resized = await run(k, act("resize", "sb-4", vcpus=1, memory_mib=64))
+    assert int(cgroup("memory", "sb-4", "memory.limit_in_bytes")) == 64 << 20
+    back = await k.revert(resized)
+    assert (back.after.vcpus, back.after.memory_mib) == (None, None), back.detail
+    assert int(cgroup("cpu", "sb-4", "cpu.cfs_quota_us")) == -1
+    assert int(cgroup("memory", "sb-4", "memory.limit_in_bytes")) > 1 << 40  # no limit
+    assert (await k.reconcile(plan)).took_effect is False
+    # Its process ended by itself (the task is stopped, not gone): the spec alone changes.
+    await k._rpc("kill", tgrpc.TasksStub(k._ch()).Kill,
+                 tpb.KillRequest(container_id="sb-4", signal=9, all=True))  # fmt: skip
+    assert await k._wait_stopped("sb-4", 10)
+    _, cold = await run(k, act("resize", "sb-4", vcpus=2))
+    assert cold.after.vcpus == 2, cold.detail
+    await run(k, act("delete", "sb-4"))
+
+
+async def test_reverting_a_start_of_a_running_sandbox_leaves_it_running(k: KataAdapter):
+    await run(k, act("create", "sb-5", image=IMAGE))
+    await run(k, act("start", "sb-5"))
+    _, noop = await run(k, act("start", "sb-5"))
+    assert noop.status is OutcomeStatus.ALREADY
+    await k.revert(noop)
+    assert (await k.describe(Target("kata", "sb-5"))).power is PowerState.RUNNING
+    await run(k, act("destroy", "sb-5"))
+    await run(k, act("delete", "sb-5"))
+
+
+@pytest.mark.parametrize("cid", ["bad id", "a/../../x", "x" * 77, "-lead", "a..b"])
+async def test_a_sandbox_id_containerd_refuses_is_refused_at_plan(k: KataAdapter, cid: str):
+    with pytest.raises(InvalidActionError, match="sandbox id") as info:
+        await k.plan(act("create", cid, image=IMAGE))
+    assert info.value.field == "action.target.resource"
 
 
 @pytest.mark.parametrize(
