@@ -16,6 +16,7 @@ action back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -119,8 +120,10 @@ def _prepare(data: Path) -> ServeConfig:
     # Absolute: the config reads a relative policy or roles path from the data directory.
     data = data.resolve()
     certs = data / "certs"
-    if not (certs / "ca.pem").exists():
-        init_certs(certs, IDENTITIES)
+    # A data directory used before (the README's tour) may have a CA without them all.
+    missing = [n for n in IDENTITIES if not (certs / f"{n}.pem").exists()]
+    if missing or not (certs / "ca.pem").exists():
+        init_certs(certs, missing or IDENTITIES)
     policy, roles = data / "policy.toml", data / "roles.toml"
     if not policy.exists():
         policy.write_bytes(EXAMPLE_POLICY.read_bytes())
@@ -151,14 +154,29 @@ async def gateway_walk(data: Path, con: Console, pace: float = 0.3) -> None:
                                              (certs / f"{who}.pem").read_bytes())  # fmt: skip
         return grpc.aio.secure_channel(f"localhost:{port}", creds)
 
-    channels = {n: channel(n) for n in IDENTITIES}
+    channels: dict[str, grpc.aio.Channel] = {}
+    interrupted = False
     try:
-        await _drive(channels, con, pace)
+        channels.update((n, channel(n)) for n in IDENTITIES)
+        drive = asyncio.ensure_future(_drive(channels, con, pace))
+        stopped = asyncio.ensure_future(stop.wait())  # Ctrl-C: serve drains and sets it
+        await asyncio.wait({drive, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not drive.done():  # interrupted: the engine stops proposing, the gateway drains
+            interrupted = True
+            drive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await drive
+        else:
+            drive.result()
     finally:
         for ch in channels.values():
             await ch.close()
         stop.set()
         await server
+    if interrupted:
+        con.print("  interrupted: the gateway stopped; what it recorded is in the ledger")
+        raise KeyboardInterrupt
 
 
 async def _drive(channels: dict[str, grpc.aio.Channel], con: Console, pace: float) -> None:

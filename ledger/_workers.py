@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -131,6 +132,9 @@ class ScanPool:
 
 def serve(task: str = SCAN) -> None:
     """Worker loop: run ``task`` on each argument tuple read from stdin, answer on stdout."""
+    # Ctrl-C reaches the whole process group: the parent decides when this worker stops
+    # (it closes stdin), so the worker does not die with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     module, _, name = task.partition(":")
     run = getattr(importlib.import_module(module), name)
     out: IO[bytes] = os.fdopen(os.dup(1), "wb")

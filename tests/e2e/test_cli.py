@@ -682,6 +682,19 @@ def test_demo_runs_and_catches_tampering(tmp_path: Path, gg: Govgate) -> None:
     assert "ROLLED_BACK" in text
 
 
+def test_demo_adds_the_identities_a_data_directorys_ca_lacks(tmp_path: Path, gg: Govgate) -> None:
+    """The README's tour makes a CA with two identities; the demo needs a third (bob)."""
+    data = tmp_path / "tour"
+    assert gg("keys", "generate", "--data", data).code == 0
+    made = gg("certs", "init", "--data", data, "--identity", "engine-1", "--identity", "alice")
+    assert made.code == 0, made
+    assert not (data / "certs" / "bob.pem").exists()
+    r = gg.sub("demo", "--data", data, "--records", "20", "--pace", "0", timeout=120)
+    assert r.code == 0, r
+    assert (data / "certs" / "bob.pem").exists()
+    assert "ROLLED_BACK" in " ".join(r.out.split())
+
+
 def test_demo_decisions_carry_reproducible_scores(tmp_path: Path, gg: Govgate) -> None:
     """An auditor re-scores a recorded decision from its body alone and gets the same bits."""
     from adapters.action import Action, RuntimeState
