@@ -751,8 +751,12 @@ class Ledger:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.checkpoint_interval)
-            with contextlib.suppress(Exception):  # retried at the next tick
+            try:
                 await self._sign()
+            except Exception:  # retried at the next tick; but a cancel (close()) stops it
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
 
     # -- checkpoints and proofs ------------------------------------------------
 
@@ -811,9 +815,18 @@ class Ledger:
                         f"checkpoint for size {latest.size} ({e})"
                     ) from e
             note = sign_checkpoint(Checkpoint(self.origin, head.size, root), self._signer)
-            kept = await self._store.save_checkpoint(
-                StoredCheckpoint(head.size, root, note, format_time(utc_now()))
-            )
+            try:
+                kept = await self._store.save_checkpoint(
+                    StoredCheckpoint(head.size, root, note, format_time(utc_now()))
+                )
+            except CheckpointError:
+                # Another process on the same file signed a larger size meanwhile (the
+                # store checked it): that one covers what this one saw.
+                newer = await self._store.checkpoint()
+                if newer is None or newer.size <= head.size:
+                    raise
+                self._last_checkpoint_size = newer.size
+                return newer, newer, head.size
             self._last_checkpoint_size = kept.size
             return kept, kept, head.size
 

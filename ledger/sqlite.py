@@ -355,7 +355,8 @@ class SQLiteStore(LedgerStore):
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
         try:
-            await self._on_db_thread(probe)
+            async with self._lock:  # never inside another job's transaction on this connection
+                await self._on_db_thread(probe)
         except (sqlite3.Error, ValueError, AttributeError) as err:  # closed: no connection
             raise StoreError(f"the ledger database cannot be written: {err}") from err
 
@@ -472,45 +473,47 @@ class SQLiteStore(LedgerStore):
         return [open_record(r).record for r in rows]
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
-        db = self._conn
         async with self._lock:
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    latest = await self._one(
-                        "SELECT size, root, note, signed_at FROM checkpoints "
-                        "ORDER BY size DESC LIMIT 1"
-                    )
-                    same = await self._one(
-                        "SELECT size, root, note, signed_at FROM checkpoints WHERE size = ?",
-                        (cp.size,),
-                    )
-                    head = await self._on_db_thread(self._read_head)
-                    if same is not None:
-                        if bytes(same[1]) != cp.root:
-                            raise CheckpointError(
-                                f"another root is already signed for size {cp.size}"
-                            )
-                        kept = StoredCheckpoint(int(same[0]), bytes(same[1]), same[2], same[3])
-                    elif latest is not None and int(latest[0]) > cp.size:
-                        raise CheckpointError(
-                            f"checkpoint for size {cp.size} is older than the latest ({latest[0]})"
-                        )
-                    elif cp.size > head.size:
-                        raise CheckpointError(f"checkpoint size {cp.size} is beyond the log head")
-                    else:
-                        await db.execute(
-                            "INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
-                            (cp.size, cp.root, cp.note, cp.signed_at),
-                        )
-                        kept = cp
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
+                # One job on the connection's thread, BEGIN to COMMIT: a caller cancelled
+                # between statements must not leave the transaction (and SQLite's write
+                # lock) open, nor a ROLLBACK queued after the COMMIT.
+                return await self._on_db_thread(self._save_checkpoint, cp)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot save checkpoint: {e}") from e
-            return kept
+
+    def _save_checkpoint(self, conn: sqlite3.Connection, cp: StoredCheckpoint) -> StoredCheckpoint:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            latest = conn.execute(
+                "SELECT size, root, note, signed_at FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+            same = conn.execute(
+                "SELECT size, root, note, signed_at FROM checkpoints WHERE size = ?", (cp.size,)
+            ).fetchone()
+            head = self._read_head(conn)
+            if same is not None:
+                if bytes(same[1]) != cp.root:
+                    raise CheckpointError(f"another root is already signed for size {cp.size}")
+                kept = StoredCheckpoint(int(same[0]), bytes(same[1]), same[2], same[3])
+            elif latest is not None and int(latest[0]) > cp.size:
+                raise CheckpointError(
+                    f"checkpoint for size {cp.size} is older than the latest ({latest[0]})"
+                )
+            elif cp.size > head.size:
+                raise CheckpointError(f"checkpoint size {cp.size} is beyond the log head")
+            else:
+                conn.execute(
+                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
+                    (cp.size, cp.root, cp.note, cp.signed_at),
+                )
+                kept = cp
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # a failed COMMIT has rolled back
+                conn.execute("ROLLBACK")
+            raise
+        return kept
 
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
         params: tuple[int, ...] = ()
