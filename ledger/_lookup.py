@@ -133,6 +133,19 @@ class Lookup:
         if conn is not None:
             conn.close()
 
+    def rebuild(self) -> None:
+        """Replace an index file found damaged in use (a page, not its header, which
+        :meth:`open` would have caught) by an empty one, which catch-ups fill again;
+        queries scan meanwhile. Runs on the index's thread, like every use of it."""
+        if not self.usable:
+            return
+        _log.warning("the query index %s is damaged; building a new one", self.path)
+        self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.indexed_upto = 0
+        self.open()
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
 

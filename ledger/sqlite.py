@@ -413,6 +413,11 @@ class SQLiteStore(LedgerStore):
                 upto, size = await asyncio.wrap_future(lookup.submit(lookup.step))
             except (sqlite3.Error, StoreError, RuntimeError) as e:  # RuntimeError: shut down
                 _log.debug("the query index did not catch up: %s", e)
+                if isinstance(e, sqlite3.DatabaseError) and not isinstance(
+                    e, sqlite3.OperationalError
+                ):  # damaged: a new one is caught up by the next append's catch-up
+                    with contextlib.suppress(sqlite3.Error, OSError, RuntimeError):
+                        await asyncio.wrap_future(lookup.submit(lookup.rebuild))
                 return
             if upto >= size and not self._index_again:
                 return
@@ -467,7 +472,15 @@ class SQLiteStore(LedgerStore):
         if lookup is None:
             raise StoreError("store is not open")
         try:
-            rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
+            try:
+                rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
+            except sqlite3.DatabaseError as e:
+                if isinstance(e, sqlite3.OperationalError):
+                    raise  # locked, gone, ...: not damage
+                # Damaged (a page of the index, most likely: the file can be rebuilt from
+                # the ledger). Once more on a new, empty index, which scans.
+                await asyncio.wrap_future(lookup.submit(lookup.rebuild))
+                rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
         except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: closed meanwhile
             raise StoreError(f"ledger query failed: {e}") from e
         return [open_record(r).record for r in rows]
