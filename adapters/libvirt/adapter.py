@@ -226,6 +226,7 @@ class LibvirtAdapter(RuntimeAdapter):
         self.reconnects = 0
         # Describe results, by resource, while events announce every change to them.
         self._cache: dict[str, tuple[float, RuntimeState]] = {}
+        self._saved_vcpus: dict[str, int] = {}  # as of each target's last read (describe)
         self._cache_ok = False
         self.cache_hits = 0
         # What dropped an entry also stamps it (and, for everything, ``_stamp_all``): a read
@@ -416,7 +417,12 @@ class LibvirtAdapter(RuntimeAdapter):
 
     def _read_state(self, conn: Conn, target: Target) -> RuntimeState:
         dom = self._lookup(conn, target)
-        return self._state_of(dom, None if _UUID.fullmatch(target.resource) else target.resource)
+        state = self._state_of(dom, None if _UUID.fullmatch(target.resource) else target.resource)
+        if state.persistent and state.power in _LIVE:
+            # The next boot's vCPUs, read with the rest (one cheap call, no hop of its own):
+            # a resize's plan needs them to go back to (see _plan).
+            self._saved_vcpus[_cache_key(target.resource)] = int(dom.vcpusFlags(_AFFECT_CONFIG))
+        return state
 
     def _state_of(self, dom: Dom, name: str | None = None) -> RuntimeState:
         """The domain's state (``name``: the domain's, when the caller knows it). Each call
@@ -522,15 +528,21 @@ class LibvirtAdapter(RuntimeAdapter):
                 desired, resize_undo = self._plan_resize(action, before)
                 if desired["config"] and power in _LIVE:
                     # The saved size may differ from the running one: keep it to go back to.
+                    # The vCPUs come with the describe this plan follows; the memory (in
+                    # the saved XML) only when it changes.
                     target = action.target
-                    saved = await self._call(
-                        f"saved size of {target}", lambda c: _saved_size(self._lookup(c, target))
-                    )
                     vcpus, memory = desired["vcpus"], desired["memory_mib"]
+                    saved_vcpus = self._saved_vcpus.get(_cache_key(target.resource))
+                    saved_memory = None
+                    if memory is not None or (vcpus is not None and saved_vcpus is None):
+                        saved_vcpus, saved_memory = await self._call(
+                            f"saved size of {target}",
+                            lambda c: _saved_size(self._lookup(c, target)),
+                        )
                     resize_undo = {
                         **resize_undo,
-                        "config_vcpus": saved[0] if vcpus is not None else None,
-                        "config_memory_mib": saved[1] if memory is not None else None,
+                        "config_vcpus": saved_vcpus if vcpus is not None else None,
+                        "config_memory_mib": saved_memory if memory is not None else None,
                     }
                 return desired, resize_undo
             case Verb.SNAPSHOT:
