@@ -32,6 +32,9 @@ __all__ = [
 class AdapterError(Exception):
     """Root of everything the adapters raise on purpose."""
 
+    # Its text may echo what a caller sent: traces carry only its type (gateway.spans).
+    echoes_input = True
+
 
 class InvalidActionError(AdapterError, ValueError):
     """An action or runtime state is malformed or asks for the impossible.

@@ -31,6 +31,9 @@ __all__ = [
 class GatewayError(Exception):
     """Root of what the gateway core refuses or cannot do."""
 
+    # Its text may echo what a caller sent: traces carry only its type (gateway.spans).
+    echoes_input = True
+
     decision_id: str = ""  # the decision it concerns, when there is one (for ErrorInfo)
 
 

@@ -62,7 +62,12 @@ def identity_of(cert_pem: bytes) -> str:
     for kind in (x509.UniformResourceIdentifier, x509.DNSName):
         names = sans.get_values_for_type(kind)
         if names:
-            return str(names[0])
+            name = str(names[0])
+            # An identity is recorded as the actor of what it does: a blank one, or one
+            # that needs quoting to be read back, names nobody.
+            if not name.strip() or name != name.strip() or any(not c.isprintable() for c in name):
+                raise IdentityError(f"the certificate's first SAN {name!r} is not an identity")
+            return name
     raise IdentityError("the certificate has no URI or DNS subject alternative name")
 
 

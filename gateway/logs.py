@@ -59,10 +59,19 @@ class _Json(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+def _logfmt(value: Any) -> str:
+    """A field's value as logfmt writes it: quoted (JSON string escapes) when it holds a
+    space, '=' or '"', so that a value an engine chose cannot forge fields of its own."""
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="'):
+        return orjson.dumps(text).decode()
+    return text
+
+
 class _Text(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        tail = " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items())
         who = "" if record.name == LOG.name else f"{record.name}: "
         return f"{who}{_printable(record.getMessage())} {tail}".rstrip()
 

@@ -76,6 +76,7 @@ from gateway.metrics import Metrics
 from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.replay import Replay, Replayed
 from gateway.roles import AccessDeniedError, Roles
+from gateway.spans import span_text
 from ledger import Draft, Ledger, LedgerError
 from ledger.errors import ClaimedError
 from ledger.store import RecordQuery
@@ -156,7 +157,7 @@ def _failed(span: Span, err: BaseException) -> None:
     """Mark a stage's span failed by an error the pipeline handles (and so never sees)."""
     if span.is_recording():
         span.record_exception(err)
-        span.set_status(trace.StatusCode.ERROR, str(err))
+        span.set_status(trace.StatusCode.ERROR, span_text(err))
 
 
 def _annotate(span: Span, d: Decision) -> None:

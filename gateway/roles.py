@@ -132,6 +132,14 @@ class Roles:
             roles = _strings(raw_grant.get("roles", []), f"{where}.roles", frozenset(ROLES))
             if not roles:
                 raise RolesError(f"{where}.roles: give at least one role")
+            for limit in ("verbs", "runtimes", "selectors"):
+                # Left out, a limit does not limit; written empty, it would read as "none
+                # allowed" and mean "all allowed". Refused rather than guessed.
+                if limit in raw_grant and not raw_grant[limit]:
+                    raise RolesError(
+                        f"{where}.{limit}: an empty list would allow every {limit[:-1]}; "
+                        "leave it out to allow all, or name what is allowed"
+                    )
             selectors = raw_grant.get("selectors", [])
             grants[identity] = Grant(
                 roles=roles,

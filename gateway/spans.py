@@ -221,6 +221,9 @@ class RecordedSpan(trace.Span):
             "exception.stacktrace": "".join(traceback.format_exception(exception)),
             "exception.escaped": str(escaped),
         }
+        if getattr(exception, "echoes_input", False):  # its text may carry a parameter
+            event["exception.message"] = name
+            del event["exception.stacktrace"]
         event.update(attributes or {})
         self.add_event("exception", event, timestamp)
 
@@ -233,7 +236,7 @@ class RecordedSpan(trace.Span):
             if record:
                 self.record_exception(err, escaped=escaped)
             if status:
-                self.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
+                self.set_status(Status(StatusCode.ERROR, span_text(err)))
 
     def end(self, end_time: int | None = None) -> None:
         if self._end is not None:
@@ -373,6 +376,13 @@ class _Tracer(trace.Tracer):
 
 
 # -- the gateway's side: the queue and the pipe ---------------------------------------------
+
+
+def span_text(err: BaseException) -> str:
+    """An error as a span's status describes it: its type, and its text unless that may
+    echo what a caller sent (the spans never carry an action's parameters)."""
+    name = type(err).__name__
+    return name if getattr(err, "echoes_input", False) else f"{name}: {err}"
 
 
 class SpanRecorder(trace.TracerProvider):

@@ -43,6 +43,9 @@ __all__ = [
 class LedgerError(Exception):
     """Root of everything the ledger refuses or cannot do."""
 
+    # Its text may echo what a caller sent: traces carry only its type (gateway.spans).
+    echoes_input = True
+
 
 class KeyFormatError(LedgerError):
     """A key string or key file is malformed, or a key file is unsafe to use."""

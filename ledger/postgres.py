@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
@@ -119,8 +120,13 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_SECRET_PARAMS = re.compile(r"([?&](?:password|sslpassword)=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
+    """``url`` without its passwords (in the user part, or as query parameters, which
+    libpq and asyncpg both take), for messages and logs."""
+    url = _SECRET_PARAMS.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in creds:

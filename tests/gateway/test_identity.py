@@ -74,3 +74,31 @@ async def test_identity_comes_from_the_client_certificate(tmp_path: Path):
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    "san",
+    [x509.UniformResourceIdentifier(""), x509.DNSName(""), x509.DNSName(" "),
+     x509.UniformResourceIdentifier(" spiffe://govgate.local/alice"),
+     x509.UniformResourceIdentifier("spiffe://govgate.local/al\tice")],
+)  # fmt: skip
+def test_a_blank_or_padded_san_is_no_identity(san: x509.GeneralName):
+    """Recorded as the actor of what it does: it must name somebody, as written."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    with pytest.raises(IdentityError, match="is not an identity"):
+        identity_of(cert.public_bytes(serialization.Encoding.PEM))

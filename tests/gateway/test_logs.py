@@ -40,6 +40,19 @@ def test_json_lines_carry_the_fields_made_safe(capfd: pytest.CaptureFixture[str]
     assert logs.current_format() == "json"
 
 
+def test_text_lines_quote_values_that_could_forge_fields(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("text")
+    logs.event("decision", state="FAILED", target='libvirt/ghost state=EXECUTED risk=0.0 "x"',
+               requester="spiffe://govgate.local/engine-1", note="")  # fmt: skip
+    [line] = lines(capfd)
+    assert line == (
+        'decision state=FAILED target="libvirt/ghost state=EXECUTED risk=0.0 \\"x\\"" '
+        'requester=spiffe://govgate.local/engine-1 note=""'
+    )
+
+
 def test_a_record_is_fixed_when_logged_not_when_written(
     capfd: pytest.CaptureFixture[str],
 ) -> None:

@@ -65,6 +65,10 @@ async def test_durability_is_forced_on_the_stores_connections(postgres_url: str)
 def test_passwords_never_show_in_urls_or_errors():
     assert redact("postgresql://gg:s3cret@db:5432/gg") == "postgresql://gg:***@db:5432/gg"
     assert redact("postgresql://gg@db/gg") == "postgresql://gg@db/gg"
+    assert (redact("postgresql://gg@db/gg?sslmode=require&password=hunter2&x=1")
+            == "postgresql://gg@db/gg?sslmode=require&password=***&x=1")  # fmt: skip
+    assert "hunter2" not in redact("postgresql://gg@db/gg?PASSWORD=hunter2")
+    assert "s3" not in redact("postgresql://gg:pw@db/gg?sslpassword=s3")
     assert "s3cret" not in repr(PostgresStore("postgresql://gg:s3cret@db/gg"))
     with pytest.raises(StoreError, match="postgresql://"):
         PostgresStore("mysql://db/gg")

@@ -563,6 +563,29 @@ def test_an_attribute_set_again_counts_as_the_latest(start: Start, collector: Co
 # -- exceptions --------------------------------------------------------------------------------
 
 
+def test_an_error_that_may_echo_a_request_leaves_only_its_type_in_the_trace(
+    start: Start, collector: Collector
+) -> None:
+    """The spans never carry an action's parameters; a domain error's text may."""
+    from adapters.errors import InvalidActionError
+
+    recorder = start()
+    tracer = recorder.get_tracer("test")
+    secret = "snapshot 's3cr3t-token-in-param' does not exist"
+    with pytest.raises(InvalidActionError), tracer.start_as_current_span("plan"):
+        raise InvalidActionError(secret, field="action.parameters.snapshot")
+    with tracer.start_as_current_span("handled") as span:
+        span.record_exception(InvalidActionError(secret))
+    spans = flushed(recorder, collector)
+    assert spans["plan"].status.message == "InvalidActionError"
+    for name in ("plan", "handled"):
+        (event,) = spans[name].events
+        values = attributes(event.attributes)
+        assert values["exception.message"] == "InvalidActionError"
+        assert "exception.stacktrace" not in values
+        assert "s3cr3t" not in repr(values)
+
+
 @pytest.mark.parametrize("form", ["start_span", "start_as_current_span"])
 def test_an_exception_leaving_the_block_is_recorded_as_the_sdk_does(
     start: Start, collector: Collector, form: str
