@@ -391,6 +391,7 @@ class Gateway:
                 d = await self.get(decision_id)
             except DecisionNotFoundError:  # a rollback record no gateway wrote: never fatal
                 state.skipped.append(f"rollback of {decision_id}: no such decision; left alone")
+                self._replay.rollback_finished(decision_id)
                 continue
             detail = "the gateway stopped during the rollback; check the target"
             body = {"status": "unknown", "rollback": True, "recovered": True, "detail": detail}
@@ -399,6 +400,7 @@ class Gateway:
                       trace_id=d.trace_id), of=d,
             )  # fmt: skip
             d.reasons.append("a rollback was interrupted by a restart; its effect is unknown")
+            self._replay.rollback_finished(decision_id)
         return state.unfinished
 
     async def _reconcile(self, d: Decision) -> tuple[str, dict[str, Any]]:
@@ -941,6 +943,9 @@ class Gateway:
         if p.expired(now):
             await self._expire(d, p)
             raise ReviewRefusedError("expired", f"decision {decision_id} expired")
+        # The step this review takes, as known now: a step another replica records while
+        # this one plans makes the claim clash (the review is then tried again, knowing it).
+        step = self._step(d)
         trial = Pending(p.decision_id, p.requester, p.digest, p.required, p.deadline,
                         p.reason_required, list(p.reviews))  # fmt: skip
         try:
@@ -972,22 +977,28 @@ class Gateway:
         rec = await self._record(
             Draft(kind, body, actor=reviewer, target=str(d.action.target),
                   decision_id=decision_id, trace_id=d.trace_id,
-                  claims=(self._step(d),), unclaimed=(f"halt:{seen + 1}",) if ready else ()),
-            of=d,
+                  claims=(step,), unclaimed=(f"halt:{seen + 1}",) if ready else ()),
         )  # fmt: skip
+        # A sync on this replica (its follow loop, another call) may have read this very
+        # record back while it was being written, and applied it: not again, but what it
+        # allows still runs, here.
+        echoed = d.applied >= rec.index or any(r.reviewer == reviewer for r in p.reviews)
+        d.applied = max(d.applied, rec.index)
         if ready:
             d.executor = self.replica
-        p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
-        d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
-                          "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
+        if not echoed:
+            p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
+            d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
+                              "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
         if self.metrics is not None and result is not ReviewOutcome.WAITING:
             self.metrics.reviewed((now - d.created).total_seconds())
         if result is ReviewOutcome.DENIED:
             d.state = "DENIED"
-            d.reasons.append(f"denied by {reviewer}: {reason}")
-            del self._pending[decision_id]
+            if not echoed:
+                d.reasons.append(f"denied by {reviewer}: {reason}")
+            self._pending.pop(decision_id, None)
         elif result is ReviewOutcome.READY:
-            del self._pending[decision_id]
+            self._pending.pop(decision_id, None)
             d.state = "EXECUTING"
             d.changed.set()
             await self._execute(d)
@@ -1044,6 +1055,12 @@ class Gateway:
             )
         if not reason.strip():
             raise InvalidRequestError("a rollback needs a reason", field="reason")
+        if d.ledger_index in self._rolling_back or self._replay.rolling(decision_id):
+            # One at a time: a rollback under way (here, or recorded through another
+            # replica, without its outcome yet) would otherwise be run a second time.
+            raise ReviewRefusedError(
+                "not-executed", f"decision {decision_id} is being rolled back already"
+            )
         body: dict[str, Any] = {"reason": reason, "plan_id": outcome.plan.id}
         if self.replica:
             body["replica"] = self.replica

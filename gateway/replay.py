@@ -182,6 +182,14 @@ class Replay:
             d.applied = max(d.applied, rec.index)
             self.touched.add(rec.decision_id)
 
+    def rolling(self, decision_id: str) -> bool:
+        """Whether a rollback of ``decision_id`` is recorded without its outcome yet."""
+        return decision_id in self._rolling
+
+    def rollback_finished(self, decision_id: str) -> None:
+        """The gateway recorded the outcome of ``decision_id``'s interrupted rollback."""
+        self._rolling.pop(decision_id, None)
+
     def _mine(self, replica: str) -> bool:
         return not self._replica or replica in ("", self._replica)
 
@@ -291,8 +299,11 @@ class Replay:
         elif result is ReviewOutcome.READY:
             d.state = "EXECUTING"
             d.executor = str(b.get("replica", ""))
-            if "plan" in b:
-                d.plan = _plan(d.action, self._before[d.decision_id], b["plan"])
+            if "plan" in b:  # the state before: as the decision record had it
+                before = self._before.get(d.decision_id)
+                if before is None:  # a decision this replica wrote itself (never fed here)
+                    before = d.plan.before if d.plan is not None else RuntimeState()
+                d.plan = _plan(d.action, before, b["plan"])
         if result is not ReviewOutcome.WAITING:
             del self._state.pending[d.decision_id]
 

@@ -205,3 +205,60 @@ async def test_one_replica_signs_checkpoints_and_another_takes_over(pair: Pair, 
     await export_ledger(pair.b.ledger, out)
     verified = verify_export(out, pair.data.signer().verifier)
     assert verified.checkpoints >= 2
+
+
+async def test_an_approval_its_own_replica_read_back_while_writing_it_still_runs(pair: Pair):
+    """A sync on the approving replica (its follow loop, another call) can apply the
+    approval that completes a decision before the review resumes: the action must still
+    run, once, and get its outcome."""
+    for gw in (pair.a, pair.b):
+        await gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await pair.a.propose("r-echo", act("suspend"), requester=ENGINE)
+    await pair.a.review(d.decision_id, ALICE, True, "ok", d.digest)
+    real_append = pair.a.ledger.append
+
+    async def append_then_follow(draft: Any) -> Any:
+        rec = await real_append(draft)
+        await pair.a.sync()  # the window the follow loop can hit
+        return rec
+
+    pair.a.ledger.append = append_then_follow  # type: ignore[method-assign]
+    done = await pair.a.review(d.decision_id, BOB, True, "ok", d.digest)
+    del pair.a.ledger.append
+    assert done.state == "EXECUTED", done.reasons
+    kinds = [
+        r.kind for r in await pair.a.ledger.store.query(RecordQuery(decision_id=d.decision_id))
+    ]
+    assert kinds == ["decision", "approval", "approval", "outcome"]
+    assert (await pair.lv.describe(Target("libvirt", "web-1"))).power is PowerState.PAUSED
+
+
+async def test_a_rollback_under_way_through_one_replica_is_not_run_again(pair: Pair):
+    everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
+    for gw in (pair.a, pair.b):
+        await gw.activate_policy(Policy.parse(everything, "execute-everything"))
+    d = await pair.a.propose("r-rb", act("resize", vcpus=4), requester=ENGINE)
+    assert d.state == "EXECUTED"
+    real_revert, reverts = pair.lv.revert, []
+    started, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_revert(outcome: Any, **kwargs: Any) -> Any:
+        reverts.append(outcome.plan.id)
+        started.set()
+        await go_on.wait()
+        return await real_revert(outcome, **kwargs)
+
+    pair.lv.revert = slow_revert  # type: ignore[method-assign]
+    first = asyncio.create_task(pair.a.rollback(d.decision_id, "worse", ALICE))
+    await started.wait()
+    for gw in (pair.b, pair.a):  # through the other replica, and through the same one
+        with pytest.raises(ReviewRefusedError, match="being rolled back"):
+            await gw.rollback(d.decision_id, "worse too", BOB)
+    go_on.set()
+    assert (await first).state == "ROLLED_BACK"
+    del pair.lv.revert
+    assert len(reverts) == 1
+    kinds = [
+        r.kind for r in await pair.a.ledger.store.query(RecordQuery(decision_id=d.decision_id))
+    ]
+    assert kinds == ["decision", "outcome", "rollback", "outcome"]
