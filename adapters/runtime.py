@@ -346,6 +346,18 @@ class RuntimeAdapter(abc.ABC):
                 return RuntimeState(power=PowerState.ABSENT)
             raise
 
+    def _check_shutdown_wait(self, action: Action, after_wait: float) -> None:
+        """Refuse a shutdown's ``timeout_s`` that leaves no room, within the execute
+        deadline, for what comes after the wait (``after_wait`` seconds: a forced stop):
+        past the deadline the outcome would be unknown and the force would never come."""
+        wait = action.param("timeout_s") if action.verb is Verb.SHUTDOWN else None
+        most = self.deadlines.execute - after_wait
+        if wait is not None and not 0 <= float(wait) <= most:
+            raise InvalidActionError(
+                f"must be 0 to {most:g} seconds (actions have {self.deadlines.execute:g})",
+                field="action.parameters.timeout_s",
+            )
+
     def _reversibility(self, action: Action, before: RuntimeState) -> Reversibility:
         declared = VERBS[action.verb].reversibility
         if action.verb is Verb.DESTROY and before.persistent is False:

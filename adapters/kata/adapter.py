@@ -272,14 +272,7 @@ class KataAdapter(RuntimeAdapter):
             case Verb.START:
                 return {"power": "running"}, undo
             case Verb.SHUTDOWN | Verb.DESTROY:
-                wait = action.param("timeout_s") if verb is Verb.SHUTDOWN else None
-                # The wait, the kill after it and its own wait must fit the execute deadline.
-                most = self.deadlines.execute - 15
-                if wait is not None and not 0 <= float(wait) <= most:
-                    raise InvalidActionError(
-                        f"must be 0 to {most:g} seconds (actions have {self.deadlines.execute:g})",
-                        field="action.parameters.timeout_s",
-                    )
+                self._check_shutdown_wait(action, after_wait=15)  # the kill and its wait
                 return {"power": "shutoff"}, undo
             case Verb.SUSPEND:
                 if power not in (PowerState.RUNNING, PowerState.PAUSED):

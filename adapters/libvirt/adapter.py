@@ -506,15 +506,7 @@ class LibvirtAdapter(RuntimeAdapter):
             case Verb.SHUTDOWN | Verb.DESTROY | Verb.SAVE:
                 if verb is Verb.SAVE and not before.persistent:
                     raise ConflictError("a transient domain has no managed save")
-                wait = action.param("timeout_s") if verb is Verb.SHUTDOWN else None
-                # The wait, and a forced power-off after it, must fit the execute deadline:
-                # past it, the outcome would be unknown and force would never come.
-                most = self.deadlines.execute - 5
-                if wait is not None and not 0 <= float(wait) <= most:
-                    raise InvalidActionError(
-                        f"must be 0 to {most:g} seconds (actions have {self.deadlines.execute:g})",
-                        field="action.parameters.timeout_s",
-                    )
+                self._check_shutdown_wait(action, after_wait=5)  # the forced power-off
                 return {"power": "shutoff"}, undo
             case Verb.REBOOT | Verb.RESET:
                 if power is not PowerState.RUNNING:
