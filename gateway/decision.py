@@ -59,6 +59,29 @@ class Halt:
                    selector=parse_selector(selector) if selector else ())  # fmt: skip
 
 
+class Changes:
+    """A decision's "it changed" signal, for any number of watchers. Each waits on the
+    round it saw (:meth:`current`); :meth:`set` wakes every one of them and starts the
+    next round, so no watcher clears what another has not seen yet."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.count = 0  # changes signalled so far
+
+    def current(self) -> asyncio.Event:
+        """Set at the next change (take it before reading the state it is about)."""
+        return self._event
+
+    def set(self) -> None:
+        self.count += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def is_set(self) -> bool:
+        """Whether any change was signalled."""
+        return self.count > 0
+
+
 @dataclass
 class Decision:
     """What the gateway decided about one proposal, and what became of it."""
@@ -89,7 +112,7 @@ class Decision:
     applied: int = -1  # the last ledger index reflected here (replicas: see gateway.replay)
     executor: str = ""  # the replica that runs it, once allowed to ("": the only one)
     rollbacks: int = 0  # rollback records so far
-    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    changed: Changes = field(default_factory=lambda: Changes(), repr=False)
 
     @property
     def final(self) -> bool:

@@ -347,12 +347,12 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         with _about(request.decision_id):
             d = await self.gw.read(request.decision_id, caller(context))
         while True:
-            d.changed.clear()
+            wake = d.changed.current()  # before reading what is sent: no change is missed
             sent = decision_to_proto(d)
             yield sent
             if sent.state not in _LIVE_STATES:  # judge what was sent, not what is now
                 return
-            await d.changed.wait()
+            await wake.wait()
 
 
 class OversightServicer(oversight_pb2_grpc.OversightServiceServicer):  # type: ignore[misc]

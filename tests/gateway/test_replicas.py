@@ -262,3 +262,29 @@ async def test_a_rollback_under_way_through_one_replica_is_not_run_again(pair: P
         r.kind for r in await pair.a.ledger.store.query(RecordQuery(decision_id=d.decision_id))
     ]
     assert kinds == ["decision", "outcome", "rollback", "outcome"]
+
+
+async def test_every_watcher_of_a_decision_sees_a_change_from_another_replica(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+):
+    """Two WatchDecision streams on b, one still sending when b's sync brings in a change
+    made through a: neither may miss it (one watcher must not clear another's wake-up)."""
+    import gateway.server as server
+    from gateway._proto.govgate.v1 import decision_pb2, types_pb2
+
+    for gw in (pair.a, pair.b):
+        await gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await pair.a.propose("r-w", act("suspend"), requester=ENGINE)
+    monkeypatch.setattr(server, "caller", lambda ctx: ENGINE)
+    servicer = server.DecisionServicer(pair.b)
+    request = decision_pb2.WatchDecisionRequest(decision_id=d.decision_id)
+    fast, slow = servicer.WatchDecision(request, None), servicer.WatchDecision(request, None)
+    assert (await fast.__anext__()).state == types_pb2.PENDING_APPROVAL
+    assert (await slow.__anext__()).state == types_pb2.PENDING_APPROVAL  # still "sending"
+    fast_next = asyncio.ensure_future(fast.__anext__())
+    await asyncio.sleep(0.05)
+    await pair.a.review(d.decision_id, ALICE, True, "ok", d.digest)
+    await pair.a.review(d.decision_id, BOB, True, "ok", d.digest)
+    await pair.b.sync()
+    assert (await asyncio.wait_for(fast_next, 10)).state == types_pb2.EXECUTED
+    assert (await asyncio.wait_for(slow.__anext__(), 10)).state == types_pb2.EXECUTED
