@@ -40,10 +40,10 @@ import contextlib
 import datetime as dt
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
@@ -82,6 +82,8 @@ from ledger.errors import ClaimedError
 from ledger.store import RecordQuery
 
 __all__ = ["Gateway", "Switched"]
+
+T = TypeVar("T")
 
 _MAX_REQUEST_ID = 128
 _SYNC_PAGE = 1000  # records read per query when catching up with other replicas
@@ -218,7 +220,7 @@ class Gateway:
         self.restore(Replayed())
         self._sync_lock = asyncio.Lock()
         self._late: set[asyncio.Task[None]] = set()  # outcomes waiting for the ledger to recover
-        self._proposals: set[asyncio.Future[Any]] = set()  # running, even if callers left
+        self._running: set[asyncio.Future[Any]] = set()  # proposals, reviews: see _to_the_end
         # Decisions allowed to run whose outcome is not yet durable, by decision record index.
         self._unsettled: Counter[int] = Counter()
         self._floor_unknown = False  # a decision record may be in the ledger, unknown here
@@ -317,6 +319,16 @@ class Gateway:
         self._replay.follow(state)
         self._trim()
 
+    async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` to its end even if the caller stops waiting (it may write records
+        that must take effect); it counts as work under way (:meth:`replay_floor`) until
+        it ends."""
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(_retrieved)  # a caller that left does not read its error
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
     def replay_floor(self) -> int | None:
         """The lowest ledger index whose record this gateway's state still needs, as far as
         what it holds goes (:mod:`gateway.recovery`, "Replay floor"): the decision record of
@@ -324,7 +336,7 @@ class Gateway:
         ``-1``: nothing held needs a record. None while work is under way that may still
         write records this gateway does not yet know the index of (a proposal running, an
         outcome waiting for the ledger): no floor can be vouched for then."""
-        if self._proposals or self._late or self._floor_unknown:
+        if self._running or self._late or self._floor_unknown:
             return None
         held = self._rolling_back + self._unsettled
         lowest = min(held, default=-1)
@@ -452,14 +464,10 @@ class Gateway:
         now = now or dt.datetime.now(dt.UTC)
         respond_by = None if timeout is None else asyncio.get_running_loop().time() + timeout
         with self._span("govgate.decide") as span:
-            work = asyncio.ensure_future(self._propose(
+            return await self._to_the_end(self._propose(
                 span, request_id, action, requester, dry_run, trace_id or _trace_id(), now,
                 respond_by,
             ))  # fmt: skip
-            work.add_done_callback(_retrieved)  # a caller that left does not read its error
-            self._proposals.add(work)
-            work.add_done_callback(self._proposals.discard)
-            return await asyncio.shield(work)
 
     async def _propose(
         self, span: Span, request_id: str, action: Action, requester: str, dry_run: bool,
@@ -907,16 +915,11 @@ class Gateway:
             span.set_attributes({"govgate.decision.id": decision_id,
                                  "govgate.review.approve": approve})  # fmt: skip
             _check_text(reason, "reason")
-            # Once started, a review runs to its end even if the caller leaves: a review
-            # record written for a cancelled call must still take effect here (and an
-            # action it lets run must get its outcome), as a proposal's does.
-            work = asyncio.ensure_future(
+            # A review record written for a cancelled call must still take effect here (and
+            # an action it lets run must get its outcome), as a proposal's does.
+            d = await self._to_the_end(
                 self._reviews(decision_id, reviewer, approve, reason, digest, now)
             )
-            work.add_done_callback(_retrieved)
-            self._proposals.add(work)
-            work.add_done_callback(self._proposals.discard)
-            d = await asyncio.shield(work)
             _annotate(span, d)
             return d
 
