@@ -143,6 +143,9 @@ class KataConfig:
             raise ValueError("poll_interval and stop_timeout must be > 0")
 
 
+# A task that has a process (paused or not): what tasks.Update and Kill can act on.
+_TASK_ALIVE = (task_types.Status.RUNNING, task_types.Status.PAUSED)
+
 # containerd's identifier rule (its identifiers package): what it would refuse later.
 _ID = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 _MAX_ID = 76
@@ -389,7 +392,7 @@ class KataAdapter(RuntimeAdapter):
                     await self._rpc(what, tasks.Resume, tpb.ResumeTaskRequest(container_id=cid))
                     detail = "resumed"
             case Verb.RESIZE:
-                live = status in (task_types.Status.RUNNING, task_types.Status.PAUSED)
+                live = status in _TASK_ALIVE
                 applied, detail = await self._resize(cid, plan.desired, live)
             case Verb.DELETE:
                 applied, detail = await self._delete(cid)
@@ -562,7 +565,7 @@ class KataAdapter(RuntimeAdapter):
         except NotFoundError:
             return False, "sandbox was already deleted"
         status = await self._task_status(cid)
-        if status in (task_types.Status.RUNNING, task_types.Status.PAUSED):
+        if status in _TASK_ALIVE:
             raise ConflictError("sandbox is running: stop it first")
         await self._delete_task(cid)
         await self._rpc(
@@ -619,18 +622,14 @@ class KataAdapter(RuntimeAdapter):
         tasks = tgrpc.TasksStub(self._ch())
         match verb:
             case Verb.CREATE:
-                if await self._task_status(cid) in (
-                    task_types.Status.RUNNING,
-                    task_types.Status.PAUSED,
-                ):
+                if await self._task_status(cid) in _TASK_ALIVE:
                     await self._stop(plan, graceful=False)
                 await self._delete(cid)
                 detail = "deleted the created sandbox"
             case Verb.START:
-                running = (task_types.Status.RUNNING, task_types.Status.PAUSED)
                 if prior in (PowerState.RUNNING, PowerState.PAUSED):
                     detail = f"left {prior}: it was {prior} before the start"
-                elif await self._task_status(cid) in running:
+                elif await self._task_status(cid) in _TASK_ALIVE:
                     await self._stop(plan, graceful=False)
                     detail = "stopped again"
                 else:
@@ -655,7 +654,7 @@ class KataAdapter(RuntimeAdapter):
                 detail = f"back to {prior}"
             case Verb.RESIZE:
                 status = await self._task_status(cid)
-                live = status in (task_types.Status.RUNNING, task_types.Status.PAUSED)
+                live = status in _TASK_ALIVE
                 detail = (await self._resize(cid, undo, live))[1]
             case _:
                 raise UnsupportedError(f"{verb} cannot be reverted by the Kata adapter")
