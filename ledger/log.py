@@ -100,17 +100,30 @@ class _SealProcess:
     Signing is the costly, strictly sequential part of an append (each record
     names the last one's hash). In a thread it holds up the interpreter lock for
     everything else the process does; in its own process it runs on the other
-    core. Started on first use; one caller at a time (a second one, e.g. a
-    transaction re-sealing a chunk while the next is being sealed, signs in its
-    own thread). If the process fails, sealing goes on in this process.
+    core. Started on first use. If the process fails, sealing goes on in this
+    process.
+
+    Two ways to use it, never at once: :meth:`seal` asks and waits for the
+    answer; :meth:`send` and :meth:`receive` (the writer's pipeline) hand it the
+    next chain, continuing the last, before the answer to the last is read, so
+    the process goes from one chain to the next without waiting. While chains
+    are outstanding, :meth:`seal` declines (a transaction re-sealing a chunk
+    then signs in its own thread).
     """
 
     def __init__(self, enabled: bool) -> None:
         self._enabled = enabled
         self._pool: ScanPool | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by seal() for its round trip; send() waits
+        # The watchdog's allowance for each chain sent and not yet answered, oldest first.
+        self._outstanding: collections.deque[float] = collections.deque()
         self._deadline = 0.0  # monotonic time the answer is due by; 0: none awaited
         self._stop_watch = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`send` would use the process (started and not given up)."""
+        return self._enabled and self._pool is not None
 
     def _watch(self, pool: ScanPool, stop: threading.Event) -> None:
         """Kill a worker that stops answering (stopped, swapped out, stuck): that ends the
@@ -133,7 +146,7 @@ class _SealProcess:
         if not self._enabled or not self._lock.acquire(blocking=False):
             return None
         try:
-            if not self._enabled:  # closed while this call waited for the lock
+            if not self._enabled or self._outstanding:  # closed, or the pipeline has it
                 return None
             if self._pool is None:
                 # It starts (imports) while this chunk is signed here: no first-use stall.
@@ -149,6 +162,59 @@ class _SealProcess:
             return None
         finally:
             self._lock.release()
+
+    def send(
+        self,
+        signer: NoteSigner,
+        parts: list[tuple[bytes, bytes, bytes, str]],
+        index: int,
+        prev: bytes | None,
+        when: str,
+    ) -> bool:
+        """Hand the process a chain to seal, without waiting for it to be sealed;
+        ``prev`` None continues the chain sent last. False: the process is not in use
+        (the chain was not sent). Its answer comes from :meth:`receive`, in order.
+
+        Blocks until the process has read the chain, that is until it is done with
+        the one before: so at most one chain waits while another is being sealed."""
+        with self._lock:
+            pool = self._pool
+            if not self._enabled or pool is None:
+                return False
+            within = _WORKER_DEADLINE + len(parts) / 1000
+            if not self._outstanding:
+                self._deadline = time.monotonic() + within
+            self._outstanding.append(within)
+        try:
+            pool.submit((signer.private_key_string(), parts, index, prev, when))
+        except Exception as e:
+            self._give_up("failed", e)  # the answers outstanding fail with it
+            return False
+        return True
+
+    def receive(self, count: int) -> list[tuple[bytes, bytes]] | None:
+        """The answer to the oldest chain sent (``count`` records); None if the process
+        failed, in which case it is not used again and every other answer is None."""
+        pool = self._pool
+        chain: list[tuple[bytes, bytes]] | None = None
+        try:
+            if pool is None or not self._enabled:
+                raise RuntimeError("the sealing process is not running")
+            chain = pool.result()
+            if len(chain) != count:
+                raise RuntimeError(f"{len(chain)} records sealed of {count}")
+        except Exception as e:
+            self._give_up("failed", e)
+            chain = None
+        finally:
+            with self._lock:
+                if self._outstanding:
+                    self._outstanding.popleft()
+                # The next chain's sealing starts about now: it is due a full allowance.
+                self._deadline = (
+                    time.monotonic() + self._outstanding[0] if self._outstanding else 0.0
+                )
+        return chain
 
     def start(self, signer: NoteSigner) -> None:
         """Start the worker now rather than at the first chunk it would sign, and wait
@@ -265,6 +331,45 @@ class _Built:
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """What sealing a chunk after some head will do, before any signing: which drafts go
+    in (claims), the key that signs each, the batch's time."""
+
+    accepted: list[_Pending]
+    signers: list[NoteSigner]
+    results: list[Record | Exception | None]  # one per live item; None: to be sealed
+    checked: frozenset[str]
+    rotated: bool
+    signer: NoteSigner  # the key after the chunk
+    when: str
+
+    def head_after(self, head: Head) -> Head:
+        """The head the chunk leaves, but for its last leaf (known once it is signed)."""
+        return Head(head.size + len(self.accepted), b"", self.when, self.signer.key_id)
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """The head the chains handed to the sealing process will leave, their last leaf
+    not yet known: the next chain continues them there."""
+
+    head: Head
+    signer: NoteSigner
+    rotated = False  # chunks that rotate the key are never pipelined
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    """A chunk whose chain the sealing process is signing (``plan``), or, with ``plan``
+    None, a chunk that only waits its turn behind such chunks."""
+
+    chunk: _Chunk
+    plan: _Plan | None
+    head: Head  # the head it was planned after (last leaf unknown if it follows a ticket)
+    base: _Built | None  # the batch it follows; None: the ticket before it
+
+
+@dataclass(frozen=True)
 class _Chunk:
     """Appends taken from the queue together, sealed ahead or (``built`` None) to be
     sealed in their transaction."""
@@ -328,6 +433,11 @@ class Ledger:
         self._committing = 0  # live appends in the transaction being written
         self._committed: _Built | None = None  # what the last transaction wrote
         self._epoch = 0  # bumped when a transaction did not write what was sealed ahead
+        # Between the sealer and the finisher: chunks the sealing process is signing.
+        self._ahead: collections.deque[_Ticket] = collections.deque()
+        self._ahead_built: _Built | None = None  # the last chunk the finisher read back
+        self._wake_finisher = asyncio.Event()
+        self._settle = asyncio.Event()  # the finisher handed a chunk on
         self._ticker: asyncio.Task[None] | None = None
         self._checkpoint_lock = asyncio.Lock()
         self._last_checkpoint_size = 0
@@ -490,10 +600,15 @@ class Ledger:
         """Seal chunks of queued appends one after another; a committer task writes them.
 
         Three stages run at once: callers preparing their next appends (event
-        loop), sealing (a thread; records form a chain, so one chunk at a time),
-        and the store's transaction (the store's thread). A chunk is sealed on
-        the head the chunk before it will leave, before that one is written; the
+        loop), sealing (records form a chain, so one chunk at a time), and the
+        store's transaction (the store's thread). A chunk is sealed on the head
+        the chunk before it will leave, before that one is written; the
         committer writes every chunk sealed meanwhile in one transaction.
+
+        Chunks long enough go to the sealing process as soon as they are taken,
+        each continuing the chain of the last (:meth:`_send_ahead`), and a
+        finisher task reads the signed chains back in order: the process signs
+        one chain after another without waiting for this process between them.
 
         The store's transaction still decides: chunks sealed on a head that did
         not come to be (a commit failed, another process appended, a claim was
@@ -501,74 +616,173 @@ class Ledger:
         the committer to catch up before it predicts again.
         """
         committer = asyncio.create_task(self._commit_loop(), name="ledger-committer")
-        predicted: _Built | None = None  # the last chunk sealed ahead, in this epoch
+        finisher = asyncio.create_task(self._finish_loop(), name="ledger-finisher")
+        stages = (committer, finisher)
+        # The last chunk sealed ahead in this epoch, or handed to the sealing process.
+        predicted: _Built | _Ahead | None = None
         epoch = self._epoch
         try:
             while True:
                 items = await self._collect()
                 live = [i for i in items if not i.future.done()]  # callers may have given up
                 if not live:  # nothing to seal: the committer only accounts for them
-                    self._sealed.append(_Chunk(items, live, None))
-                    self._holding = []
-                    self._wake_committer.set()
+                    self._hand_on(_Chunk(items, live, None))
                     continue
                 if predicted is not None and epoch != self._epoch:
                     predicted = None  # a commit went otherwise than predicted
+                pipelined = len(live) >= _PROCESS_MIN and not any(i.new_signer for i in live)
+                if isinstance(predicted, _Ahead) and not (pipelined and self._seal_process.ready):
+                    predicted = await self._settled(stages)  # its chain is needed here
+                if predicted is not None and epoch != self._epoch:
+                    predicted = None
                 if predicted is None:
-                    await self._until_committed(committer)
+                    await self._until_committed(stages)
                     predicted, epoch = self._committed, self._epoch
-                await self._until_room(committer)
-                built = None
-                rotating = any(i.new_signer for i in live)
-                if predicted is not None and not rotating and not predicted.rotated:
-                    base = predicted.batch
-                    nothing: frozenset[str] = frozenset()
-                    args = (live, base.head, base.frontier.copy(), predicted.signer, nothing)
-                    try:
-                        # A few records seal faster than a hop to a thread and back.
-                        if len(live) <= _INLINE_SEAL:
-                            built = self._build(*args)
-                        else:
-                            built = await asyncio.to_thread(self._build, *args)
-                    except Exception:  # the transaction will seal them again, and decide
-                        built = None
-                self._sealed.append(_Chunk(items, live, built))
-                self._holding = []
-                self._sealed_records += len(live)
-                self._wake_committer.set()
+                await self._until_room(stages)
+                if predicted is None or predicted.rotated:
+                    self._hand_on(_Chunk(items, live, None))  # sealed in its transaction
+                    continue
+                if pipelined and self._seal_process.ready:
+                    ahead = await self._send_ahead(items, live, predicted)
+                    if ahead is not None:
+                        predicted = ahead
+                        continue
+                    if isinstance(predicted, _Ahead):  # the process failed: seal here
+                        predicted = await self._settled(stages)
+                        if predicted is None or epoch != self._epoch:
+                            predicted = None
+                            self._hand_on(_Chunk(items, live, None))
+                            continue
+                assert isinstance(predicted, _Built)
+                base = predicted.batch
+                args = (live, base.head, base.frontier.copy(), predicted.signer, frozenset[str]())
+                built: _Built | None = None
+                try:
+                    # A few records seal faster than a hop to a thread and back.
+                    if len(live) <= _INLINE_SEAL:
+                        built = self._build(*args)
+                    else:
+                        built = await asyncio.to_thread(self._build, *args)
+                except Exception:  # the transaction will seal them again, and decide
+                    built = None
+                self._hand_on(_Chunk(items, live, built))
                 predicted = built
         finally:
             # Stopped by close() (nothing is left then), by a bug here, or by the
-            # committer's failure: nobody must be left waiting.
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await committer
+            # committer's or finisher's failure: nobody must be left waiting.
+            for task in stages:
+                task.cancel()
+            for task in stages:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            while self._ahead:  # handed to the sealing process, not yet read back
+                self._sealed.append(self._ahead.popleft().chunk)
             held, self._holding = self._holding, []
             self._sealed.append(_Chunk(held, held, None))  # taken, not yet handed on
             self._fail_sealed()
             self._fail_queued()
 
-    async def _until_committed(self, committer: asyncio.Task[None]) -> None:
-        """Wait until every chunk sealed so far is committed (or failed)."""
-        while self._sealed or self._committing:
-            self._caught_up.clear()
-            await self._wait_on(self._caught_up, committer)
+    def _hand_on(self, chunk: _Chunk) -> None:
+        """Pass a chunk just taken on to the committer, behind any sealed ahead."""
+        if self._ahead:
+            self._ahead.append(_Ticket(chunk, None, Head(), None))
+            self._wake_finisher.set()
+        else:
+            self._sealed.append(chunk)
+            self._wake_committer.set()
+        self._holding = []
+        self._sealed_records += len(chunk.live)
 
-    async def _until_room(self, committer: asyncio.Task[None]) -> None:
+    async def _send_ahead(
+        self, items: list[_Pending], live: list[_Pending], predicted: _Built | _Ahead
+    ) -> _Ahead | None:
+        """Hand ``live`` to the sealing process, to be signed after ``predicted``; the head
+        it will leave, or None if it was not sent (seal it here)."""
+        head = predicted.head if isinstance(predicted, _Ahead) else predicted.batch.head
+        try:
+            plan = self._plan(live, head, predicted.signer, frozenset())
+        except Exception:
+            return None
+        if plan.rotated or len(plan.accepted) < _PROCESS_MIN:
+            return None
+        following = isinstance(predicted, _Ahead)
+        parts = [item.draft.parts for item in plan.accepted]
+        prev = None if following else head.last_leaf
+        sent = await asyncio.to_thread(
+            self._seal_process.send, plan.signer, parts, head.size, prev, plan.when
+        )
+        if not sent:
+            return None
+        base = None if isinstance(predicted, _Ahead) else predicted
+        self._ahead.append(_Ticket(_Chunk(items, live, None), plan, head, base))
+        self._holding = []
+        self._sealed_records += len(live)
+        self._wake_finisher.set()
+        return _Ahead(plan.head_after(head), plan.signer)
+
+    async def _finish_loop(self) -> None:
+        """Read the chains signed ahead back, in order, and hand their chunks on."""
+        try:
+            last: _Built | None = None  # the batch the next ticket follows, if it follows one
+            while True:
+                while not self._ahead:
+                    self._wake_finisher.clear()
+                    await self._wake_finisher.wait()
+                ticket = self._ahead[0]
+                chunk, plan = ticket.chunk, ticket.plan
+                if plan is not None:
+                    chain = await asyncio.to_thread(self._seal_process.receive, len(plan.accepted))
+                    base = ticket.base if ticket.base is not None else last
+                    built = None
+                    if (
+                        chain is not None
+                        and base is not None
+                        and base.batch.head.size == ticket.head.size
+                    ):
+                        frontier = base.batch.frontier.copy()
+                        built = self._finish(plan, chain, base.batch.head, frontier)
+                    else:
+                        self._epoch += 1  # the chain broke: predict again from what is written
+                    chunk = _Chunk(chunk.items, chunk.live, built)
+                    last = self._ahead_built = built
+                self._ahead.popleft()
+                self._sealed.append(chunk)
+                self._wake_committer.set()
+                self._settle.set()
+        except Exception:
+            if self._writer is not None:
+                self._writer.cancel()  # its cleanup fails every caller still waiting
+            raise
+
+    async def _settled(self, stages: tuple[asyncio.Task[None], ...]) -> _Built | None:
+        """Wait until every chain handed to the sealing process is read back; the last
+        (None if one failed)."""
+        while self._ahead:
+            self._settle.clear()
+            await self._wait_on(self._settle, stages)
+        return self._ahead_built
+
+    async def _until_committed(self, stages: tuple[asyncio.Task[None], ...]) -> None:
+        """Wait until every chunk sealed so far is committed (or failed)."""
+        while self._ahead or self._sealed or self._committing:
+            self._caught_up.clear()
+            await self._wait_on(self._caught_up, stages)
+
+    async def _until_room(self, stages: tuple[asyncio.Task[None], ...]) -> None:
         """Bound what is sealed but not yet written to two transactions' worth."""
         while self._sealed_records >= 2 * self._config.max_batch:
             self._caught_up.clear()
-            await self._wait_on(self._caught_up, committer)
+            await self._wait_on(self._caught_up, stages)
 
     @staticmethod
-    async def _wait_on(event: asyncio.Event, committer: asyncio.Task[None]) -> None:
+    async def _wait_on(event: asyncio.Event, stages: tuple[asyncio.Task[None], ...]) -> None:
         waiter = asyncio.ensure_future(event.wait())
         try:
-            await asyncio.wait((waiter, committer), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((waiter, *stages), return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-        if committer.done():
-            raise LedgerError("the ledger's committer stopped")
+        if any(task.done() for task in stages):
+            raise LedgerError("the ledger's committer or finisher stopped")
 
     async def _commit_loop(self) -> None:
         """Write sealed chunks: every chunk waiting, in one transaction where they chain."""
@@ -632,6 +846,24 @@ class Ledger:
 
         A draft whose claims are in ``taken``, or taken by an earlier draft of the
         batch, is left out and fails with :class:`ClaimedError`."""
+        plan = self._plan(live, head, signer, taken)
+        # The chain, in the sealing process when there is one.
+        parts = [item.draft.parts for item in plan.accepted]
+        chain = None
+        if not plan.rotated and len(parts) >= _PROCESS_MIN:
+            chain = self._seal_process.seal(
+                plan.signer, parts, head.size, head.last_leaf, plan.when
+            )
+        if chain is None:
+            chain = seal_chain(
+                parts, plan.signers, index=head.size, prev=head.last_leaf, time=plan.when
+            )
+        return self._finish(plan, chain, head, frontier)
+
+    @staticmethod
+    def _plan(live: list[_Pending], head: Head, signer: NoteSigner, taken: frozenset[str]) -> _Plan:
+        """The claims of ``live`` after ``head`` (which need not know its last leaf): which
+        drafts go in, and the key that signs each."""
         if head.key_id and head.key_id != signer.key_id:
             raise StoreConflictError(
                 f"the log's key changed to {head.key_id} in another process; restart"
@@ -640,7 +872,6 @@ class Ledger:
         if head.last_time and parse_time(head.last_time) > now:
             now = parse_time(head.last_time)  # the clock stepped back: never back-date
         when = format_time(now)  # one time for the whole batch: it commits as one
-        # First the claims: which drafts go in, and the key that signs each.
         accepted: list[_Pending] = []
         signers: list[NoteSigner] = []
         results: list[Record | Exception | None] = []  # None: sealed below
@@ -662,14 +893,15 @@ class Ledger:
             signers.append(signer)
             if item.new_signer is not None:
                 signer, rotated = item.new_signer, True
-        # Then the chain, in the sealing process when there is one.
-        parts = [item.draft.parts for item in accepted]
-        chain = None
-        if not rotated and len(parts) >= _PROCESS_MIN:
-            chain = self._seal_process.seal(signer, parts, head.size, head.last_leaf, when)
-        if chain is None:
-            chain = seal_chain(parts, signers, index=head.size, prev=head.last_leaf, time=when)
-        # Then the records, their Merkle nodes and their claims.
+        return _Plan(accepted, signers, results, frozenset(checked), rotated, signer, when)
+
+    @staticmethod
+    def _finish(
+        plan: _Plan, chain: list[tuple[bytes, bytes]], head: Head, frontier: Frontier
+    ) -> _Built:
+        """The records of ``plan``'s signed ``chain`` after ``head``, their Merkle nodes
+        (``frontier``, at ``head``, is advanced) and their claims."""
+        results = list(plan.results)
         records: list[Record] = []
         nodes: list[tuple[int, int, bytes]] = []
         claims: list[tuple[str, int]] = []
@@ -678,12 +910,12 @@ class Ledger:
         for k, result in enumerate(results):
             if result is not None:
                 continue
-            item, (envelope, leaf) = accepted[pos], chain[pos]
+            item, (envelope, leaf) = plan.accepted[pos], chain[pos]
             index = head.size + pos
-            key_id = signers[pos].key_id
+            key_id = plan.signers[pos].key_id
             rec = sealed_record(
-                item.draft, index=index, prev=prev, time=when, key_id=key_id, envelope=envelope,
-                leaf=leaf,
+                item.draft, index=index, prev=prev, time=plan.when, key_id=key_id,
+                envelope=envelope, leaf=leaf,
             )  # fmt: skip
             results[k] = rec
             records.append(rec)
@@ -691,10 +923,10 @@ class Ledger:
             claims.extend((key, index) for key in item.draft.draft.claims)
             prev = leaf
             pos += 1
-        new_head = Head(head.size + len(records), prev, when, signer.key_id)
-        batch = Batch(records, nodes, new_head, frontier, claims, frozenset(checked))
+        new_head = Head(head.size + len(records), prev, plan.when, plan.signer.key_id)
+        batch = Batch(records, nodes, new_head, frontier, claims, plan.checked)
         done = [r for r in results if r is not None]
-        return _Built(head, batch, done, signer, rotated)
+        return _Built(head, batch, done, plan.signer, plan.rotated)
 
     async def _commit(self, group: list[_Chunk]) -> None:
         """Write chunks in one transaction; resolve their callers."""

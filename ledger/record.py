@@ -422,18 +422,34 @@ def seal_chain(
 
 
 _task_signers: dict[str, NoteSigner] = {}
+_task_chain_end: dict[str, tuple[int, bytes]] = {}  # "end": (next index, last leaf hash)
 
 
 def seal_chain_task(
-    key: str, parts: Sequence[tuple[bytes, bytes, bytes, str]], index: int, prev: bytes, time: str
+    key: str,
+    parts: Sequence[tuple[bytes, bytes, bytes, str]],
+    index: int,
+    prev: bytes | None,
+    time: str,
 ) -> list[tuple[bytes, bytes]]:
     """:func:`seal_chain` with one key, in a worker process (``ledger._workers``); ``key``
-    is the signer's private key string, sent over the pipe from its parent."""
+    is the signer's private key string, sent over the pipe from its parent.
+
+    ``prev`` None continues the chain this process sealed last, which must end just
+    before ``index``: its parent can then send the next chain before the answer to
+    the last one has come back, and this process never waits for it."""
     signer = _task_signers.get(key)
     if signer is None:
         _task_signers.clear()  # one key at a time; a rotation replaces it
         signer = _task_signers[key] = NoteSigner.from_key_string(key)
-    return seal_chain(parts, [signer] * len(parts), index=index, prev=prev, time=time)
+    end = _task_chain_end.pop("end", None)  # a chain that fails is not continued
+    if prev is None:
+        if end is None or end[0] != index:
+            raise RuntimeError(f"no chain sealed here ends before index {index}")
+        prev = end[1]
+    chain = seal_chain(parts, [signer] * len(parts), index=index, prev=prev, time=time)
+    _task_chain_end["end"] = (index + len(chain), chain[-1][1] if chain else prev)
+    return chain
 
 
 @dataclass(frozen=True)

@@ -73,19 +73,93 @@ async def test_appends_go_through_the_worker_and_verify(
     d.generate_key("test.example/log")
     calls: list[int] = []
     async with d.open_ledger(QUIET) as log:
-        real = log._seal_process.seal
+        worker = log._seal_process
+        real_seal, real_receive = worker.seal, worker.receive
 
-        def counting(*args: object) -> list[tuple[bytes, bytes]] | None:
-            out = real(*args)  # type: ignore[arg-type]
+        def sealing(*args: object) -> list[tuple[bytes, bytes]] | None:
+            out = real_seal(*args)  # type: ignore[arg-type]
             calls.append(0 if out is None else len(out))
             return out
 
-        monkeypatch.setattr(log._seal_process, "seal", counting)
+        def receiving(count: int) -> list[tuple[bytes, bytes]] | None:
+            out = real_receive(count)
+            calls.append(0 if out is None else len(out))
+            return out
+
+        monkeypatch.setattr(worker, "seal", sealing)
+        monkeypatch.setattr(worker, "receive", receiving)
         assert await _many(log, 400) == list(range(1, 401))
         out = tmp_path / "x.jsonl"
         await export_ledger(log, out)
     assert sum(calls) >= _PROCESS_MIN  # some chunks were signed in the worker
     assert verify_export(out, d.signer().verifier).size == 401
+
+
+def test_the_worker_continues_its_last_chain() -> None:
+    """A chain sent with no previous hash follows the one the worker sealed last: the
+    same bytes as one long chain. One that does not start where that ended is refused,
+    and after a refusal nothing is continued."""
+    signer = NoteSigner.generate("test.example/log")
+    parts = [prepare(d).parts for d in _drafts(30)]
+    when = format_time(utc_now())
+    prev = bytes(range(32))
+    whole = seal_chain(parts, [signer] * 30, index=5, prev=prev, time=when)
+    key = signer.private_key_string()
+    with ScanPool(1, _SEAL_TASK) as pool:
+        # All three sent before any answer is read, as the writer's pipeline does.
+        pool.submit((key, parts[:10], 5, prev, when))
+        pool.submit((key, parts[10:25], 15, None, when))
+        pool.submit((key, parts[25:], 30, None, when))
+        assert pool.result() + pool.result() + pool.result() == whole
+        pool.submit((key, parts[:3], 36, None, when))  # the last chain ended before 35
+        with pytest.raises(RuntimeError, match="no chain sealed here ends before index 36"):
+            pool.result()
+        pool.submit((key, parts[:3], 35, None, when))  # the refusal forgot the chain
+        with pytest.raises(RuntimeError, match="no chain sealed here ends before index 35"):
+            pool.result()
+
+
+async def test_a_worker_dying_with_chains_in_flight_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is killed while it holds chains sent ahead: those chunks are sealed
+    again in their transactions, and every append lands once, in order, verified."""
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+    async with d.open_ledger(config) as log:
+        worker = log._seal_process
+        real_receive = worker.receive
+        followed: list[int] = []
+        real_send = worker.send
+
+        def sending(*args: object) -> bool:
+            followed.append(args[3] is None)  # type: ignore[arg-type]
+            return real_send(*args)  # type: ignore[arg-type]
+
+        def receiving(count: int) -> list[tuple[bytes, bytes]] | None:
+            if len(followed) >= 2 and worker._pool is not None:  # a chain or two ahead
+                for proc in worker._pool._procs:
+                    proc.kill()
+            return real_receive(count)
+
+        monkeypatch.setattr(worker, "send", sending)
+        monkeypatch.setattr(worker, "receive", receiving)
+
+        async def writer(w: int) -> list[int]:
+            out = []
+            for k in range(8):
+                rec = await log.append(Draft("decision", {"w": w, "k": k}))
+                out.append(rec.index)
+            return out
+
+        indices = sorted(i for got in await asyncio.gather(*map(writer, range(128))) for i in got)
+        assert indices == list(range(1, 1 + 128 * 8))
+        assert worker._pool is None  # given up on: sealing goes on here
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert any(followed)  # a chain was sent continuing the one before, unanswered
+    assert verify_export(out, d.signer().verifier).size == 1 + 128 * 8
 
 
 async def test_a_dead_worker_means_signing_here(
