@@ -228,6 +228,9 @@ class Gateway:
         # the decision record each one reverts (for the replay floor).
         self._rolling_back: Counter[int] = Counter()
         self._sync_asked = self._sync_done = 0
+        # Decisions with a record of theirs being appended here (_record): a sync stops
+        # before such a decision's records, which may be that very one, not yet reflected.
+        self._writing: Counter[str] = Counter()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
         self._tracer = trace.get_tracer(_TRACER) if tracer is None else tracer
@@ -263,12 +266,17 @@ class Gateway:
             draft = replace(draft, trace_id=current)
         with self._span("govgate.ledger.append", current=False) as span:
             started = time.perf_counter()
+            if of is not None:
+                self._writing[of.decision_id] += 1
             try:
                 rec = await self.ledger.append(draft)
             except ClaimedError:
                 raise
             except LedgerError as err:
                 raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
+            finally:
+                if of is not None:
+                    self._writing -= Counter([of.decision_id])
             if of is not None:
                 of.applied = max(of.applied, rec.index)
             if self.metrics is not None:
@@ -366,12 +374,19 @@ class Gateway:
             if self._sync_done >= ticket:
                 return  # a read that started after this call asked has covered it
             upto = self._sync_asked
+            stopped = False
             try:
-                while True:
+                while not stopped:
                     page = await self.ledger.store.query(
                         RecordQuery(limit=_SYNC_PAGE), after=self._state.last_index
                     )
                     for rec in page:
+                        if rec.decision_id and rec.decision_id in self._writing:
+                            # Perhaps this gateway's own record, committed but not yet
+                            # reflected by the call writing it: applying it here too would
+                            # apply it twice. The next sync goes on from it.
+                            stopped = True
+                            break
                         self._replay.feed(rec)
                     if len(page) < _SYNC_PAGE:
                         break
@@ -382,7 +397,8 @@ class Gateway:
                     d.changed.set()
             self._replay.touched.clear()
             self._trim()
-            self._sync_done = upto
+            if not stopped:
+                self._sync_done = upto
 
     async def finish_interrupted(self, state: Replayed) -> list[Decision]:
         """Give every decision a crash left without an outcome one, from the runtime's real
@@ -982,9 +998,9 @@ class Gateway:
                   decision_id=decision_id, trace_id=d.trace_id,
                   claims=(step,), unclaimed=(f"halt:{seen + 1}",) if ready else ()),
         )  # fmt: skip
-        # A sync on this replica (its follow loop, another call) may have read this very
-        # record back while it was being written, and applied it: not again, but what it
-        # allows still runs, here.
+        # A sync stops before this decision's records while this one is being written
+        # (_record), so it is not read back and applied twice; should it have been all the
+        # same, it is not applied again, but what it allows still runs, here.
         echoed = d.applied >= rec.index or any(r.reviewer == reviewer for r in p.reviews)
         d.applied = max(d.applied, rec.index)
         if ready:

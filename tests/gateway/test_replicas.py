@@ -233,6 +233,40 @@ async def test_an_approval_its_own_replica_read_back_while_writing_it_still_runs
     assert (await pair.lv.describe(Target("libvirt", "web-1"))).power is PowerState.PAUSED
 
 
+def _sync_after_each_append(gw: Gateway) -> None:
+    """Make every append of ``gw`` sync before it returns: the window in which its follow
+    loop, or another call, reads the gateway's own record back while it is being written."""
+    real_append = gw.ledger.append
+
+    async def append_then_follow(draft: Any) -> Any:
+        rec = await real_append(draft)
+        await gw.sync()
+        return rec
+
+    gw.ledger.append = append_then_follow  # type: ignore[method-assign]
+
+
+async def test_a_replica_reading_its_own_records_back_does_not_apply_them_twice(pair: Pair):
+    """Its decision record read back while being written must not count the action twice
+    among the target's recent actions (a feature of the next decision's risk), nor its
+    rollback record count two rollbacks and leave one looking unfinished."""
+    everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
+    await pair.a.activate_policy(Policy.parse(everything, "execute-everything"))
+    _sync_after_each_append(pair.a)
+    d = await pair.a.propose("r-own", act("resize", vcpus=3), requester=ENGINE)
+    assert d.state == "EXECUTED", d.reasons
+    now = dt.datetime.now(dt.UTC)
+    assert pair.a._recent_count(str(d.action.target), now) == 1
+    assert pair.a.decisions[d.decision_id] is d
+    rolled = await pair.a.rollback(d.decision_id, "too big", ALICE)
+    assert rolled.state == "ROLLED_BACK"
+    assert rolled.rollbacks == 1
+    assert not pair.a._replay.rolling(d.decision_id)  # its outcome was recorded
+    await pair.b.sync()  # the other replica, which read them only once, agrees
+    there = await pair.b.get(d.decision_id)
+    assert (there.state, there.rollbacks) == ("ROLLED_BACK", 1)
+
+
 async def test_a_rollback_under_way_through_one_replica_is_not_run_again(pair: Pair):
     everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
     for gw in (pair.a, pair.b):
