@@ -11,10 +11,15 @@ server's default, so COMMIT returns only once the WAL is flushed (and, with
 synchronous standbys configured, replicated): an acknowledged record survives a
 crash of the replica and of the server.
 
-Checkpoint signing: one replica at a time holds a session-level advisory lock on
-a connection of its own (:meth:`PostgresStore.lead`). When that replica dies,
-its connection closes, PostgreSQL releases the lock, and the next replica that
-asks takes over.
+Checkpoint signing: one replica at a time holds an advisory lock, taken in a
+transaction left open on a connection of its own (:meth:`PostgresStore.lead`).
+When that replica dies, its connection closes, PostgreSQL releases the lock,
+and the next replica that asks takes over. The hold is a lease: the connection
+runs with ``idle_in_transaction_session_timeout`` (:data:`LEASE_SECONDS`), and
+each time the signer is about to sign it renews it. A replica that stops
+without its connection closing (a stopped or frozen process, a host that
+vanished without resetting the connection) loses it that long after it last
+signed, and another takes over.
 
 Schema: versioned migrations (:data:`MIGRATIONS`), applied by ``govgate db
 migrate`` (:func:`migrate`). A store refuses to open a database whose schema is
@@ -134,8 +139,15 @@ def redact(url: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
-async def _connect(url: str, timeout: float) -> asyncpg.Connection:
-    return await asyncpg.connect(url, timeout=timeout, server_settings=_SETTINGS)
+async def _connect(
+    url: str, timeout: float, settings: dict[str, str] | None = None
+) -> asyncpg.Connection:
+    return await asyncpg.connect(url, timeout=timeout, server_settings=settings or _SETTINGS)
+
+
+# Seconds the signer's hold outlives its last renewal (see the module's docs). An idle
+# signer loses it too, and takes it back, if no other replica has, when it next signs.
+LEASE_SECONDS = 10.0
 
 
 class SchemaState:
@@ -473,23 +485,38 @@ class PostgresStore(LedgerStore):
         return [_checkpoint(r) for r in rows]
 
     async def lead(self) -> bool:
-        """Hold the signer's advisory lock on a connection of our own; False while another
-        replica holds it or the database cannot be reached."""
+        """Hold (or renew) the signer's lease on a connection of our own; False while
+        another replica holds it or the database cannot be reached."""
         async with self._leading:
-            try:
-                if self._leader is None or self._leader.is_closed():
-                    self._leading_now = False
-                    self._leader = await _connect(self._url, self._timeout)
-                if self._leading_now:  # still ours? A server restart ends the session
-                    await self._leader.fetchval("SELECT 1", timeout=self._timeout)
-                else:
-                    self._leading_now = bool(
-                        await self._leader.fetchval(
-                            "SELECT pg_try_advisory_lock($1)", _SIGNER_LOCK, timeout=self._timeout
-                        )
-                    )
-            except _DB_ERRORS:
-                if self._leader is not None:
-                    self._leader.terminate()
-                self._leader, self._leading_now = None, False
+            for _ in range(2):  # a hold found lapsed is asked for again on a new connection
+                held = self._leading_now
+                try:
+                    await self._hold()
+                except _DB_ERRORS:
+                    if self._leader is not None:
+                        self._leader.terminate()
+                    self._leader, self._leading_now = None, False
+                    if held:
+                        continue
+                break
             return self._leading_now
+
+    async def _hold(self) -> None:
+        if self._leader is None or self._leader.is_closed():
+            self._leading_now = False
+            lease = {"idle_in_transaction_session_timeout": str(int(LEASE_SECONDS * 1000))}
+            self._leader = await _connect(self._url, self._timeout, _SETTINGS | lease)
+        leader = self._leader
+        if self._leading_now:
+            # Still ours? The server ends a session idle in its transaction past the
+            # lease (and a restart ends it too); this statement renews it.
+            await leader.fetchval("SELECT 1", timeout=self._timeout)
+            return
+        if not leader.is_in_transaction():
+            await leader.execute("BEGIN")
+        got = await leader.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1)", _SIGNER_LOCK, timeout=self._timeout
+        )
+        if not got:
+            await leader.execute("ROLLBACK")  # not left idle in a transaction for nothing
+        self._leading_now = bool(got)

@@ -85,6 +85,28 @@ async def test_one_signer_at_a_time_and_a_successor_when_it_goes(postgres_url: s
         assert await third.lead()
 
 
+async def test_a_signer_that_stops_renewing_loses_its_lease(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A signer whose process is stopped (SIGSTOP, a frozen VM) keeps its connection
+    open: it must still lose the signer's hold once it has not renewed it for the lease,
+    so that checkpoints go on being signed; one that renews keeps it."""
+    monkeypatch.setattr("ledger.postgres.LEASE_SECONDS", 1.0)
+    await migrate(postgres_url)
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    async with first, second:
+        assert await first.lead()
+        assert not await second.lead()
+        await asyncio.sleep(1.6)  # first is "frozen": it does not renew
+        assert await second.lead()  # the server ended first's session: its hold lapsed
+        for _ in range(3):  # second renews within the lease each time: it stays the signer
+            await asyncio.sleep(0.6)
+            assert await second.lead()
+            assert not await first.lead()  # back, on a new connection, but not the signer
+    async with PostgresStore(postgres_url) as third:  # both closed: the hold is free
+        assert await third.lead()
+
+
 @pytest.fixture
 def own_server() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
