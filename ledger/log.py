@@ -1029,10 +1029,13 @@ class Ledger:
             if head.size == 0:
                 raise NotFoundError("the log is empty; there is nothing to checkpoint")
             latest = await self._store.checkpoint()
+            # Asked even with nothing to sign: that renews a signer's lease while the log
+            # is idle (a shared store's, see PostgresStore.lead), at every tick.
+            leading = await self._store.lead()
             if latest is not None and latest.size >= head.size:
                 self._last_checkpoint_size = latest.size
                 return latest, latest, head.size
-            if not await self._store.lead():
+            if not leading:
                 return None, latest, head.size
             if head.key_id and head.key_id != self._signer.key_id:
                 raise StoreConflictError("the log's key changed in another process; restart")

@@ -16,10 +16,11 @@ transaction left open on a connection of its own (:meth:`PostgresStore.lead`).
 When that replica dies, its connection closes, PostgreSQL releases the lock,
 and the next replica that asks takes over. The hold is a lease: the connection
 runs with ``idle_in_transaction_session_timeout`` (:data:`LEASE_SECONDS`), and
-each time the signer is about to sign it renews it. A replica that stops
-without its connection closing (a stopped or frozen process, a host that
-vanished without resetting the connection) loses it that long after it last
-signed, and another takes over.
+the signer renews it at every checkpoint tick (the ledger asks :meth:`lead`
+then, with records to sign or not). A replica that stops without its
+connection closing (a stopped or frozen process, a host that vanished without
+resetting the connection) loses it that long after its last tick, and another
+takes over.
 
 Schema: versioned migrations (:data:`MIGRATIONS`), applied by ``govgate db
 migrate`` (:func:`migrate`). A store refuses to open a database whose schema is
@@ -145,8 +146,9 @@ async def _connect(
     return await asyncpg.connect(url, timeout=timeout, server_settings=settings or _SETTINGS)
 
 
-# Seconds the signer's hold outlives its last renewal (see the module's docs). An idle
-# signer loses it too, and takes it back, if no other replica has, when it next signs.
+# Seconds the signer's hold outlives its last renewal (see the module's docs). A signer
+# that does not tick (timed checkpoints off) and is idle that long loses it too, and takes
+# it back, if no other replica has, when it next signs.
 LEASE_SECONDS = 10.0
 
 

@@ -107,6 +107,24 @@ async def test_a_signer_that_stops_renewing_loses_its_lease(
         assert await third.lead()
 
 
+async def test_an_idle_signer_keeps_its_lease_through_its_ticks(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The ledger renews the signer's lease at every checkpoint tick, with nothing new to
+    sign: an idle signer stays the signer, rather than losing the hold every lease."""
+    monkeypatch.setattr("ledger.postgres.LEASE_SECONDS", 1.0)
+    await migrate(postgres_url)
+    data = DataDir(tmp_path / "data", postgres_url)
+    data.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0.2, checkpoint_every=0)
+    async with data.open_ledger(config) as log, PostgresStore(postgres_url) as other:
+        await log.append(Draft("note", {"n": 1}))
+        await log.checkpoint()
+        await asyncio.sleep(1.8)  # idle for longer than the lease
+        assert not await other.lead()
+        assert (await log.checkpoint()).size == 2
+
+
 @pytest.fixture
 def own_server() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
