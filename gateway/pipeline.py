@@ -623,6 +623,10 @@ class Gateway:
             self._plan_errors.pop(d.decision_id, None)
             raise
         d.ledger_index, d.leaf_hash = rec.index, rec.leaf_hash
+        # Recorded: the caller's deadline has done its work. What follows (running it now,
+        # or the plan when overseers approve it, perhaps much later) is bounded by the
+        # runtime's own deadlines.
+        d.respond_by = None
         self._remember(d)
         self._recent[str(target)].append(now.timestamp())
         return d

@@ -7,11 +7,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_pipeline import ENGINE, World, act, records
+from test_pipeline import ALICE, APPROVE_ALL, BOB, ENGINE, World, act, records
 
-from adapters.action import Target
+from adapters.action import PowerState, Target
 from adapters.runtime import Deadlines
 from gateway.errors import DeadlineExceededError
+from gateway.policy import Policy
 
 
 async def vcpus(w: World) -> int | None:
@@ -81,3 +82,17 @@ async def test_a_runtime_that_overruns_its_deadline_gets_an_unknown_outcome(worl
     assert "unknown until reconciled" in d.outcome["detail"]
     [outcome] = await records(world, "outcome")
     assert outcome["body"]["status"] == "unknown"
+
+
+async def test_an_approval_after_the_proposers_deadline_still_runs_the_action(world: World):
+    """The engine's deadline bounds its proposal, not the overseers' reviews, which come
+    minutes later: the review that completes the approval plans and runs the action."""
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    d = await world.gw.propose("r-1", act("suspend"), requester=ENGINE, timeout=0.3)
+    assert d.state == "PENDING_APPROVAL"
+    await asyncio.sleep(0.4)  # the engine has stopped waiting long ago
+    await world.gw.review(d.decision_id, ALICE, True, "checked", d.digest)
+    done = await world.gw.review(d.decision_id, BOB, True, "checked", d.digest)
+    assert done.state == "EXECUTED", done.reasons
+    assert (await world.lv.describe(Target("libvirt", "web-1"))).power is PowerState.PAUSED
+    assert len(await records(world, "outcome")) == 1
