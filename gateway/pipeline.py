@@ -604,8 +604,11 @@ class Gateway:
                 d.state = "HALTED"
                 d.reasons.append(f"halted: the stop switch for {halt.describe()} is on")
             else:
-                await self._score(d, state, now)
-                self._apply_policy(d, state, now)
+                if described:
+                    await self._score(d, state, now)
+                else:  # fail closed: its labels are unknown, and scoring nothing means nothing
+                    d.reasons.append("not scored: the target could not be described")
+                self._apply_policy(d, state if described else None, now)
                 if d.state == "EXECUTING":
                     await self._plan(d, state if described else None)
             try:
@@ -706,12 +709,14 @@ class Gateway:
                 span.set_attributes({"govgate.decision.risk": d.risk,
                                      "govgate.decision.model_id": model_id})  # fmt: skip
 
-    def _apply_policy(self, d: Decision, state: RuntimeState, now: dt.datetime) -> None:
-        """Set ``d``'s state from the policy's verdict (and hold it for approval if need be)."""
+    def _apply_policy(self, d: Decision, state: RuntimeState | None, now: dt.datetime) -> None:
+        """Set ``d``'s state from the policy's verdict (and hold it for approval if need be);
+        ``state`` None: the target could not be described."""
         with self._span("govgate.policy", current=False) as span:
             action = d.action
+            labels = None if state is None else state.labels
             verdict = self.policy.evaluate(
-                PolicyInput(action.verb.value, action.target.runtime, state.labels, d.risk,
+                PolicyInput(action.verb.value, action.target.runtime, labels, d.risk,
                             action.confidence)
             )  # fmt: skip
             d.reasons += verdict.reasons
@@ -731,7 +736,7 @@ class Gateway:
                 d.approval_deadline = now + dt.timedelta(seconds=verdict.ttl)
                 self._pending[d.decision_id] = Pending(
                     d.decision_id, d.requester, d.digest, verdict.approvals,
-                    d.approval_deadline, self.policy.defaults.reason_required,
+                    d.approval_deadline, verdict.reason_required,
                 )  # fmt: skip
             else:
                 d.state = "EXECUTING"

@@ -70,13 +70,16 @@ class Verdict:
     reasons: tuple[str, ...]
     ttl: float  # seconds approvals may take before the decision expires
     fallback: bool = False  # decided without a risk score
+    reason_required: bool = True  # approvers must give a reason (the matching rules' say)
 
 
 @dataclass(frozen=True)
 class PolicyInput:
     verb: str
     runtime: str
-    labels: Mapping[str, str]
+    # None: not known (the target could not be described). Every rule that may apply is
+    # then taken as applying, and the decision is made as one without a score.
+    labels: Mapping[str, str] | None
     risk: float | None  # None: the model could not score
     confidence: float | None = None
 
@@ -110,7 +113,7 @@ class Rule:
             return False
         if self.runtime and p.runtime != self.runtime:
             return False
-        return selector_matches(self.selector, p.labels)
+        return p.labels is None or selector_matches(self.selector, p.labels)
 
 
 _MAX_DURATION = 366 * 86_400.0  # a year (and a day): an approval can wait no longer
@@ -322,24 +325,42 @@ class Policy:
         except PolicyError as err:  # only past _MAX_COMBINED rules: fail closed
             return Verdict(VerdictKind.DENY, 0, (f"the policy's rules clash: {err}",),
                            self.defaults.approval_ttl)  # fmt: skip
+        unknown = p.labels is None
         for rule in matched:
             if rule.forbid:
                 reason = f"{p.verb} is forbidden here by rule {rule.name!r}"
+                if unknown and rule.selector:
+                    reason += " (the target's labels could not be read, and it may apply)"
                 return Verdict(VerdictKind.DENY, 0, (reason,), t.approval_ttl)
         reasons: list[str] = []
         irreversible = (
             p.verb in {v.value for v in Verb}
             and VERBS[Verb(p.verb)].reversibility is Reversibility.IRREVERSIBLE
         )
-        if p.risk is None:
+        reason_required = t.reason_required
+        if p.risk is None or unknown:
+            setting = "fallback_irreversible" if irreversible else "fallback"
             kind = t.fallback_irreversible if irreversible else t.fallback
-            reasons.append(
-                "the model could not score: fallback "
-                + ("for irreversible verbs " if irreversible else "")
-                + f"is {kind.value}"
-            )
+            if unknown:
+                # Several rules may apply: the strictest of what they say.
+                if any(r.overrides.get(setting) is VerdictKind.DENY for r in matched):
+                    kind = VerdictKind.DENY
+                reason_required = reason_required or any(
+                    r.overrides.get("reason_required") for r in matched
+                )
+                reasons.append(
+                    "the target could not be described: not scored, and every rule that "
+                    f"may apply applies; fallback is {kind.value}"
+                )
+            else:
+                reasons.append(
+                    "the model could not score: fallback "
+                    + ("for irreversible verbs " if irreversible else "")
+                    + f"is {kind.value}"
+                )
             approvals = t.approvals if kind is VerdictKind.APPROVAL else 0
-            verdict = Verdict(kind, approvals, tuple(reasons), t.approval_ttl, fallback=True)
+            verdict = Verdict(kind, approvals, tuple(reasons), t.approval_ttl, fallback=True,
+                              reason_required=reason_required)  # fmt: skip
             return verdict if kind is VerdictKind.DENY else _raise_for_rules(verdict, matched)
         if p.risk < t.execute_below:
             kind, approvals = VerdictKind.EXECUTE, 0
@@ -362,7 +383,9 @@ class Policy:
             reasons.append(f"engine confidence ({given}) is below {t.min_confidence:g}")
             if kind is VerdictKind.EXECUTE:
                 kind, approvals = VerdictKind.APPROVAL, t.approvals
-        return _raise_for_rules(Verdict(kind, approvals, tuple(reasons), t.approval_ttl), matched)
+        verdict = Verdict(kind, approvals, tuple(reasons), t.approval_ttl,
+                          reason_required=reason_required)  # fmt: skip
+        return _raise_for_rules(verdict, matched)
 
 
 def _raise_for_rules(verdict: Verdict, matched: Sequence[Rule]) -> Verdict:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from adapters.action import Action, PowerState, Target
-from adapters.errors import NotFoundError
+from adapters.errors import AdapterError, NotFoundError
 from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
@@ -498,3 +498,46 @@ async def test_an_outcome_the_ledger_refused_is_recorded_once_it_recovers(world:
     assert refusals == 2
     again = await world.gw.propose("r-late", act("resize", vcpus=5), requester=ENGINE)
     assert (again.decision_id, again.state) == (d.decision_id, "EXECUTED")
+
+
+async def test_a_target_that_cannot_be_described_escapes_no_label_scoped_rule(world: World):
+    """Describe fails (libvirt reset the connection): its labels are unknown, so a rule
+    that forbids the verb in some scope denies it, and nothing is scored on an empty state
+    and executed; otherwise the policy's fallback (approval) decides, with the strictest
+    rule's reason requirement."""
+    policy = b"""version = 1
+[defaults]
+execute_below = 0.9
+approve_below = 0.95
+reason_required = false
+[[rules]]
+name = "nothing may be suspended in staging"
+match = { verbs = ["suspend"], selector = "env=staging" }
+forbid = true
+[[rules]]
+name = "reasons for staging resizes"
+match = { verbs = ["resize"], selector = "env=staging" }
+reason_required = true
+"""
+    await world.gw.activate_policy(Policy.parse(policy, "scoped"))
+    real = world.lv.describe
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AdapterError("libvirt: connection reset")
+
+    world.lv.describe = broken  # type: ignore[method-assign]
+    try:
+        suspended = await world.gw.propose("r-1", act("suspend"), requester=ENGINE)
+        resized = await world.gw.propose("r-2", act("resize", vcpus=3), requester=ENGINE)
+    finally:
+        world.lv.describe = real  # type: ignore[method-assign]
+    assert suspended.state == "DENIED", suspended.reasons
+    assert any("could not be read" in r for r in suspended.reasons)
+    assert resized.state == "PENDING_APPROVAL", resized.reasons
+    assert resized.risk is None
+    assert resized.fallback
+    with pytest.raises(ReviewRefusedError, match="reason"):
+        await world.gw.review(resized.decision_id, ALICE, True, "", resized.digest)
+    state = await world.lv.describe(Target("libvirt", "web-1"))
+    assert (state.power, state.vcpus) == (PowerState.RUNNING, 2)  # nothing ran
+    assert await records(world, "outcome") == []

@@ -94,6 +94,63 @@ def test_fallback_without_a_score(policy: Policy):
     assert ask(policy, verb="delete", risk=None, env="prod").kind is VerdictKind.DENY
 
 
+def test_unknown_labels_take_every_rule_that_may_apply(policy: Policy):
+    """A target that could not be described has unknown labels: no label-scoped rule may
+    be escaped that way. A forbidding rule that may apply denies; otherwise the decision
+    is a fallback (unscored, whatever risk was given) with the strictest minimums."""
+
+    def unknown(verb: str, runtime: str = "libvirt", risk: float | None = 0.01) -> Verdict:
+        return policy.evaluate(PolicyInput(verb, runtime, None, risk, 0.99))
+
+    exec_ = unknown("exec", runtime="kata")
+    assert exec_.kind is VerdictKind.DENY
+    assert "no exec in production sandboxes" in exec_.reasons[0]
+    assert "labels could not be read" in exec_.reasons[0]
+    resize = unknown("resize")  # a low risk would execute; unknown labels do not
+    assert (resize.kind, resize.approvals, resize.fallback) == (VerdictKind.APPROVAL, 1, True)
+    assert "could not be described" in resize.reasons[0]
+    assert unknown("delete").kind is VerdictKind.DENY  # irreversible: the fallback denies
+    strict = Policy.parse(
+        b"""version = 1
+[defaults]
+fallback = "approval"
+reason_required = false
+[[rules]]
+name = "prod resizes need three"
+match = { verbs = ["resize"], selector = "env=prod" }
+approvals = 3
+reason_required = true
+[[rules]]
+name = "no blind suspends in prod"
+match = { verbs = ["suspend"], selector = "env=prod" }
+fallback = "deny"
+"""
+    )
+    v = strict.evaluate(PolicyInput("resize", "libvirt", None, 0.01, 0.99))
+    assert (v.kind, v.approvals, v.reason_required) == (VerdictKind.APPROVAL, 3, True)
+    assert strict.evaluate(PolicyInput("suspend", "libvirt", None, None, 0.99)).kind is (
+        VerdictKind.DENY
+    )
+    known = strict.evaluate(PolicyInput("resize", "libvirt", {"env": "staging"}, 0.01, 0.99))
+    assert known.kind is VerdictKind.EXECUTE
+
+
+def test_a_rules_reason_required_is_the_verdicts():
+    policy = Policy.parse(
+        b"""version = 1
+[defaults]
+execute_below = 0.0
+reason_required = false
+[[rules]]
+name = "reasons in prod"
+match = { selector = "env=prod" }
+reason_required = true
+"""
+    )
+    assert ask(policy, risk=0.5, env="prod").reason_required
+    assert not ask(policy, risk=0.5, env="staging").reason_required
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
