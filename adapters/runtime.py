@@ -186,6 +186,11 @@ class RuntimeAdapter(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @staticmethod
+    def _limit(timeout: float | None, default: float) -> float:
+        """A call's bound: the caller's, if shorter than the adapter's own deadline."""
+        return default if timeout is None else min(timeout, default)
+
     # -- public interface ---------------------------------------------------------------
 
     async def open(self) -> None:
@@ -199,7 +204,9 @@ class RuntimeAdapter(abc.ABC):
         """The target's current state. Raises NotFoundError for an unknown target."""
         self._check_runtime(target)
         return await self._bounded(
-            self._describe(target), timeout or self.deadlines.describe, f"describe {target}"
+            self._describe(target),
+            self._limit(timeout, self.deadlines.describe),
+            f"describe {target}",
         )
 
     async def plan(
@@ -207,7 +214,7 @@ class RuntimeAdapter(abc.ABC):
     ) -> Plan:
         """Validate ``action`` against the target and capture what undoing it needs."""
         self._check_runtime(action.target)
-        limit = timeout or self.deadlines.plan
+        limit = self._limit(timeout, self.deadlines.plan)
 
         async def build() -> Plan:
             before = state if state is not None else await self._describe_for_plan(action)
@@ -230,7 +237,7 @@ class RuntimeAdapter(abc.ABC):
             return Outcome(plan, OutcomeStatus.ALREADY, done.after, "this plan was executed before")
         outcome = await self._bounded(
             self._execute(plan),
-            timeout or self.deadlines.execute,
+            self._limit(timeout, self.deadlines.execute),
             f"{plan.action.verb} {plan.target}",
         )
         self._executed[plan.id] = outcome
@@ -249,7 +256,7 @@ class RuntimeAdapter(abc.ABC):
             )
         return await self._bounded(
             self._revert(outcome),
-            timeout or self.deadlines.revert,
+            self._limit(timeout, self.deadlines.revert),
             f"revert {plan.action.verb} {plan.target}",
         )
 
@@ -257,7 +264,7 @@ class RuntimeAdapter(abc.ABC):
         """After a crash: did ``plan`` take effect? Read from the runtime's real state."""
         return await self._bounded(
             self._reconcile(plan),
-            timeout or self.deadlines.reconcile,
+            self._limit(timeout, self.deadlines.reconcile),
             f"reconcile {plan.action.verb} {plan.target}",
         )
 

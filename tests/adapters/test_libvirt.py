@@ -457,7 +457,13 @@ async def test_deadline_bounds_a_stuck_call(tmp_path: Path, monkeypatch):
         monkeypatch.setattr(lv, "_read_state", slow)
         with pytest.raises(AdapterTimeoutError, match=r"within 0\.1 s"):
             await lv.describe(T)
-        assert (await lv.describe(T, timeout=2)).vcpus == 2
+        # A caller's deadline may shorten the adapter's, never lengthen it.
+        with pytest.raises(AdapterTimeoutError, match=r"within 0\.1 s"):
+            await lv.describe(T, timeout=60)
+        with pytest.raises(AdapterTimeoutError, match=r"within 0\.05 s"):
+            await lv.describe(T, timeout=0.05)
+        monkeypatch.undo()
+        assert (await lv.describe(T, timeout=60)).vcpus == 2
 
 
 async def test_lifecycle_events_arrive(lv: LibvirtAdapter):
