@@ -921,9 +921,12 @@ class Gateway:
         self._trim_requests()
 
     def pending(self) -> list[Decision]:
-        """Decisions waiting for approval, as far as this replica knows (see :meth:`sync`)."""
-        return [self.decisions[i] for i in self._pending if i in self.decisions and
-                self.decisions[i].state == "PENDING_APPROVAL"]  # fmt: skip
+        """Decisions waiting for approval, as far as this replica knows (see :meth:`sync`).
+
+        Safe from other threads too (the metrics reader's): it walks a copy of the ids,
+        taken in one step, while the event loop may be adding and removing them."""
+        found = (self.decisions.get(i) for i in list(self._pending))
+        return [d for d in found if d is not None and d.state == "PENDING_APPROVAL"]
 
     async def review(
         self,

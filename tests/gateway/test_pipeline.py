@@ -541,3 +541,33 @@ reason_required = true
     state = await world.lv.describe(Target("libvirt", "web-1"))
     assert (state.power, state.vcpus) == (PowerState.RUNNING, 2)  # nothing ran
     assert await records(world, "outcome") == []
+
+
+async def test_the_pending_list_survives_changes_while_it_is_read(world: World):
+    """The pending-approvals gauge reads ``pending()`` on the metrics reader's thread while
+    the event loop adds and removes pending decisions: a change between two steps of its
+    walk (simulated here, deterministically) must not make it fail."""
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    for i in range(3):
+        await world.gw.propose(f"r-{i}", act("resize", vcpus=3 + i % 2), requester=ENGINE)
+    pending_ids = world.gw._pending
+    real = world.gw.decisions
+
+    class Meanwhile(type(real)):  # type: ignore[misc]
+        def get(self, key: Any, default: Any = None) -> Any:
+            if pending_ids:  # the event loop drops one meanwhile
+                pending_ids.pop(next(iter(pending_ids)))
+            return super().get(key, default)
+
+        def __contains__(self, key: object) -> bool:
+            if pending_ids:
+                pending_ids.pop(next(iter(pending_ids)))
+            return super().__contains__(key)
+
+    world.gw.decisions = Meanwhile(real)
+    try:
+        got = world.gw.pending()
+    finally:
+        world.gw.decisions = real
+    assert 1 <= len(got) <= 3
+    assert all(d.state == "PENDING_APPROVAL" for d in got)
