@@ -116,6 +116,7 @@ _SIGNER_LOCK = 0x676F7667_7369676E
 _SETTINGS = {"synchronous_commit": "on", "application_name": "govgate"}
 _HEAD = "SELECT size, last_leaf, last_time, key_id FROM log_head WHERE id = 1"
 _QUERY_COLUMNS = ("kind", "actor", "target", "decision_id", "trace_id")
+_MAX_BIGINT = 2**63 - 1  # the largest index a bigint column holds
 # What a dropped connection, a server restart or a refused login raise.
 _DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -420,7 +421,10 @@ class PostgresStore(LedgerStore):
         return None if idx is None else int(idx)
 
     async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
-        params: list[Any] = [max(q.start, 0 if after is None else after + 1)]
+        start = max(q.start, 0 if after is None else after + 1)
+        if start > _MAX_BIGINT:  # (uint64 on the wire): no record is that far
+            return []
+        params: list[Any] = [start]
         where = ["idx >= $1"]
 
         def add(condition: str, value: Any) -> None:
@@ -428,7 +432,7 @@ class PostgresStore(LedgerStore):
             where.append(condition.replace("?", f"${len(params)}"))
 
         if q.end is not None:
-            add("idx < ?", q.end)
+            add("idx < ?", min(q.end, _MAX_BIGINT))
         if q.since is not None:
             add("time >= ?", q.since)
         if q.until is not None:

@@ -16,6 +16,7 @@ from postgres_server import PostgresServer
 from ledger import DataDir, Draft, LedgerConfig
 from ledger.errors import StoreError
 from ledger.postgres import SCHEMA_VERSION, PostgresStore, migrate, redact
+from ledger.store import RecordQuery
 
 QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
 
@@ -123,6 +124,22 @@ async def test_an_idle_signer_keeps_its_lease_through_its_ticks(
         await asyncio.sleep(1.8)  # idle for longer than the lease
         assert not await other.lead()
         assert (await log.checkpoint()).size == 2
+
+
+async def test_queries_take_any_uint64_index_as_sqlite_does(postgres_url: str, tmp_path: Path):
+    """Indexes are uint64 on the wire (LedgerService.Query): past a bigint, a bound means
+    "no bound" or "nothing there", not a database error."""
+    await migrate(postgres_url)
+    data = DataDir(tmp_path / "data", postgres_url)
+    data.generate_key("test.example/log")
+    async with data.open_ledger(QUIET) as log:
+        await log.append(Draft("note", {"n": 1}))
+        store = log.store
+        everything = await store.query(RecordQuery(end=2**64 - 1))
+        assert [r.index for r in everything] == [0, 1]
+        assert await store.query(RecordQuery(start=2**63)) == []
+        assert await store.query(RecordQuery(start=2**64 - 2, end=2**64 - 1)) == []
+        assert await store.query(RecordQuery(), after=2**64) == []
 
 
 @pytest.fixture
