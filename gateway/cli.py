@@ -43,7 +43,7 @@ from ledger import DataDir, Draft, LedgerConfig, LedgerError, NoteVerifier, Veri
 from ledger._b64 import b64encode
 from ledger.datadir import DEFAULT_ORIGIN
 from ledger.export import export_ledger
-from ledger.record import format_time, hmac_value, parse_time
+from ledger.record import hmac_value, time_bound
 from ledger.store import RecordQuery
 from ledger.verify import verify_export
 
@@ -187,7 +187,7 @@ def _time_arg(value: str | None, option: str) -> str | None:
     if value is None:
         return None
     try:
-        return format_time(parse_time(value))
+        return time_bound(value)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint=option) from e
 

@@ -60,7 +60,7 @@ from gateway.pipeline import Gateway
 from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
 from ledger.errors import NotFoundError as LedgerNotFoundError
-from ledger.record import format_time, parse_time
+from ledger.record import time_bound
 from ledger.store import RecordQuery
 
 __all__ = [
@@ -416,7 +416,7 @@ def _record_time(value: str, field: str) -> str | None:
     if not value:
         return None
     try:
-        return format_time(parse_time(value))
+        return time_bound(value)
     except ValueError as e:
         raise InvalidRequestError(f"must be an RFC 3339 time: {e}", field=field) from None
 

@@ -69,6 +69,7 @@ __all__ = [
     "seal",
     "seal_chain",
     "sealed_record",
+    "time_bound",
     "utc_now",
 ]
 
@@ -134,7 +135,26 @@ def format_time(t: dt.datetime) -> str:
     """RFC 3339 UTC with exactly six fractional digits, e.g. ``2026-11-25T15:00:00.000000Z``."""
     if t.tzinfo is None:
         raise ValueError("record times must be timezone-aware")
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime("%Y") writes the year 999 as "999" on Linux, which
+    # would compare after "2026" as a string.
+    return t.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_FRACTION = re.compile(r"[.,]([0-9]+)")
+
+
+def time_bound(s: str) -> str:
+    """An RFC 3339 time given as a query bound (``since``, inclusive; ``until``, exclusive)
+    in the records' own form, which compares as a string. A fraction finer than the
+    records' microseconds is rounded up: a record of the same microsecond is before it."""
+    t = parse_time(s)
+    m = _FRACTION.search(s)
+    if m is not None and m.group(1)[6:].strip("0"):
+        try:
+            t += dt.timedelta(microseconds=1)
+        except OverflowError:
+            raise ValueError(f"{s!r} is out of range") from None
+    return format_time(t)
 
 
 def parse_time(s: str) -> dt.datetime:
