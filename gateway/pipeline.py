@@ -337,6 +337,10 @@ class Gateway:
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
 
+    def work_under_way(self) -> int:
+        """Proposals and reviews running, whether or not their callers still wait."""
+        return len(self._running)
+
     def replay_floor(self) -> int | None:
         """The lowest ledger index whose record this gateway's state still needs, as far as
         what it holds goes (:mod:`gateway.recovery`, "Replay floor"): the decision record of

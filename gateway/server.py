@@ -263,27 +263,38 @@ def _logged(d: Decision) -> None:
 
 class Admission:
     """The one bound on work in flight: at most ``limit`` proposals between arrival and
-    answer. It caps every stage's queue behind it (describe, scoring, the ledger's), so
-    that overload is a fast ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, not a slow answer."""
+    the end of their work. It caps every stage's queue behind it (describe, scoring, the
+    ledger's), so that overload is a fast ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, not a
+    slow answer.
+
+    A proposal whose caller stopped waiting runs on to its end (its records must take
+    effect): ``busy`` (the gateway's work under way, callers or not) keeps counting it, so
+    callers who give up cannot pile work up past the bound."""
 
     def __init__(
-        self, limit: int = 512, retry_after: float = 0.2, metrics: Metrics | None = None
+        self,
+        limit: int = 512,
+        retry_after: float = 0.2,
+        metrics: Metrics | None = None,
+        busy: Callable[[], int] | None = None,
     ) -> None:
         if limit < 1 or retry_after <= 0:
             raise ValueError("limit must be >= 1 and retry_after > 0")
         self.limit, self.retry_after = limit, retry_after
-        self.inflight = 0
+        self.inflight = 0  # calls being answered
         self.refused = 0
         self.metrics = metrics
+        self._busy = busy
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
-        if self.inflight >= self.limit:
+        load = max(self.inflight, self._busy() if self._busy is not None else 0)
+        if load >= self.limit:
             self.refused += 1
             if self.metrics is not None:
                 self.metrics.refused.add(1)
             raise OverloadedError(
-                f"{self.inflight} proposals are in flight (the limit is {self.limit}); "
+                f"{load} proposals are in flight (the limit is {self.limit}); "
                 f"retry in {self.retry_after:g}s",
                 self.retry_after,
             )
@@ -531,7 +542,9 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=[*options.interceptors, mapper], options=options.grpc_options()
     )
-    admission = Admission(options.max_inflight, options.retry_after, gw.metrics)
+    admission = Admission(
+        options.max_inflight, options.retry_after, gw.metrics, busy=gw.work_under_way
+    )
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw, admission), server)
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(gw), server)

@@ -634,6 +634,41 @@ async def test_overload_is_refused_fast_with_retry_info_and_the_server_recovers(
         assert again.state in (types_pb2.EXECUTED, types_pb2.PENDING_APPROVAL)
 
 
+async def test_callers_who_give_up_do_not_lift_the_bound_on_work_in_flight(tmp_path: Path):
+    """A proposal whose caller's deadline passed runs on to its end: it still counts
+    against max_inflight, so callers who keep giving up cannot pile up work."""
+    async with serving(tmp_path, options=ServerOptions(max_inflight=2, retry_after=0.5)) as clients:
+        real, go_on = clients.lv._execute, asyncio.Event()
+
+        async def slow(*args: object, **kwargs: object) -> object:
+            await go_on.wait()
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        clients.lv._execute = slow  # type: ignore[method-assign]
+        stub = clients.decisions("engine-1")
+        codes = []
+        for n in range(12):  # one after another: never more than one caller waiting
+            try:
+                await stub.Propose(propose(f"r-{n}", vcpus=str(3 + n % 2)), timeout=0.5)
+            except grpc.aio.AioRpcError as err:
+                codes.append(err.code())
+        assert set(codes) <= {
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        }
+        assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 2
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        assert clients.gw.work_under_way() <= 2  # the bound held
+        go_on.set()
+        del clients.lv._execute
+        for _ in range(100):  # the abandoned work finishes, and the bound frees up
+            if clients.gw.work_under_way() == 0:
+                break
+            await asyncio.sleep(0.05)
+        again = await stub.Propose(propose("r-after", vcpus="4"), timeout=30)
+        assert again.state in (types_pb2.EXECUTED, types_pb2.PENDING_APPROVAL)
+
+
 async def test_a_deadline_that_passes_leaves_no_decision_without_its_outcome(clients: Clients):
     stub = clients.decisions("engine-1")
     calls = [stub.Propose(propose(f"r-{n}", vcpus=str(3 + n % 2)), timeout=0.002)
