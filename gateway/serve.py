@@ -199,7 +199,7 @@ async def _run(
         gc.freeze()
         gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
         host, _, port = config.listen.rpartition(":")
-        health = Health()
+        health = Health(say)
         tracing = TracingInterceptor(server_address=host)  # outside the error mapper
         options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection,
                                 interceptors=(tracing,))  # fmt: skip

@@ -480,10 +480,12 @@ class Health:
     ``govgate serve`` probes it back) and while draining for shutdown.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
         self.servicer = health.aio.HealthServicer()
         self.serving: bool | None = None
         self.why = ""
+        self._say = say  # told of a change made by down() (serve's watcher tells its own)
+        self._marking: set[asyncio.Task[None]] = set()
 
     async def set(self, serving: bool, why: str = "") -> bool:
         """Set the status; returns whether it changed."""
@@ -496,8 +498,15 @@ class Health:
         return True
 
     def down(self, err: BaseException) -> None:
-        """From synchronous code: mark NOT_SERVING because of ``err``."""
-        asyncio.get_running_loop().create_task(self.set(False, str(err)))
+        """From synchronous code: mark NOT_SERVING because of ``err`` (said, if it changed)."""
+
+        async def mark() -> None:
+            if await self.set(False, str(err)) and self._say is not None:
+                self._say(f"NOT_SERVING: {err}")
+
+        task = asyncio.get_running_loop().create_task(mark())
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
 
 
 @dataclass(frozen=True)

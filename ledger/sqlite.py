@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sqlite3
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -45,7 +46,7 @@ from ledger.errors import (
     StoreError,
 )
 from ledger.merkle import Frontier, NodeId, leaf_hash, node_key
-from ledger.record import Record, open_record
+from ledger.record import Record, format_time, open_record, utc_now
 from ledger.store import (
     Batch,
     BuildFn,
@@ -56,7 +57,7 @@ from ledger.store import (
     frontier_from,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["MIN_FREE_BYTES", "SCHEMA_VERSION", "SQLiteStore"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, idx INTEGER NOT NULL);
 INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
 """
 
+# Free disk space below which the health probe says appends cannot be written.
+MIN_FREE_BYTES = 64 * 2**20
 _INDEX_EVERY = 4096  # records behind the head before the query index catches up
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
 
@@ -343,14 +346,33 @@ class SQLiteStore(LedgerStore):
         return batch
 
     async def check_writable(self, wait_ms: int = 1000) -> None:
-        """Take the write lock and let it go: fails while the file is read-only, gone, or
-        locked by another process for longer than ``wait_ms``, without writing anything."""
+        """Fail unless an append could be written now: the file is writable and not locked
+        by another process for longer than ``wait_ms``, a small transaction commits (to
+        ``meta``, never to the log: the probe leaves the records, the tree and the head
+        as they were), and the disk holds at least :data:`MIN_FREE_BYTES` more (SQLite
+        reuses its WAL file's space, so a small commit can succeed on a full disk on which
+        a batch of records would not)."""
+        free = await asyncio.to_thread(lambda: shutil.disk_usage(self._path.parent).free)
+        if free < MIN_FREE_BYTES:
+            raise StoreError(
+                f"the ledger's disk has {free // 1024:,} KiB free; appends need at least "
+                f"{MIN_FREE_BYTES // 2**20} MiB"
+            )
 
         def probe(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('write_probe', ?)",
+                        (format_time(utc_now()),),
+                    )
+                    conn.execute("COMMIT")  # fsync'd, as an append is
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 

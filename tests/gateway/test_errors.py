@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
@@ -17,7 +19,7 @@ from gateway.errors import (
 )
 from gateway.identity import IdentityError
 from gateway.roles import AccessDeniedError
-from gateway.server import status_of
+from gateway.server import Health, status_of
 from ledger.errors import NotFoundError as LedgerNotFoundError
 from ledger.errors import StoreError
 
@@ -96,3 +98,17 @@ def test_field_violations_retry_delays_and_decision_ids():
     info = details(status_of(refused))["ErrorInfo"]
     assert isinstance(info, error_details_pb2.ErrorInfo)
     assert dict(info.metadata) == {"decision_id": "d-123"}
+
+
+async def test_a_failed_append_marks_not_serving_and_says_so_once():
+    """The error mapper marks the gateway NOT_SERVING the moment an append fails; the
+    change is said (logged) as the health watcher's changes are, and only when it is one."""
+    said: list[str] = []
+    health = Health(said.append)
+    await health.set(True)
+    health.down(StoreError("the ledger database cannot be written: disk I/O error"))
+    health.down(StoreError("the ledger database cannot be written: again"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert health.serving is False
+    assert said == ["NOT_SERVING: the ledger database cannot be written: disk I/O error"]

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -452,6 +455,63 @@ async def test_health_probe_says_whether_an_append_could_be_written(sqlite_data:
         await log.append(Draft("halt", {"reason": "the probe wrote nothing before this"}))
         assert (await log.store.snapshot())[0].size == size + 1
     assert not log.accepting
+
+
+async def test_health_probe_fails_on_a_nearly_full_disk(
+    sqlite_data: DataDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite reuses its WAL file's space, so a small commit can succeed on a full disk on
+    which a batch of records fails: the probe also wants free space for appends."""
+    from ledger import sqlite as sqlite_store
+
+    async with sqlite_data.open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
+        await log.store.check_writable()
+        size = (await log.store.snapshot())[0].size
+        full = shutil.disk_usage(sqlite_data.path)._replace(free=sqlite_store.MIN_FREE_BYTES - 1)
+        monkeypatch.setattr(sqlite_store.shutil, "disk_usage", lambda _: full)
+        with pytest.raises(StoreError, match=r"disk has [\d,]+ KiB free; appends need"):
+            await log.store.check_writable()
+        monkeypatch.undo()
+        await log.store.check_writable()
+        assert (await log.store.snapshot())[0].size == size  # probes wrote no record
+
+
+def test_health_probe_commits_so_it_fails_where_a_commit_would(sqlite_data: DataDir) -> None:
+    """A process that may write no more bytes to its files (RLIMIT_FSIZE, as when the
+    disk is full under the WAL's end): the probe commits, and so it fails, where taking
+    and releasing the write lock alone succeeded."""
+    code = """
+import asyncio, resource, sys
+from pathlib import Path
+from ledger import DataDir, Draft, LedgerConfig
+from ledger.errors import StoreError
+
+async def main(path):
+    data = DataDir(Path(path))
+    async with data.open_ledger(LedgerConfig(checkpoint_interval=0, checkpoint_on_close=False,
+                                             seal_process=False)) as log:
+        await log.append(Draft("note", {"n": 1}))
+        await log.store.check_writable()
+        wal = Path(str(data.db_path) + "-wal")
+        limit = max(data.db_path.stat().st_size, wal.stat().st_size)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        try:
+            await log.store.check_writable()
+        except StoreError as err:
+            print("refused:", err)
+        else:
+            print("passed")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+
+asyncio.run(main(sys.argv[1]))
+"""
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(sqlite_data.path)],
+        capture_output=True, text=True, timeout=60, check=True, cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )  # fmt: skip
+    assert out.stdout.startswith("refused: the ledger database cannot be written"), out
 
 
 async def test_a_claimed_key_is_taken_once_across_ledgers_on_one_store(data: DataDir) -> None:
