@@ -22,8 +22,10 @@ everything verifies. No command prints a private key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -511,7 +513,7 @@ def serve(
     """
     from adapters.libvirt import LibvirtConfig
     from gateway.config import ConfigError, ServeConfig
-    from gateway.logs import configure, event
+    from gateway.logs import configure, event, flush
     from gateway.policy import PolicyError
     from gateway.roles import RolesError
     from gateway.serve import serve as run
@@ -539,6 +541,15 @@ def serve(
     except (ConfigError, PolicyError, RolesError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         raise SystemExit(1) from None
+    # Stopped: calls drained (or cut at --grace), the ledger closed, exporters flushed. A
+    # runtime call still blocked in an adapter's worker thread (a hung libvirtd) must not
+    # hold the exit past the grace: the interpreter would wait for that thread. Nothing
+    # is lost by not waiting (the next start reconciles what the call left).
+    flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)
 
 
 @app.command("demo")

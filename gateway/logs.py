@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LOG", "configure", "current_format", "event"]
+__all__ = ["LOG", "configure", "current_format", "event", "flush"]
 
 LOG = logging.getLogger("govgate")
 _MAX_VALUE = 256
@@ -102,6 +102,12 @@ def _stop_writer() -> None:
 
 
 atexit.register(_stop_writer)
+
+
+def flush() -> None:
+    """Write every queued line now and stop the writer thread, as at a normal exit (for a
+    process about to leave by ``os._exit``, which skips exit handlers)."""
+    _stop_writer()
 
 
 def configure(fmt: str = "text", level: str = "INFO", *, threaded: bool = True) -> None:

@@ -104,11 +104,22 @@ class Site:
     tmp: Path
     runs: list[Served] = field(default_factory=list)
 
-    def serve(self, *args: str, crash: bool = False, env: dict[str, str] | None = None) -> Served:
+    def serve(
+        self,
+        *args: str,
+        crash: bool = False,
+        stuck: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> Served:
         port_file = self.data / "port"
         port_file.unlink(missing_ok=True)
         log = self.tmp / f"serve-{len(self.runs)}.log"
-        cmd = [sys.executable, str(HERE / "_crash_server.py")] if crash else GOVGATE
+        cmd = GOVGATE
+        if crash or stuck:
+            cmd = [
+                sys.executable,
+                str(HERE / ("_crash_server.py" if crash else "_stuck_server.py")),
+            ]
         with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
                 [*cmd, "serve", "--data", str(self.data), "--listen", "127.0.0.1:0",
@@ -322,6 +333,27 @@ def test_health_follows_whether_the_ledger_can_write(site: Site):
     done = served.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
     assert state(done) == "EXECUTED"
     assert served.stop() == 0
+
+
+def test_a_runtime_call_stuck_in_a_thread_does_not_hold_the_stop_past_the_grace(site: Site):
+    """A libvirt call hung in the adapter's worker thread: SIGTERM drains for --grace,
+    closes the ledger and exits 0, without waiting for the thread; the next start
+    reconciles the decision the call left without an outcome."""
+    served = site.serve("--grace", "1", stuck=True)
+    caller = futures.ThreadPoolExecutor(1).submit(
+        served.decisions().Propose, propose("r-1", "resize", "web-1", vcpus="4"), timeout=120
+    )
+    assert wait_for(lambda: "stuck executing resize" in served.output()), served.output()
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=30) == 0, served.output()  # the call would take 600 s
+    assert "stopped; the ledger is closed" in served.output()
+    with pytest.raises(grpc.RpcError):
+        caller.result(timeout=30)
+    served.close()
+    again = site.serve()
+    assert "after the restart" in again.output(), again.output()
+    assert again.stop() == 0
+    site.verify_ledger()
 
 
 def test_reflection_lists_the_services_and_can_be_switched_off(site: Site):
