@@ -195,6 +195,11 @@ def _apply(base: Thresholds, values: Mapping[str, Any], where: str) -> Threshold
     out = replace(base, **values)
     if out.execute_below > out.approve_below:
         raise PolicyError(f"{where}: execute_below must not exceed approve_below")
+    if out.above is VerdictKind.APPROVAL and out.approvals_above < out.approvals:
+        raise PolicyError(
+            f"{where}: approvals_above ({out.approvals_above}) must not be below approvals "
+            f"({out.approvals}): more risk never needs fewer approvers"
+        )
     return out
 
 
@@ -224,11 +229,15 @@ def _rule(raw: Any, n: int) -> Rule:
     verbs = match.get("verbs", [])
     if not isinstance(verbs, list) or not all(isinstance(v, str) for v in verbs):
         raise PolicyError(f"{where}.match.verbs: must be a list of verbs")
+    if "verbs" in match and not verbs:  # an empty list would match every verb
+        raise PolicyError(f"{where}.match.verbs: must name a verb (leave it out for every verb)")
     for v in verbs:
         if v not in {x.value for x in Verb}:
             raise PolicyError(f"{where}.match.verbs: unknown verb {v!r}")
     runtime = match.get("runtime", "")
-    if runtime and runtime not in RUNTIMES:
+    if not isinstance(runtime, str) or ("runtime" in match and not runtime):
+        raise PolicyError(f"{where}.match.runtime: must name a runtime ({', '.join(RUNTIMES)})")
+    if runtime not in RUNTIMES and runtime:
         raise PolicyError(f"{where}.match.runtime: unknown runtime {runtime!r}")
     selector = (
         _selector(match["selector"], f"{where}.match.selector") if "selector" in match else ()
@@ -263,7 +272,8 @@ class Policy:
         if unknown:
             raise PolicyError(f"{source}: unknown section {sorted(unknown)[0]!r} "
                               "(known: version, defaults, rules)")  # fmt: skip
-        if doc.get("version") != 1:
+        version = doc.get("version")
+        if type(version) is not int or version != 1:  # (true is an int to Python)
             raise PolicyError(f"{source}: version must be 1")
         defaults = doc.get("defaults", {})
         if not isinstance(defaults, Mapping):
@@ -288,7 +298,7 @@ class Policy:
         threshold cannot clash); beyond :data:`_MAX_COMBINED` threshold rules, each rule
         alone and all of them together, and :meth:`evaluate` denies a clash it meets.
         """
-        keys = ("execute_below", "approve_below")
+        keys = ("execute_below", "approve_below", "above", "approvals", "approvals_above")
         setting = [r for r in self.rules if any(k in r.overrides for k in keys)]
         if len(setting) <= _MAX_COMBINED:
             combos: Iterable[Sequence[Rule]] = (
@@ -301,11 +311,12 @@ class Policy:
             for rule in combo:
                 try:
                     t = _apply(t, rule.overrides, rule.name)
-                except PolicyError:
+                except PolicyError as err:
                     names = " + ".join(repr(r.name) for r in combo)
+                    why = str(err).split(": ", 1)[-1]
                     raise PolicyError(
-                        f"{source}: rules {names} can match one proposal and together make "
-                        "execute_below exceed approve_below"
+                        f"{source}: rules {names} can match one proposal and together clash: "
+                        f"{why}"
                     ) from None
 
     @classmethod

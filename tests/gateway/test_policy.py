@@ -176,6 +176,15 @@ reason_required = true
         ("version = 1\n[[rules]]\nname = 'r'\nexecute_below = -1", "rules[0].execute_below"),
         ("version = 1\n[[rules]]\nmatch = { hosts = 1 }", "unknown key 'hosts'"),
         ("version = [", "not valid TOML"),
+        ("version = true", "version must be 1"),
+        ("version = 1\n[[rules]]\nmatch = { verbs = [] }", "match.verbs: must name a verb"),
+        ("version = 1\n[[rules]]\nmatch = { runtime = false }", "match.runtime: must name"),
+        ("version = 1\n[[rules]]\nmatch = { runtime = '' }", "match.runtime: must name"),
+        ("version = 1\n[defaults]\nabove = 'approval'\napprovals = 3\napprovals_above = 2",
+         "approvals_above (2) must not be below approvals (3)"),
+        ("version = 1\n[defaults]\nabove = 'approval'\napprovals = 3\napprovals_above = 4\n"
+         "[[rules]]\nname = 'r'\n"
+         "approvals_above = 2", "rules 'r' can match one proposal and together clash"),
     ],
 )  # fmt: skip
 def test_bad_policies_are_refused_with_the_key_named(text: str, needle: str):
