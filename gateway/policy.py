@@ -315,8 +315,7 @@ class Policy:
                     names = " + ".join(repr(r.name) for r in combo)
                     why = str(err).split(": ", 1)[-1]
                     raise PolicyError(
-                        f"{source}: rules {names} can match one proposal and together clash: "
-                        f"{why}"
+                        f"{source}: rules {names} can match one proposal and together clash: {why}"
                     ) from None
 
     @classmethod
