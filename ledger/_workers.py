@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -99,6 +100,17 @@ class ScanPool:
         if not ok:
             raise value
         return value
+
+    def answered(self) -> bool:
+        """Whether the answer :meth:`result` would read next is waiting in its pipe, at
+        least in part (from any thread: it reads nothing)."""
+        if self._received >= self._sent:
+            return False
+        pipe = self._procs[self._received % len(self._procs)].stdout
+        try:
+            return pipe is not None and bool(select.select([pipe], [], [], 0)[0])
+        except (OSError, ValueError):  # closed meanwhile
+            return False
 
     def kill(self) -> None:
         """Stop the workers now (from any thread): calls blocked on their pipes fail."""

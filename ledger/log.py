@@ -34,10 +34,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger._workers import ScanPool
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -89,6 +90,7 @@ _MIN_CHUNK = 16
 _PROCESS_MIN = 32
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 _SEAL_TASK = "ledger.record:seal_chain_task"
 _WORKER_DEADLINE = 2.0  # seconds a chunk may take in the worker, plus 1 ms a record
 _START_DEADLINE = 10.0  # seconds the worker may take to start and answer
@@ -119,11 +121,20 @@ class _SealProcess:
         self._outstanding: collections.deque[float] = collections.deque()
         self._deadline = 0.0  # monotonic time the answer is due by; 0: none awaited
         self._stop_watch = threading.Event()
+        self._io: ThreadPoolExecutor | None = None  # see in_thread
 
     @property
     def ready(self) -> bool:
         """Whether :meth:`send` would use the process (started and not given up)."""
         return self._enabled and self._pool is not None
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run :meth:`send` or :meth:`receive` on the pipeline's own two threads (one
+        sends while the other reads), not the event loop's default executor, which the
+        application may keep busy."""
+        if self._io is None:
+            self._io = ThreadPoolExecutor(2, thread_name_prefix="ledger-seal")
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def _watch(self, pool: ScanPool, stop: threading.Event) -> None:
         """Kill a worker that stops answering (stopped, swapped out, stuck): that ends the
@@ -131,6 +142,8 @@ class _SealProcess:
         while not stop.wait(0.2):
             due = self._deadline
             if due and time.monotonic() > due:
+                if pool.answered():
+                    continue  # it has answered: only its reader is late (a busy process)
                 pool.kill()
                 return
 
@@ -152,7 +165,9 @@ class _SealProcess:
                 # It starts (imports) while this chunk is signed here: no first-use stall.
                 self._launch()
                 return None
-            args = (signer.private_key_string(), parts, index, prev, when)
+            # remember=False: a round trip of its own, which the pipeline's next chain does
+            # not continue (a transaction re-sealing a chunk between two sent chains).
+            args = (signer.private_key_string(), parts, index, prev, when, False)
             chain: list[tuple[bytes, bytes]] = self._ask(args, _WORKER_DEADLINE + len(parts) / 1000)
             if len(chain) != len(parts):
                 raise RuntimeError(f"{len(chain)} records sealed of {len(parts)}")
@@ -270,6 +285,8 @@ class _SealProcess:
         with self._lock:
             self._enabled = False
             self._stop(kill=True)  # it holds nothing: no need to wait for it to read EOF
+        if self._io is not None:
+            self._io.shutdown(wait=False)  # a call blocked on the pipes failed with the kill
 
     def _stop(self, *, kill: bool) -> None:
         self._stop_watch.set()
@@ -647,13 +664,14 @@ class Ledger:
                     if ahead is not None:
                         predicted = ahead
                         continue
-                    if isinstance(predicted, _Ahead):  # the process failed: seal here
-                        predicted = await self._settled(stages)
-                        if predicted is None or epoch != self._epoch:
-                            predicted = None
-                            self._hand_on(_Chunk(items, live, None))
-                            continue
-                assert isinstance(predicted, _Built)
+                if isinstance(predicted, _Ahead):
+                    # Not sent after all: the process failed, perhaps while this waited for
+                    # room. Seal here, after the chains it held are read back (or failed).
+                    predicted = await self._settled(stages)
+                    if predicted is None or epoch != self._epoch:
+                        predicted = None
+                        self._hand_on(_Chunk(items, live, None))  # sealed in its transaction
+                        continue
                 base = predicted.batch
                 args = (live, base.head, base.frontier.copy(), predicted.signer, frozenset[str]())
                 built: _Built | None = None
@@ -708,7 +726,7 @@ class Ledger:
         following = isinstance(predicted, _Ahead)
         parts = [item.draft.parts for item in plan.accepted]
         prev = None if following else head.last_leaf
-        sent = await asyncio.to_thread(
+        sent = await self._seal_process.in_thread(
             self._seal_process.send, plan.signer, parts, head.size, prev, plan.when
         )
         if not sent:
@@ -731,7 +749,9 @@ class Ledger:
                 ticket = self._ahead[0]
                 chunk, plan = ticket.chunk, ticket.plan
                 if plan is not None:
-                    chain = await asyncio.to_thread(self._seal_process.receive, len(plan.accepted))
+                    chain = await self._seal_process.in_thread(
+                        self._seal_process.receive, len(plan.accepted)
+                    )
                     base = ticket.base if ticket.base is not None else last
                     built = None
                     if (
@@ -1037,7 +1057,10 @@ class Ledger:
                 return latest, latest, head.size
             if not leading:
                 return None, latest, head.size
-            if head.key_id and head.key_id != self._signer.key_id:
+            # The key of the head read above: a rotation committed while this awaits the
+            # store below must not have an older size signed with the next key.
+            signer = self._signer
+            if head.key_id and head.key_id != signer.key_id:
                 raise StoreConflictError("the log's key changed in another process; restart")
             root = frontier.root()
             if latest is not None:
@@ -1049,7 +1072,7 @@ class Ledger:
                         f"refusing to sign size {head.size}: not consistent with the "
                         f"checkpoint for size {latest.size} ({e})"
                     ) from e
-            note = sign_checkpoint(Checkpoint(self.origin, head.size, root), self._signer)
+            note = sign_checkpoint(Checkpoint(self.origin, head.size, root), signer)
             try:
                 kept = await self._store.save_checkpoint(
                     StoredCheckpoint(head.size, root, note, format_time(utc_now()))

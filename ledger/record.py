@@ -451,17 +451,23 @@ def seal_chain_task(
     index: int,
     prev: bytes | None,
     time: str,
+    remember: bool = True,
 ) -> list[tuple[bytes, bytes]]:
     """:func:`seal_chain` with one key, in a worker process (``ledger._workers``); ``key``
     is the signer's private key string, sent over the pipe from its parent.
 
-    ``prev`` None continues the chain this process sealed last, which must end just
-    before ``index``: its parent can then send the next chain before the answer to
-    the last one has come back, and this process never waits for it."""
+    ``prev`` None continues the chain this process sealed last (with ``remember``),
+    which must end just before ``index``: its parent can then send the next chain
+    before the answer to the last one has come back, and this process never waits
+    for it. A chain sealed with ``remember`` False is not one to continue."""
     signer = _task_signers.get(key)
     if signer is None:
         _task_signers.clear()  # one key at a time; a rotation replaces it
         signer = _task_signers[key] = NoteSigner.from_key_string(key)
+    if not remember:
+        if prev is None:
+            raise RuntimeError("a chain not to be remembered must name its previous hash")
+        return seal_chain(parts, [signer] * len(parts), index=index, prev=prev, time=time)
     end = _task_chain_end.pop("end", None)  # a chain that fails is not continued
     if prev is None:
         if end is None or end[0] != index:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ledger import DataDir, Draft, LedgerConfig, SQLiteStore
 from ledger._workers import ScanPool
+from ledger.errors import ClaimedError
 from ledger.export import export_ledger
 from ledger.log import _PROCESS_MIN, _SEAL_TASK, Ledger
 from ledger.note import NoteSigner
@@ -258,3 +261,148 @@ async def test_giving_up_on_a_start_does_not_wait_for_a_stuck_worker(
         await starting
     assert loop.time() - began < 5  # the start deadline is 10 s
     assert all(p.poll() is not None for p in pool._procs)  # no worker left behind
+
+
+async def test_the_worker_failing_while_the_writer_waits_for_room_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Chains are out in the worker and the writer waits for room (commits are slow) when
+    the worker dies: the writer must seal the next chunk itself, not stop (it did, on an
+    assertion, failing every append and every one after)."""
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(
+        checkpoint_interval=0, checkpoint_every=0, max_batch=64, seal_process_at_start=True
+    )
+    async with d.open_ledger(config) as log:
+        real_sequence = log.store.sequence
+
+        async def slow_sequence(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.05)  # a slow disk
+            return await real_sequence(*args, **kwargs)
+
+        log.store.sequence = slow_sequence  # type: ignore[method-assign]
+        real_until_room, killed = log._until_room, []
+
+        async def until_room(stages: Any) -> None:
+            pool = log._seal_process._pool
+            if not killed and log._ahead and pool is not None:
+                killed.append(True)
+                for proc in pool._procs:  # the worker dies (OOM killer, watchdog)
+                    proc.kill()
+            await real_until_room(stages)
+
+        log._until_room = until_room  # type: ignore[method-assign]
+        got = await asyncio.gather(*(log.append(dr) for dr in _drafts(1000)))
+        assert killed
+        assert sorted(r.index for r in got) == list(range(1, 1001))
+        assert log.accepting
+        await log.append(Draft("note", {"after": True}))
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert verify_export(out, d.signer().verifier).size == 1002
+
+
+async def test_a_transaction_resealing_a_chunk_leaves_the_workers_chain_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk whose claim turns out taken is sealed again in its transaction, through
+    the worker when no chain is out. That round trip must not become the chain the next
+    chain sent continues: the worker refused that one, and was given up for good."""
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+    async with d.open_ledger(config) as log:
+        worker = log._seal_process
+        given_up: list[str] = []
+        real_give_up, real_send = worker._give_up, worker.send
+        monkeypatch.setattr(
+            worker, "_give_up", lambda what, e: (given_up.append(repr(e)), real_give_up(what, e))
+        )
+
+        def late_send(*args: Any) -> bool:
+            time.sleep(0.02)  # a thread hop under load: the transaction's reseal gets in first
+            return real_send(*args)
+
+        monkeypatch.setattr(worker, "send", late_send)
+        await log.append(Draft("decision", {"x": 0}, claims=("taken",)))
+        for r in range(6):
+            drafts = [
+                Draft("decision", {"r": r, "n": i}, claims=("taken",) if i % 97 == 5 else ())
+                for i in range(600)
+            ]
+            results = await asyncio.gather(*map(log.append, drafts), return_exceptions=True)
+            assert all(isinstance(x, ClaimedError) for x in results if isinstance(x, Exception))
+        assert given_up == []
+        assert worker._pool is not None  # still signing in the worker
+
+
+def test_a_round_trip_not_remembered_is_not_continued() -> None:
+    signer = NoteSigner.generate("test.example/log")
+    parts = [prepare(d).parts for d in _drafts(6)]
+    when, key = format_time(utc_now()), signer.private_key_string()
+    with ScanPool(1, _SEAL_TASK) as pool:
+        pool.submit((key, parts[:3], 0, ZERO_HASH, when))
+        first = pool.result()
+        pool.submit((key, parts[:2], 50, bytes(32), when, False))  # someone else's round trip
+        pool.result()
+        pool.submit((key, parts[3:], 3, None, when))  # continues the first, as if no other
+        assert first + pool.result() == seal_chain(
+            parts, [signer] * 6, index=0, prev=ZERO_HASH, time=when
+        )
+
+
+async def test_the_watchdog_spares_a_worker_whose_answer_waits_for_a_busy_reader(
+    tmp_path: Path,
+) -> None:
+    """The pipeline's reader is late (its thread is busy) while the answer sits in the
+    pipe past the deadline: the worker did its job, and must not be killed for it."""
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+    async with d.open_ledger(config) as log:
+        worker = log._seal_process
+        pool = worker._pool
+        assert pool is not None
+        real_receive = worker.receive
+
+        def late_receive(count: int) -> Any:
+            if not getattr(late_receive, "done", False):
+                late_receive.done = True  # type: ignore[attr-defined]
+                worker._deadline = time.monotonic() - 1  # its deadline has passed ...
+                time.sleep(0.6)  # ... and the watchdog (every 0.2 s) looks meanwhile
+            return real_receive(count)
+
+        worker.receive = late_receive  # type: ignore[method-assign]
+        got = await asyncio.gather(*(log.append(dr) for dr in _drafts(300)))
+        assert sorted(r.index for r in got) == list(range(1, 301))
+        assert getattr(late_receive, "done", False)
+        assert worker._pool is pool  # not killed, still in use
+        assert all(p.poll() is None for p in pool._procs)
+
+
+async def test_a_checkpoint_is_signed_by_the_key_of_its_size_when_a_rotation_lands_meanwhile(
+    tmp_path: Path,
+) -> None:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    async with d.open_ledger(QUIET) as log:
+        for i in range(10):
+            await log.append(Draft("decision", {"i": i}))
+        await log.checkpoint()
+        for i in range(10):
+            await log.append(Draft("decision", {"j": i}))
+        real_prove = log._prove_consistency
+
+        async def slow_prove(*args: Any) -> Any:
+            await asyncio.sleep(0.2)  # a slow read of the stored nodes
+            return await real_prove(*args)
+
+        log._prove_consistency = slow_prove  # type: ignore[method-assign]
+        signing = asyncio.create_task(log.checkpoint())
+        await asyncio.sleep(0.05)
+        await log.rotate_key(NoteSigner.generate(log.origin))
+        await signing
+        out = tmp_path / "x.jsonl"
+        await export_ledger(log, out)
+    assert verify_export(out, d.signer().verifier).size == 22
