@@ -221,6 +221,7 @@ class Gateway:
         self._sync_lock = asyncio.Lock()
         self._late: set[asyncio.Task[None]] = set()  # outcomes waiting for the ledger to recover
         self._running: set[asyncio.Future[Any]] = set()  # proposals, reviews: see _to_the_end
+        self._proposing: set[asyncio.Future[Any]] = set()  # the proposals among them
         # Decisions allowed to run whose outcome is not yet durable, by decision record index.
         self._unsettled: Counter[int] = Counter()
         self._floor_unknown = False  # a decision record may be in the ledger, unknown here
@@ -228,9 +229,11 @@ class Gateway:
         # the decision record each one reverts (for the replay floor).
         self._rolling_back: Counter[int] = Counter()
         self._sync_asked = self._sync_done = 0
-        # Decisions with a record of theirs being appended here (_record): a sync stops
-        # before such a decision's records, which may be that very one, not yet reflected.
+        # Decisions with a record of theirs being appended here (_record): a sync waits
+        # before such a decision's records (one may be that very record, not yet reflected
+        # by the call writing it) until the write is done (_wrote).
         self._writing: Counter[str] = Counter()
+        self._wrote = asyncio.Event()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
         self._tracer = trace.get_tracer(_TRACER) if tracer is None else tracer
@@ -277,6 +280,7 @@ class Gateway:
             finally:
                 if of is not None:
                     self._writing -= Counter([of.decision_id])
+                    self._wrote.set()
             if of is not None:
                 of.applied = max(of.applied, rec.index)
             if self.metrics is not None:
@@ -327,19 +331,22 @@ class Gateway:
         self._replay.follow(state)
         self._trim()
 
-    async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _to_the_end(self, work: Coroutine[Any, Any, T], *, proposal: bool = False) -> T:
         """Run ``work`` to its end even if the caller stops waiting (it may write records
-        that must take effect); it counts as work under way (:meth:`replay_floor`) until
-        it ends."""
+        that must take effect); it counts as work under way (:meth:`replay_floor`), and a
+        proposal as one in flight (:meth:`proposals_under_way`), until it ends."""
         task = asyncio.ensure_future(work)
         task.add_done_callback(_retrieved)  # a caller that left does not read its error
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        if proposal:
+            self._proposing.add(task)
+            task.add_done_callback(self._proposing.discard)
         return await asyncio.shield(task)
 
-    def work_under_way(self) -> int:
-        """Proposals and reviews running, whether or not their callers still wait."""
-        return len(self._running)
+    def proposals_under_way(self) -> int:
+        """Proposals running, whether or not their callers still wait (admission's count)."""
+        return len(self._proposing)
 
     def replay_floor(self) -> int | None:
         """The lowest ledger index whose record this gateway's state still needs, as far as
@@ -378,19 +385,18 @@ class Gateway:
             if self._sync_done >= ticket:
                 return  # a read that started after this call asked has covered it
             upto = self._sync_asked
-            stopped = False
             try:
-                while not stopped:
+                while True:
                     page = await self.ledger.store.query(
                         RecordQuery(limit=_SYNC_PAGE), after=self._state.last_index
                     )
                     for rec in page:
-                        if rec.decision_id and rec.decision_id in self._writing:
+                        while rec.decision_id and rec.decision_id in self._writing:
                             # Perhaps this gateway's own record, committed but not yet
-                            # reflected by the call writing it: applying it here too would
-                            # apply it twice. The next sync goes on from it.
-                            stopped = True
-                            break
+                            # reflected by the call writing it: applied here too, it would
+                            # count twice. Once that call is done, feed() knows (applied).
+                            self._wrote.clear()
+                            await self._wrote.wait()
                         self._replay.feed(rec)
                     if len(page) < _SYNC_PAGE:
                         break
@@ -401,8 +407,7 @@ class Gateway:
                     d.changed.set()
             self._replay.touched.clear()
             self._trim()
-            if not stopped:
-                self._sync_done = upto
+            self._sync_done = upto
 
     async def finish_interrupted(self, state: Replayed) -> list[Decision]:
         """Give every decision a crash left without an outcome one, from the runtime's real
@@ -487,7 +492,7 @@ class Gateway:
             return await self._to_the_end(self._propose(
                 span, request_id, action, requester, dry_run, trace_id or _trace_id(), now,
                 respond_by,
-            ))  # fmt: skip
+            ), proposal=True)  # fmt: skip
 
     async def _propose(
         self, span: Span, request_id: str, action: Action, requester: str, dry_run: bool,

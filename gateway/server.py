@@ -552,7 +552,7 @@ async def start_server(
         interceptors=[*options.interceptors, mapper], options=options.grpc_options()
     )
     admission = Admission(
-        options.max_inflight, options.retry_after, gw.metrics, busy=gw.work_under_way
+        options.max_inflight, options.retry_after, gw.metrics, busy=gw.proposals_under_way
     )
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw, admission), server)
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)

@@ -658,11 +658,11 @@ async def test_callers_who_give_up_do_not_lift_the_bound_on_work_in_flight(tmp_p
         }
         assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 2
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
-        assert clients.gw.work_under_way() <= 2  # the bound held
+        assert clients.gw.proposals_under_way() <= 2  # the bound held
         go_on.set()
         del clients.lv._execute
         for _ in range(100):  # the abandoned work finishes, and the bound frees up
-            if clients.gw.work_under_way() == 0:
+            if clients.gw.proposals_under_way() == 0:
                 break
             await asyncio.sleep(0.05)
         again = await stub.Propose(propose("r-after", vcpus="4"), timeout=30)

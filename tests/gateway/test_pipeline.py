@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.pipeline import Gateway
 from gateway.policy import Policy
+from gateway.server import Admission
 from ledger import DataDir, LedgerConfig
 from ledger.errors import StoreError
 from ledger.export import export_ledger
@@ -571,3 +572,32 @@ async def test_the_pending_list_survives_changes_while_it_is_read(world: World):
         world.gw.decisions = real
     assert 1 <= len(got) <= 3
     assert all(d.state == "PENDING_APPROVAL" for d in got)
+
+
+async def test_reviews_running_their_actions_do_not_count_as_proposals_in_flight(world: World):
+    """max_inflight bounds proposals: approvals whose actions are running must not make
+    the gateway refuse new proposals as overloaded."""
+    await world.gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
+    made = [
+        await world.gw.propose(f"r-{i}", act("resize", vcpus=3 + i), requester=ENGINE)
+        for i in range(2)
+    ]
+    for d in made:
+        await world.gw.review(d.decision_id, ALICE, True, "ok", d.digest)
+    real, go_on = world.lv._execute, asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await go_on.wait()
+        return await real(*args, **kwargs)
+
+    world.lv._execute = slow  # type: ignore[method-assign]
+    reviews = [
+        asyncio.create_task(world.gw.review(d.decision_id, BOB, True, "ok", d.digest)) for d in made
+    ]
+    await asyncio.sleep(0.1)  # both approvals complete; their actions run
+    admission = Admission(2, busy=world.gw.proposals_under_way)
+    with admission():  # not refused
+        assert world.gw.proposals_under_way() == 0
+    go_on.set()
+    assert [(await r).state for r in reviews] == ["EXECUTED", "EXECUTED"]
+    del world.lv._execute

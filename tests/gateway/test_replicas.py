@@ -207,6 +207,22 @@ async def test_one_replica_signs_checkpoints_and_another_takes_over(pair: Pair, 
     assert verified.checkpoints >= 2
 
 
+def _sync_after_each_append(gw: Gateway) -> list[asyncio.Task[None]]:
+    """Make every append of ``gw`` start a sync (as its follow loop, or another call, may)
+    that reads the record back before the append has returned to the call writing it: the
+    window in which that record is committed but not yet reflected. The syncs started."""
+    real_append, syncs = gw.ledger.append, []
+
+    async def append_then_follow(draft: Any) -> Any:
+        rec = await real_append(draft)
+        syncs.append(asyncio.create_task(gw.sync()))
+        await asyncio.sleep(0.05)  # the sync reads the record meanwhile
+        return rec
+
+    gw.ledger.append = append_then_follow  # type: ignore[method-assign]
+    return syncs
+
+
 async def test_an_approval_its_own_replica_read_back_while_writing_it_still_runs(pair: Pair):
     """A sync on the approving replica (its follow loop, another call) can apply the
     approval that completes a decision before the review resumes: the action must still
@@ -215,15 +231,9 @@ async def test_an_approval_its_own_replica_read_back_while_writing_it_still_runs
         await gw.activate_policy(Policy.parse(APPROVE_ALL, "approve-all"))
     d = await pair.a.propose("r-echo", act("suspend"), requester=ENGINE)
     await pair.a.review(d.decision_id, ALICE, True, "ok", d.digest)
-    real_append = pair.a.ledger.append
-
-    async def append_then_follow(draft: Any) -> Any:
-        rec = await real_append(draft)
-        await pair.a.sync()  # the window the follow loop can hit
-        return rec
-
-    pair.a.ledger.append = append_then_follow  # type: ignore[method-assign]
+    syncs = _sync_after_each_append(pair.a)
     done = await pair.a.review(d.decision_id, BOB, True, "ok", d.digest)
+    await asyncio.gather(*syncs)
     del pair.a.ledger.append
     assert done.state == "EXECUTED", done.reasons
     kinds = [
@@ -233,38 +243,59 @@ async def test_an_approval_its_own_replica_read_back_while_writing_it_still_runs
     assert (await pair.lv.describe(Target("libvirt", "web-1"))).power is PowerState.PAUSED
 
 
-def _sync_after_each_append(gw: Gateway) -> None:
-    """Make every append of ``gw`` sync before it returns: the window in which its follow
-    loop, or another call, reads the gateway's own record back while it is being written."""
-    real_append = gw.ledger.append
-
-    async def append_then_follow(draft: Any) -> Any:
-        rec = await real_append(draft)
-        await gw.sync()
-        return rec
-
-    gw.ledger.append = append_then_follow  # type: ignore[method-assign]
-
-
 async def test_a_replica_reading_its_own_records_back_does_not_apply_them_twice(pair: Pair):
     """Its decision record read back while being written must not count the action twice
     among the target's recent actions (a feature of the next decision's risk), nor its
     rollback record count two rollbacks and leave one looking unfinished."""
     everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
     await pair.a.activate_policy(Policy.parse(everything, "execute-everything"))
-    _sync_after_each_append(pair.a)
+    syncs = _sync_after_each_append(pair.a)
     d = await pair.a.propose("r-own", act("resize", vcpus=3), requester=ENGINE)
     assert d.state == "EXECUTED", d.reasons
     now = dt.datetime.now(dt.UTC)
     assert pair.a._recent_count(str(d.action.target), now) == 1
     assert pair.a.decisions[d.decision_id] is d
     rolled = await pair.a.rollback(d.decision_id, "too big", ALICE)
+    await asyncio.gather(*syncs)
+    assert len(syncs) >= 4  # decision, outcome, rollback, outcome: each read back meanwhile
     assert rolled.state == "ROLLED_BACK"
     assert rolled.rollbacks == 1
     assert not pair.a._replay.rolling(d.decision_id)  # its outcome was recorded
     await pair.b.sync()  # the other replica, which read them only once, agrees
     there = await pair.b.get(d.decision_id)
     assert (there.state, there.rollbacks) == ("ROLLED_BACK", 1)
+
+
+async def test_a_sync_that_meets_its_own_record_in_flight_still_reads_what_follows(pair: Pair):
+    """A sync on replica a meets the record a is still writing (committed, not yet back to
+    its caller): it must wait for that write, not stop there and report itself caught up,
+    or a halt another replica recorded after it goes unseen (a resume then says "no halt
+    is in force")."""
+    everything = b"version = 1\n[defaults]\nexecute_below = 1.0\napprove_below = 1.0\n"
+    await pair.a.activate_policy(Policy.parse(everything, "execute-everything"))
+    real_append, committed, release = pair.a.ledger.append, asyncio.Event(), asyncio.Event()
+
+    async def slow_return(draft: Any) -> Any:
+        rec = await real_append(draft)
+        if draft.kind == "decision":
+            committed.set()
+            await release.wait()  # committed, not yet reflected by its caller
+        return rec
+
+    pair.a.ledger.append = slow_return  # type: ignore[method-assign]
+    proposing = asyncio.create_task(
+        pair.a.propose("r-slow", act("resize", vcpus=3), requester=ENGINE)
+    )
+    await committed.wait()
+    await pair.b.halt(Halt(all=True), "incident 44", BOB)  # after a's record, through b
+    syncing = asyncio.create_task(pair.a.sync())
+    await asyncio.sleep(0.1)
+    release.set()
+    await syncing
+    assert Halt(all=True) in pair.a._halts  # the halt after a's own record was read
+    await pair.a.resume(Halt(all=True), "incident closed", ALICE)
+    del pair.a.ledger.append
+    assert (await proposing).state in ("EXECUTED", "HALTED")
 
 
 async def test_a_rollback_under_way_through_one_replica_is_not_run_again(pair: Pair):
