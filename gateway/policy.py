@@ -351,13 +351,16 @@ class Policy:
         if p.risk is None or unknown:
             setting = "fallback_irreversible" if irreversible else "fallback"
             kind = t.fallback_irreversible if irreversible else t.fallback
+            ttl = t.approval_ttl
             if unknown:
-                # Several rules may apply: the strictest of what they say.
-                if any(r.overrides.get(setting) is VerdictKind.DENY for r in matched):
+                # Several rules may apply, or none: the strictest of what the defaults and
+                # each of them say (laid over one another, the last would win, and a rule
+                # that relaxes its scope would relax every scope).
+                said = [vars(self.defaults), *(r.overrides for r in matched)]
+                if any(x.get(setting) is VerdictKind.DENY for x in said):
                     kind = VerdictKind.DENY
-                reason_required = reason_required or any(
-                    r.overrides.get("reason_required") for r in matched
-                )
+                reason_required = any(x.get("reason_required") for x in said)
+                ttl = min(x["approval_ttl"] for x in said if "approval_ttl" in x)
                 reasons.append(
                     "the target could not be described: not scored, and every rule that "
                     f"may apply applies; fallback is {kind.value}"
@@ -369,7 +372,7 @@ class Policy:
                     + f"is {kind.value}"
                 )
             approvals = t.approvals if kind is VerdictKind.APPROVAL else 0
-            verdict = Verdict(kind, approvals, tuple(reasons), t.approval_ttl, fallback=True,
+            verdict = Verdict(kind, approvals, tuple(reasons), ttl, fallback=True,
                               reason_required=reason_required)  # fmt: skip
             return verdict if kind is VerdictKind.DENY else _raise_for_rules(verdict, matched)
         if p.risk < t.execute_below:
