@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import logging
 import os
 import re
 import threading
@@ -89,6 +90,8 @@ Conn: TypeAlias = Any
 # Verbs that act whatever the domain's state (no "already" check): a call cut off by a
 # lost connection is not made again, and its outcome is unknown.
 _ONCE_ONLY = frozenset({Verb.REBOOT, Verb.RESET, Verb.REVERT, Verb.MIGRATE})
+_log = logging.getLogger(__name__)
+_CLOSE_WAIT = 5.0  # seconds a close waits for the connection to close
 _STAMPS_KEPT = 10_000  # domain names and UUIDs stamped (see LibvirtAdapter._drop_entry)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POWER = {
@@ -244,10 +247,29 @@ class LibvirtAdapter(RuntimeAdapter):
         await self._call("connect", lambda conn: None)
 
     async def _close(self) -> None:
+        """Close the connection, on a thread of its own, and wait at most
+        :data:`_CLOSE_WAIT` for it: every worker thread may be stuck in a hung libvirtd,
+        and a gateway stopping must not wait behind them (its ledger is closed next)."""
         with self._conn_lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_conn, conn)
+            loop = asyncio.get_running_loop()
+            closed: asyncio.Future[None] = loop.create_future()
+
+            def done() -> None:
+                if not closed.done():
+                    closed.set_result(None)
+
+            def close() -> None:
+                self._close_conn(conn)
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(done)
+
+            threading.Thread(target=close, name="govgate-libvirt-close", daemon=True).start()
+            try:
+                await asyncio.wait_for(asyncio.shield(closed), _CLOSE_WAIT)
+            except TimeoutError:
+                _log.warning("the libvirt connection did not close within %g s", _CLOSE_WAIT)
         self._executor.shutdown(wait=False)
 
     @staticmethod

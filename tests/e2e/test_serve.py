@@ -340,15 +340,23 @@ def test_a_runtime_call_stuck_in_a_thread_does_not_hold_the_stop_past_the_grace(
     closes the ledger and exits 0, without waiting for the thread; the next start
     reconciles the decision the call left without an outcome."""
     served = site.serve("--grace", "1", stuck=True)
-    caller = futures.ThreadPoolExecutor(1).submit(
-        served.decisions().Propose, propose("r-1", "resize", "web-1", vcpus="4"), timeout=120
-    )
-    assert wait_for(lambda: "stuck executing resize" in served.output()), served.output()
+    # Five calls: every one of the adapter's four worker threads stuck, and one waiting.
+    callers = futures.ThreadPoolExecutor(5)
+    calls = [
+        callers.submit(
+            served.decisions().Propose,
+            propose(f"r-{n}", "resize", f"web-{1 + n % 2}" if n < 2 else "web-1", vcpus="4"),
+            timeout=120,
+        )
+        for n in range(5)
+    ]
+    assert wait_for(lambda: served.output().count("stuck executing") >= 4), served.output()
     served.proc.send_signal(signal.SIGTERM)
-    assert served.proc.wait(timeout=30) == 0, served.output()  # the call would take 600 s
+    assert served.proc.wait(timeout=30) == 0, served.output()  # the calls would take 600 s
     assert "stopped; the ledger is closed" in served.output()
-    with pytest.raises(grpc.RpcError):
-        caller.result(timeout=30)
+    for call in calls:
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
     served.close()
     again = site.serve()
     assert "after the restart" in again.output(), again.output()
