@@ -16,11 +16,10 @@ transaction left open on a connection of its own (:meth:`PostgresStore.lead`).
 When that replica dies, its connection closes, PostgreSQL releases the lock,
 and the next replica that asks takes over. The hold is a lease: the connection
 runs with ``idle_in_transaction_session_timeout`` (:data:`LEASE_SECONDS`), and
-the signer renews it at every checkpoint tick (the ledger asks :meth:`lead`
-then, with records to sign or not). A replica that stops without its
-connection closing (a stopped or frozen process, a host that vanished without
-resetting the connection) loses it that long after its last tick, and another
-takes over.
+the signer renews it a third of a lease apart, while it runs. A replica that
+stops without its connection closing (a stopped or frozen process, a host that
+vanished without resetting the connection) loses it that long after its last
+renewal, and another takes over.
 
 Schema: versioned migrations (:data:`MIGRATIONS`), applied by ``govgate db
 migrate`` (:func:`migrate`). A store refuses to open a database whose schema is
@@ -147,9 +146,7 @@ async def _connect(
     return await asyncpg.connect(url, timeout=timeout, server_settings=settings or _SETTINGS)
 
 
-# Seconds the signer's hold outlives its last renewal (see the module's docs). A signer
-# that does not tick (timed checkpoints off) and is idle that long loses it too, and takes
-# it back, if no other replica has, when it next signs.
+# Seconds the signer's hold outlives its last renewal (see the module's docs).
 LEASE_SECONDS = 10.0
 
 
@@ -244,6 +241,7 @@ class PostgresStore(LedgerStore):
         self._leader: asyncpg.Connection | None = None  # holds the signer's lock, or tries to
         self._leading_now = False
         self._leading = asyncio.Lock()
+        self._renewer: asyncio.Future[None] | None = None  # renews the lease (_renew)
 
     @property
     def url(self) -> str:
@@ -285,6 +283,11 @@ class PostgresStore(LedgerStore):
             raise StoreError(f"the ledger database {self.url} {problem}")
 
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_DB_ERRORS):
+                await self._renewer
+            self._renewer = None
         pool, self._pool = self._pool, None
         leader, self._leader = self._leader, None
         self._cache = None
@@ -526,3 +529,22 @@ class PostgresStore(LedgerStore):
         if not got:
             await leader.execute("ROLLBACK")  # not left idle in a transaction for nothing
         self._leading_now = bool(got)
+        if got and (self._renewer is None or self._renewer.done()):
+            self._renewer = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        """Renew the lease while this process runs, a third of a lease apart, whatever
+        the checkpoint interval: only a process that stops (or a lost connection) loses
+        it. A renewal that fails ends the hold; the next :meth:`lead` asks again."""
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            async with self._leading:
+                leader = self._leader
+                if not self._leading_now or leader is None:
+                    return
+                try:
+                    await leader.fetchval("SELECT 1", timeout=self._timeout)
+                except _DB_ERRORS:
+                    leader.terminate()
+                    self._leader, self._leading_now = None, False
+                    return

@@ -98,7 +98,9 @@ async def test_a_signer_that_stops_renewing_loses_its_lease(
     async with first, second:
         assert await first.lead()
         assert not await second.lead()
-        await asyncio.sleep(1.6)  # first is "frozen": it does not renew
+        assert first._renewer is not None
+        first._renewer.cancel()  # first is "frozen" (SIGSTOP): it renews nothing from now on
+        await asyncio.sleep(1.6)
         assert await second.lead()  # the server ended first's session: its hold lapsed
         for _ in range(3):  # second renews within the lease each time: it stays the signer
             await asyncio.sleep(0.6)
@@ -106,6 +108,21 @@ async def test_a_signer_that_stops_renewing_loses_its_lease(
             assert not await first.lead()  # back, on a new connection, but not the signer
     async with PostgresStore(postgres_url) as third:  # both closed: the hold is free
         assert await third.lead()
+
+
+async def test_a_running_signer_keeps_its_lease_without_being_asked(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever the checkpoint interval (timed checkpoints off here: nobody calls lead()
+    again), a signer that runs renews its lease by itself."""
+    monkeypatch.setattr("ledger.postgres.LEASE_SECONDS", 1.0)
+    await migrate(postgres_url)
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    async with first, second:
+        assert await first.lead()
+        await asyncio.sleep(2.5)  # two and a half leases
+        assert not await second.lead()
+        assert await first.lead()
 
 
 async def test_an_idle_signer_keeps_its_lease_through_its_ticks(
