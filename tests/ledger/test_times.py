@@ -35,6 +35,7 @@ def test_times_have_four_digit_years_and_six_fraction_digits() -> None:
         ("2026-11-26T17:18:37.017568500Z", "2026-11-26T17:18:37.017569Z"),
         ("2026-11-26T17:18:37.999999001+00:00", "2026-11-26T17:18:38.000000Z"),
         ("0999-01-01T00:00:00Z", "0999-01-01T00:00:00.000000Z"),
+        ("9999-12-31T23:59:59.999999999Z", "9999-12-31T23:59:59.999999Z"),  # the last one
         ("2026-11-26t19:18:37.5+02:00", "2026-11-26T17:18:37.500000Z"),
     ],
 )
@@ -46,7 +47,7 @@ def test_bad_bounds_are_refused() -> None:
     for bad, why in (
         ("yesterday", "not an RFC 3339 time"),
         ("2026-11-26T17:18:37", "no time zone"),
-        ("9999-12-31T23:59:59.9999991Z", "out of range"),
+        ("9999-12-31T23:59:59-01:00", "out of range"),
     ):
         with pytest.raises(ValueError, match=why):
             time_bound(bad)
