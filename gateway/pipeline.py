@@ -279,7 +279,11 @@ class Gateway:
                 raise LedgerUnavailableError(f"the ledger cannot record: {err}") from err
             finally:
                 if of is not None:
-                    self._writing -= Counter([of.decision_id])
+                    left = self._writing[of.decision_id] - 1
+                    if left:
+                        self._writing[of.decision_id] = left
+                    else:
+                        del self._writing[of.decision_id]
                     self._wrote.set()
             if of is not None:
                 of.applied = max(of.applied, rec.index)

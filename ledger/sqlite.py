@@ -32,6 +32,7 @@ import contextlib
 import logging
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -106,6 +107,7 @@ INSERT OR IGNORE INTO log_head VALUES (1, 0, zeroblob(32), '', '');
 
 # Free disk space below which the health probe says appends cannot be written.
 MIN_FREE_BYTES = 64 * 2**20
+_APPEND_PROVES = 1.0  # seconds an append's commit stands for the health probe's
 _INDEX_EVERY = 4096  # records behind the head before the query index catches up
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
 
@@ -142,6 +144,7 @@ class SQLiteStore(LedgerStore):
         self._wal_conn: sqlite3.Connection | None = None  # used by one thread at a time
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on our connection
+        self._appended_at = 0.0  # monotonic time of the last append committed (0: failed)
         self._cache: tuple[Head, Frontier] | None = None
 
     @property
@@ -358,6 +361,8 @@ class SQLiteStore(LedgerStore):
                 f"the ledger's disk has {free // 1024:,} KiB free; appends need at least "
                 f"{MIN_FREE_BYTES // 2**20} MiB"
             )
+        if time.monotonic() - self._appended_at < _APPEND_PROVES:
+            return  # an append just committed: the probe's commit would only slow the next
 
         def probe(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
@@ -389,7 +394,9 @@ class SQLiteStore(LedgerStore):
             except sqlite3.IntegrityError as e:
                 raise StoreConflictError(f"ledger head moved during append: {e}") from e
             except sqlite3.Error as e:
+                self._appended_at = 0.0  # the next health probe commits one of its own
                 raise StoreError(f"ledger append failed: {e}") from e
+            self._appended_at = time.monotonic()
         self._since_wal_checkpoint += len(batch.records)
         if (
             self._wal_checkpoint_every

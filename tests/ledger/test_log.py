@@ -438,7 +438,10 @@ async def test_a_dead_writer_fails_appends_and_close_returns(data: DataDir) -> N
         await queued
 
 
-async def test_health_probe_says_whether_an_append_could_be_written(sqlite_data: DataDir) -> None:
+async def test_health_probe_says_whether_an_append_could_be_written(
+    sqlite_data: DataDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.sqlite._APPEND_PROVES", 0.0)  # probe even after an append
     async with sqlite_data.open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
         assert log.accepting
         await log.store.check_writable()
@@ -476,6 +479,20 @@ async def test_health_probe_fails_on_a_nearly_full_disk(
         assert (await log.store.snapshot())[0].size == size  # probes wrote no record
 
 
+async def test_a_recent_append_spares_the_health_probe_its_commit(sqlite_data: DataDir) -> None:
+    """Under load the probe adds no fsync'd transaction of its own (it would hold up the
+    next batch): an append committed within the last second proves as much."""
+    async with sqlite_data.open_ledger(LedgerConfig(checkpoint_interval=0)) as log:
+        await log.append(Draft("note", {"n": 1}))
+        await log.store.check_writable()
+        with sqlite3.connect(sqlite_data.db_path) as db:
+            assert db.execute("SELECT 1 FROM meta WHERE key = 'write_probe'").fetchone() is None
+        log.store._appended_at -= 2  # (a second and more ago)
+        await log.store.check_writable()
+        with sqlite3.connect(sqlite_data.db_path) as db:
+            assert db.execute("SELECT 1 FROM meta WHERE key = 'write_probe'").fetchone()
+
+
 def test_health_probe_commits_so_it_fails_where_a_commit_would(sqlite_data: DataDir) -> None:
     """A process that may write no more bytes to its files (RLIMIT_FSIZE, as when the
     disk is full under the WAL's end): the probe commits, and so it fails, where taking
@@ -487,6 +504,8 @@ from ledger import DataDir, Draft, LedgerConfig
 from ledger.errors import StoreError
 
 async def main(path):
+    import ledger.sqlite
+    ledger.sqlite._APPEND_PROVES = 0.0  # probe even right after an append
     data = DataDir(Path(path))
     async with data.open_ledger(LedgerConfig(checkpoint_interval=0, checkpoint_on_close=False,
                                              seal_process=False)) as log:
