@@ -135,39 +135,31 @@ fallback = "deny"
     assert known.kind is VerdictKind.EXECUTE
 
 
+def _relaxed_in_dev(fallback: str) -> Policy:
+    return Policy.parse(
+        f"""version = 1
+[defaults]
+fallback = "{fallback}"
+reason_required = true
+approval_ttl = "1h"
+[[rules]]
+name = "relaxed in development"
+match = {{ selector = "environment=dev" }}
+fallback = "approval"
+reason_required = false
+approval_ttl = "7d"
+""".encode()
+    )
+
+
 def test_unknown_labels_never_take_a_scoped_relaxation():
     """A rule that relaxes its own scope (development) must not relax a target whose
     labels are unknown, which may be production: the defaults' stricter word holds."""
-    policy = Policy.parse(
-        b"""version = 1
-[defaults]
-fallback = "deny"
-reason_required = true
-approval_ttl = "1h"
-[[rules]]
-name = "relaxed in development"
-match = { selector = "environment=dev" }
-fallback = "approval"
-reason_required = false
-approval_ttl = "7d"
-"""
-    )
-    assert policy.evaluate(PolicyInput("resize", "libvirt", None, None, 0.9)).kind is (
+    strict = _relaxed_in_dev("deny")
+    assert strict.evaluate(PolicyInput("resize", "libvirt", None, None, 0.9)).kind is (
         VerdictKind.DENY
     )
-    lenient = Policy.parse(
-        b"""version = 1
-[defaults]
-fallback = "approval"
-reason_required = true
-approval_ttl = "1h"
-[[rules]]
-name = "relaxed in development"
-match = { selector = "environment=dev" }
-reason_required = false
-approval_ttl = "7d"
-"""
-    )
+    lenient = _relaxed_in_dev("approval")
     v = lenient.evaluate(PolicyInput("resize", "libvirt", None, None, 0.9))
     assert (v.kind, v.reason_required, v.ttl) == (VerdictKind.APPROVAL, True, 3600)
     dev = lenient.evaluate(PolicyInput("resize", "libvirt", {"env": "dev"}, None, 0.9))

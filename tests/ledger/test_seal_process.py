@@ -20,6 +20,13 @@ from ledger.record import ZERO_HASH, format_time, prepare, seal, seal_chain, utc
 from ledger.verify import verify_export
 
 QUIET = LedgerConfig(checkpoint_interval=0, checkpoint_every=0)
+AT_START = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
+
+
+def _data(tmp_path: Path) -> DataDir:
+    d = DataDir(tmp_path / "data")
+    d.generate_key("test.example/log")
+    return d
 
 
 def _drafts(n: int) -> list[Draft]:
@@ -127,10 +134,8 @@ async def test_a_worker_dying_with_chains_in_flight_loses_nothing(
 ) -> None:
     """The worker is killed while it holds chains sent ahead: those chunks are sealed
     again in their transactions, and every append lands once, in order, verified."""
-    d = DataDir(tmp_path / "data")
-    d.generate_key("test.example/log")
-    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
-    async with d.open_ledger(config) as log:
+    d = _data(tmp_path)
+    async with d.open_ledger(AT_START) as log:
         worker = log._seal_process
         real_receive = worker.receive
         followed: list[int] = []
@@ -201,10 +206,8 @@ async def test_without_the_worker_appends_are_the_same(tmp_path: Path) -> None:
 
 
 async def test_a_server_starts_the_worker_with_the_ledger(tmp_path: Path) -> None:
-    d = DataDir(tmp_path / "data")
-    d.generate_key("test.example/log")
-    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
-    async with d.open_ledger(config) as log:
+    d = _data(tmp_path)
+    async with d.open_ledger(AT_START) as log:
         pool = log._seal_process._pool
         assert pool is not None  # up, and it answered, before the first append
         assert pool._received == 1
@@ -309,10 +312,8 @@ async def test_a_transaction_resealing_a_chunk_leaves_the_workers_chain_alone(
     """A chunk whose claim turns out taken is sealed again in its transaction, through
     the worker when no chain is out. That round trip must not become the chain the next
     chain sent continues: the worker refused that one, and was given up for good."""
-    d = DataDir(tmp_path / "data")
-    d.generate_key("test.example/log")
-    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
-    async with d.open_ledger(config) as log:
+    d = _data(tmp_path)
+    async with d.open_ledger(AT_START) as log:
         worker = log._seal_process
         given_up: list[str] = []
         real_give_up, real_send = worker._give_up, worker.send
@@ -357,10 +358,8 @@ async def test_the_watchdog_spares_a_worker_whose_answer_waits_for_a_busy_reader
 ) -> None:
     """The pipeline's reader is late (its thread is busy) while the answer sits in the
     pipe past the deadline: the worker did its job, and must not be killed for it."""
-    d = DataDir(tmp_path / "data")
-    d.generate_key("test.example/log")
-    config = LedgerConfig(checkpoint_interval=0, checkpoint_every=0, seal_process_at_start=True)
-    async with d.open_ledger(config) as log:
+    d = _data(tmp_path)
+    async with d.open_ledger(AT_START) as log:
         worker = log._seal_process
         pool = worker._pool
         assert pool is not None
