@@ -242,6 +242,7 @@ class PostgresStore(LedgerStore):
         self._leading_now = False
         self._leading = asyncio.Lock()
         self._renewer: asyncio.Future[None] | None = None  # renews the lease (_renew)
+        self._closed = False  # close() ran: no hold is taken again
 
     @property
     def url(self) -> str:
@@ -283,13 +284,18 @@ class PostgresStore(LedgerStore):
             raise StoreError(f"the ledger database {self.url} {problem}")
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
+        # After any lead() in flight (it could otherwise take the hold on the closed store,
+        # and its renewer keep it for good); none starts again.
+        async with self._leading:
+            self._closed = True
+            renewer, self._renewer = self._renewer, None
+            leader, self._leader = self._leader, None
+            self._leading_now = False
+        if renewer is not None:
+            renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, *_DB_ERRORS):
-                await self._renewer
-            self._renewer = None
+                await renewer
         pool, self._pool = self._pool, None
-        leader, self._leader = self._leader, None
         self._cache = None
         if leader is not None:
             with contextlib.suppress(*_DB_ERRORS):
@@ -511,6 +517,9 @@ class PostgresStore(LedgerStore):
             return self._leading_now
 
     async def _hold(self) -> None:
+        if self._closed:
+            self._leading_now = False
+            return
         if self._leader is None or self._leader.is_closed():
             self._leading_now = False
             lease = {"idle_in_transaction_session_timeout": str(int(LEASE_SECONDS * 1000))}
@@ -540,7 +549,7 @@ class PostgresStore(LedgerStore):
             await asyncio.sleep(LEASE_SECONDS / 3)
             async with self._leading:
                 leader = self._leader
-                if not self._leading_now or leader is None:
+                if self._closed or not self._leading_now or leader is None:
                     return
                 try:
                     await leader.fetchval("SELECT 1", timeout=self._timeout)

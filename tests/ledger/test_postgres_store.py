@@ -125,6 +125,22 @@ async def test_a_running_signer_keeps_its_lease_without_being_asked(
         assert await first.lead()
 
 
+async def test_a_store_closed_while_it_asks_for_the_hold_keeps_nothing(postgres_url: str):
+    """close() while a lead() is still connecting: that lead() must not take the hold on
+    the closed store (its renewer would then keep it, and no replica could sign)."""
+    await migrate(postgres_url)
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    async with second:
+        await first.open()
+        asking = asyncio.create_task(first.lead())
+        await asyncio.sleep(0)  # it is connecting its own connection now
+        await first.close()  # after that lead(): whatever it took, the close lets go
+        await asking
+        assert first._renewer is None
+        assert first._leader is None
+        assert await second.lead()  # at once: nobody holds it
+
+
 async def test_an_idle_signer_keeps_its_lease_through_its_ticks(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
