@@ -150,6 +150,11 @@ class MicroBatcher:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            # Rows whose callers gave up (timed out, cancelled) are not scored: they would
+            # take the slots of callers still waiting, who would then time out in turn.
+            self._pending = [item for item in self._pending if not item[1].done()]
+            if not self._pending:
+                return
             batch = self._pending[: self.config.max_batch]
             del self._pending[: self.config.max_batch]
             self._busy += 1

@@ -208,8 +208,12 @@ def _checkpoint(
             index=where,
             line=line_no,
         )
-    if cp.size < st.last_checkpoint_size:
-        raise VerificationError("checkpoints go backwards", index=size - 1, line=line_no)
+    if cp.size < st.last_checkpoint_size or (
+        st.result.checkpoints and cp.size == st.last_checkpoint_size
+    ):
+        # The log signs one checkpoint per size: a second line for a size is not the log's.
+        what = "go backwards" if cp.size < st.last_checkpoint_size else "repeat a size"
+        raise VerificationError(f"checkpoints {what}", index=size - 1, line=line_no)
     if cp.root != (st.frontier.root() if root is None else root):
         raise VerificationError(
             f"checkpoint root for size {size} does not match the records",

@@ -148,3 +148,30 @@ def test_config_limits():
     with pytest.raises(ValueError, match="timeout"):
         BatcherConfig(timeout=0)
     assert len(FEATURE_NAMES) == 19
+
+
+async def test_rows_whose_callers_gave_up_are_not_scored(
+    small_model: Model, rows: npt.NDArray[np.float32]
+):
+    """Callers that gave up (timed out, cancelled) leave their rows behind: those must
+    not take the scorer's slots ahead of callers still waiting, who would then time out
+    in their turn."""
+    scorer = _Stuck(small_model)
+    batcher = MicroBatcher(scorer, BatcherConfig(timeout=30, max_batch=1))
+    try:
+        first = asyncio.ensure_future(batcher.score(rows[0]))  # occupies the only worker
+        await asyncio.sleep(0.05)
+        gave_up = [asyncio.ensure_future(batcher.score(r)) for r in rows[1:8]]
+        await asyncio.sleep(0)
+        for task in gave_up:
+            task.cancel()
+        await asyncio.gather(*gave_up, return_exceptions=True)
+        live = asyncio.ensure_future(batcher.score(rows[8]))
+        scorer.release.set()
+        await first
+        await live
+        assert batcher.rows == 2  # the first and the live one: none of the seven dead rows
+        assert batcher.waiting == 0
+    finally:
+        scorer.release.set()
+        await batcher.close()

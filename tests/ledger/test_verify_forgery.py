@@ -132,3 +132,31 @@ def test_a_header_size_that_is_not_a_count_is_refused_at_the_header(tmp_path: Pa
         with pytest.raises(VerificationError, match="header must be") as info:
             verify_export(path, trusted.verifier, signatures=signatures)
         assert info.value.line == 1
+
+
+def test_a_checkpoint_line_repeated_is_not_the_logs(tmp_path: Path) -> None:
+    """The log signs one checkpoint per size: a copied checkpoint line (which would count
+    as one more signed checkpoint, in reports too) fails verification in both modes, at
+    any cut of the file into ranges."""
+    data = DataDir(tmp_path / "data")
+    data.generate_key("test.example/log")
+
+    async def build() -> None:
+        async with data.open_ledger(LedgerConfig(checkpoint_interval=0, checkpoint_every=0)) as log:
+            for i in range(20):
+                await log.append(Draft("note", {"i": i}))
+                if i in (5, 12):
+                    await log.checkpoint()
+            await export_ledger(log, tmp_path / "x.jsonl")
+
+    asyncio.run(build())
+    lines = (tmp_path / "x.jsonl").read_bytes().splitlines(keepends=True)
+    verifier = data.signer().verifier
+    assert verify_export(tmp_path / "x.jsonl", verifier).checkpoints == 3
+    at = next(k for k, line in enumerate(lines) if line.startswith(b'{"checkpoint"'))
+    copied = tmp_path / "copied.jsonl"
+    copied.write_bytes(b"".join([*lines[: at + 1], lines[at], *lines[at + 1 :]]))
+    for signatures in (True, False):
+        for range_bytes in (1 << 20, 600):
+            with pytest.raises(VerificationError, match="checkpoints repeat a size"):
+                verify_export(copied, verifier, signatures=signatures, range_bytes=range_bytes)
