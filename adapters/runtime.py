@@ -254,6 +254,12 @@ class RuntimeAdapter(abc.ABC):
             raise UnsupportedError(
                 f"{plan.action.verb} on {plan.target} left it where it began: nothing to undo"
             )
+        if outcome.status is OutcomeStatus.ALREADY:
+            # It changed nothing: "undoing" it would undo what someone else did (delete a
+            # sandbox created meanwhile by another client, stop a domain that was running).
+            raise UnsupportedError(
+                f"{plan.target} was already as {plan.action.verb} wanted it: nothing to undo"
+            )
         return await self._bounded(
             self._revert(outcome),
             self._limit(timeout, self.deadlines.revert),

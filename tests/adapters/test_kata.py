@@ -296,12 +296,19 @@ async def test_a_resize_of_a_sandbox_without_limits_reverts_to_none(k: KataAdapt
     await run(k, act("delete", "sb-4"))
 
 
-async def test_reverting_a_start_of_a_running_sandbox_leaves_it_running(k: KataAdapter):
-    await run(k, act("create", "sb-5", image=IMAGE))
+async def test_an_action_that_found_its_target_as_wanted_has_nothing_to_revert(k: KataAdapter):
+    """A start of a running sandbox, a create of one that exists (another client made it
+    between plan and execute): "undoing" them would stop or delete what was not ours."""
+    create = await k.plan(act("create", "sb-5", image=IMAGE))
+    await run(k, act("create", "sb-5", image=IMAGE))  # someone else got there first
+    made_elsewhere = await k.execute(create)
+    assert made_elsewhere.status is OutcomeStatus.ALREADY
     await run(k, act("start", "sb-5"))
     _, noop = await run(k, act("start", "sb-5"))
     assert noop.status is OutcomeStatus.ALREADY
-    await k.revert(noop)
+    for outcome in (made_elsewhere, noop):
+        with pytest.raises(UnsupportedError, match="nothing to undo"):
+            await k.revert(outcome)
     assert (await k.describe(Target("kata", "sb-5"))).power is PowerState.RUNNING
     await run(k, act("destroy", "sb-5"))
     await run(k, act("delete", "sb-5"))
