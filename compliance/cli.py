@@ -63,6 +63,12 @@ def report_command(
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
     if out.is_dir():
         raise typer.BadParameter(f"{out} is a directory; name the report file", param_hint="--out")
+    from compliance.tally import Period  # here: it imports numpy, which --help need not
+
+    try:
+        Period.parse(start, end)  # refused here, as a usage error (exit 2), not as a source
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--from/--to") from None
     source = data if data is not None else export
     assert source is not None
     bar = Progress(

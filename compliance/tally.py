@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ledger.record import format_time
+from ledger.record import format_time, parse_time, time_bound
 
 __all__ = [
     "BATCH",
@@ -118,8 +118,11 @@ def _parse_bound(text: str) -> dt.datetime:
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no timezone; add Z or an offset")
     try:
-        return t.astimezone(dt.UTC)
-    except OverflowError:  # before the year 1 or after 9999 in UTC
+        # Records have microseconds; a finer fraction is rounded up, as the ledger's
+        # own query bounds are (ledger.record.time_bound): a record of that
+        # microsecond is before the bound.
+        return parse_time(time_bound(text))
+    except ValueError:  # before the year 1 or after 9999 in UTC
         raise ValueError(f"{text!r} is out of range in UTC") from None
 
 

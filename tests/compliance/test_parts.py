@@ -275,3 +275,17 @@ def test_retention_before_the_oldest_record_is_no_time_at_all():
     ev = feed(Evidence(Period.parse("2001-01-01", "2001-02-01"), drift=False), ledger())
     ev.finish()
     assert ev.result()["retention"]["held_days"] == 0
+
+
+def test_a_bound_finer_than_a_microsecond_is_rounded_up():
+    """Records have microseconds: a bound 100 ns after a record's time is after it, so
+    that record is before the period's start (and counts before its end)."""
+    start = Period.parse("2026-03-01T09:00:00.0000001Z", "2026-03-02")
+    assert start.start_text == "2026-03-01T09:00:00.000001Z"
+    end = Period.parse("2026-03-01", "2026-03-01T09:00:00.0000001Z")
+    assert end.end_text == "2026-03-01T09:00:00.000001Z"
+    assert Period.parse("2026-03-01T09:00:00.000000900Z", "2026-03-02").start_text == (
+        "2026-03-01T09:00:00.000001Z"
+    )
+    with pytest.raises(ValueError, match="out of range"):
+        Period.parse("0001-01-01T00:30:00+01:00", "2026-03-02")

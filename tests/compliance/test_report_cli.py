@@ -107,3 +107,18 @@ def test_exit_status_tells_an_unverified_ledger_from_a_mistake(built: Built, tmp
     code, output = run(*period, "--out", str(out), "--export", str(built.export),
                        "--key", "not a key")  # fmt: skip
     assert code == 1, output
+
+
+def test_a_bad_period_is_a_usage_error(built: Built, tmp_path: Path):
+    """Exit 2, as for any malformed option, before the ledger is read."""
+    source = ("--framework", "eu-ai-act", "--export", str(built.export), "--key", built.key)
+    out = tmp_path / "r.json"
+    for start, end, why in (
+        ("2026-03-02", "2026-03-01", "must end after it starts"),
+        ("2026-13-01", "2026-03-01", "is not a date"),
+        ("2026-03-01T09:00:00", "2026-03-02", "no timezone"),
+    ):
+        code, output = run(*source, "--from", start, "--to", end, "--out", str(out))
+        assert code == 2, output
+        assert why in " ".join(output.split()), output
+    assert not out.exists()
