@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from explain.card import CARD_FORMAT, render_markdown
-from explain.errors import ModelCorruptError, ModelNotFoundError
+from explain.drift import Profile
+from explain.errors import ExplainError, ModelCorruptError, ModelNotFoundError
 from explain.model import Model, ModelId, load_model, model_id_of
 
 __all__ = ["BUNDLED_DIR", "Entry", "Registry"]
@@ -188,7 +189,8 @@ class Registry:
             if not isinstance(card["data"], dict) or not isinstance(card["metrics"], dict):
                 raise TypeError("data and metrics must be objects")
             render_markdown(card)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            Profile.from_json(card.get("reference"))  # the drift metric's and the reports'
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ExplainError) as err:
             raise ModelCorruptError(
                 f"card {path} is malformed ({type(err).__name__}: {err})"
             ) from None

@@ -297,6 +297,23 @@ def test_registry_refuses_bad_active_marker_and_cards(tmp_path, small_trained: T
         reg.add(small_trained.raw, {"model_id": "0" * 64})
 
 
+def test_a_card_without_a_usable_drift_reference_is_refused(tmp_path, small_trained: Trained):
+    """The drift metric and the compliance reports read the card's reference: a card
+    without one (or with an empty one) must not verify, and so cannot be activated."""
+    reg = Registry(tmp_path, bundled=None)
+    mid = reg.add(small_trained.raw, small_trained.card)
+    reg.verify(mid)
+    for reference in (None, [], {"rows": 10, "features": {}}):
+        card = dict(small_trained.card)
+        if reference is None:
+            del card["reference"]
+        else:
+            card["reference"] = reference
+        (tmp_path / f"{mid}.card.json").write_text(json.dumps(card))
+        with pytest.raises(ModelCorruptError, match="drift reference"):
+            reg.verify(mid)
+
+
 def test_explanation_record_is_float_free_and_exact(bundled_model: Model):
     exp = Scorer(bundled_model).score(_rows(5)).explanation(2)
     rec = exp.to_record()
