@@ -1018,28 +1018,23 @@ class Gateway:
         if p.expired(max(now, dt.datetime.now(dt.UTC))):
             await self._expire(d, p)
             raise ReviewRefusedError("expired", f"decision {decision_id} expired")
+        # of=d: a sync on this replica that meets the record while it is being written
+        # waits for this call to reflect it (_record), and does not apply it again.
         rec = await self._record(
             Draft(kind, body, actor=reviewer, target=str(d.action.target),
                   decision_id=decision_id, trace_id=d.trace_id,
-                  claims=(step,), unclaimed=(f"halt:{seen + 1}",) if ready else ()),
+                  claims=(step,), unclaimed=(f"halt:{seen + 1}",) if ready else ()), of=d,
         )  # fmt: skip
-        # A sync stops before this decision's records while this one is being written
-        # (_record), so it is not read back and applied twice; should it have been all the
-        # same, it is not applied again, but what it allows still runs, here.
-        echoed = d.applied >= rec.index or any(r.reviewer == reviewer for r in p.reviews)
-        d.applied = max(d.applied, rec.index)
         if ready:
             d.executor = self.replica
-        if not echoed:
-            p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
-            d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
-                              "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
+        p.review(reviewer, approve, reason, digest, now)  # recorded: now it counts
+        d.reviews.append({"reviewer": reviewer, "approved": approve, "reason": reason,
+                          "ledger_index": rec.index, "time": _utc(now)})  # fmt: skip
         if self.metrics is not None and result is not ReviewOutcome.WAITING:
             self.metrics.reviewed((now - d.created).total_seconds())
         if result is ReviewOutcome.DENIED:
             d.state = "DENIED"
-            if not echoed:
-                d.reasons.append(f"denied by {reviewer}: {reason}")
+            d.reasons.append(f"denied by {reviewer}: {reason}")
             self._pending.pop(decision_id, None)
         elif result is ReviewOutcome.READY:
             self._pending.pop(decision_id, None)
