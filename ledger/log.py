@@ -1049,13 +1049,10 @@ class Ledger:
             if head.size == 0:
                 raise NotFoundError("the log is empty; there is nothing to checkpoint")
             latest = await self._store.checkpoint()
-            # Asked even with nothing to sign: that renews a signer's lease while the log
-            # is idle (a shared store's, see PostgresStore.lead), at every tick.
-            leading = await self._store.lead()
             if latest is not None and latest.size >= head.size:
                 self._last_checkpoint_size = latest.size
                 return latest, latest, head.size
-            if not leading:
+            if not await self._store.lead():
                 return None, latest, head.size
             # The key of the head read above: a rotation committed while this awaits the
             # store below must not have an older size signed with the next key.

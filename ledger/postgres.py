@@ -508,13 +508,17 @@ class PostgresStore(LedgerStore):
                 try:
                     await self._hold()
                 except _DB_ERRORS:
-                    if self._leader is not None:
-                        self._leader.terminate()
-                    self._leader, self._leading_now = None, False
+                    self._let_go()
                     if held:
                         continue
                 break
             return self._leading_now
+
+    def _let_go(self) -> None:
+        """Drop the signer's connection (its hold goes with it); under ``_leading``."""
+        if self._leader is not None:
+            self._leader.terminate()
+        self._leader, self._leading_now = None, False
 
     async def _hold(self) -> None:
         if self._closed:
@@ -554,6 +558,5 @@ class PostgresStore(LedgerStore):
                 try:
                     await leader.fetchval("SELECT 1", timeout=self._timeout)
                 except _DB_ERRORS:
-                    leader.terminate()
-                    self._leader, self._leading_now = None, False
+                    self._let_go()
                     return

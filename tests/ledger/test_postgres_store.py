@@ -144,8 +144,8 @@ async def test_a_store_closed_while_it_asks_for_the_hold_keeps_nothing(postgres_
 async def test_an_idle_signer_keeps_its_lease_through_its_ticks(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """The ledger renews the signer's lease at every checkpoint tick, with nothing new to
-    sign: an idle signer stays the signer, rather than losing the hold every lease."""
+    """A ledger whose signer has nothing new to sign for longer than a lease stays the
+    signer (its store renews the lease), rather than losing the hold every lease."""
     monkeypatch.setattr("ledger.postgres.LEASE_SECONDS", 1.0)
     await migrate(postgres_url)
     data = DataDir(tmp_path / "data", postgres_url)
