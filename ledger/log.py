@@ -96,6 +96,11 @@ _WORKER_DEADLINE = 2.0  # seconds a chunk may take in the worker, plus 1 ms a re
 _START_DEADLINE = 10.0  # seconds the worker may take to start and answer
 
 
+def _allowance(records: int) -> float:
+    """Seconds the worker may take to answer a chain of ``records``."""
+    return _WORKER_DEADLINE + records / 1000
+
+
 class _SealProcess:
     """A worker process that signs chains of records (:func:`seal_chain_task`).
 
@@ -168,7 +173,7 @@ class _SealProcess:
             # remember=False: a round trip of its own, which the pipeline's next chain does
             # not continue (a transaction re-sealing a chunk between two sent chains).
             args = (signer.private_key_string(), parts, index, prev, when, False)
-            chain: list[tuple[bytes, bytes]] = self._ask(args, _WORKER_DEADLINE + len(parts) / 1000)
+            chain: list[tuple[bytes, bytes]] = self._ask(args, _allowance(len(parts)))
             if len(chain) != len(parts):
                 raise RuntimeError(f"{len(chain)} records sealed of {len(parts)}")
             return chain
@@ -196,7 +201,7 @@ class _SealProcess:
             pool = self._pool
             if not self._enabled or pool is None:
                 return False
-            within = _WORKER_DEADLINE + len(parts) / 1000
+            within = _allowance(len(parts))
             if not self._outstanding:
                 self._deadline = time.monotonic() + within
             self._outstanding.append(within)
@@ -723,15 +728,15 @@ class Ledger:
             return None
         if plan.rotated or len(plan.accepted) < _PROCESS_MIN:
             return None
-        following = isinstance(predicted, _Ahead)
+        # After a batch sealed here, from its last leaf; after chains sent, continuing them.
+        base = predicted if isinstance(predicted, _Built) else None
         parts = [item.draft.parts for item in plan.accepted]
-        prev = None if following else head.last_leaf
+        prev = None if base is None else head.last_leaf
         sent = await self._seal_process.in_thread(
             self._seal_process.send, plan.signer, parts, head.size, prev, plan.when
         )
         if not sent:
             return None
-        base = None if isinstance(predicted, _Ahead) else predicted
         self._ahead.append(_Ticket(_Chunk(items, live, None), plan, head, base))
         self._holding = []
         self._sealed_records += len(live)
@@ -741,7 +746,6 @@ class Ledger:
     async def _finish_loop(self) -> None:
         """Read the chains signed ahead back, in order, and hand their chunks on."""
         try:
-            last: _Built | None = None  # the batch the next ticket follows, if it follows one
             while True:
                 while not self._ahead:
                     self._wake_finisher.clear()
@@ -752,7 +756,7 @@ class Ledger:
                     chain = await self._seal_process.in_thread(
                         self._seal_process.receive, len(plan.accepted)
                     )
-                    base = ticket.base if ticket.base is not None else last
+                    base = ticket.base if ticket.base is not None else self._ahead_built
                     built = None
                     if (
                         chain is not None
@@ -764,7 +768,7 @@ class Ledger:
                     else:
                         self._epoch += 1  # the chain broke: predict again from what is written
                     chunk = _Chunk(chunk.items, chunk.live, built)
-                    last = self._ahead_built = built
+                    self._ahead_built = built
                 self._ahead.popleft()
                 self._sealed.append(chunk)
                 self._wake_committer.set()
