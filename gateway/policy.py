@@ -237,7 +237,7 @@ def _rule(raw: Any, n: int) -> Rule:
     runtime = match.get("runtime", "")
     if not isinstance(runtime, str) or ("runtime" in match and not runtime):
         raise PolicyError(f"{where}.match.runtime: must name a runtime ({', '.join(RUNTIMES)})")
-    if runtime not in RUNTIMES and runtime:
+    if runtime and runtime not in RUNTIMES:
         raise PolicyError(f"{where}.match.runtime: unknown runtime {runtime!r}")
     selector = (
         _selector(match["selector"], f"{where}.match.selector") if "selector" in match else ()
@@ -298,7 +298,8 @@ class Policy:
         threshold cannot clash); beyond :data:`_MAX_COMBINED` threshold rules, each rule
         alone and all of them together, and :meth:`evaluate` denies a clash it meets.
         """
-        keys = ("execute_below", "approve_below", "above", "approvals", "approvals_above")
+        # (A rule's "approvals" is its own minimum, not a threshold it overrides.)
+        keys = ("execute_below", "approve_below", "above", "approvals_above")
         setting = [r for r in self.rules if any(k in r.overrides for k in keys)]
         if len(setting) <= _MAX_COMBINED:
             combos: Iterable[Sequence[Rule]] = (
