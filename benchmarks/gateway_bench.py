@@ -20,11 +20,14 @@ throughput loss with tracing on). ``on`` starts the gateway with the OTLP
 variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, gRPC) pointing at a collector in a
 process of its own, which counts the spans it receives (decoding them does not
 count against the gateway, though it shares the machine's CPUs, as a collector
-agent on the host would); ``both`` makes every run twice, tracing off and on, in
-alternating order (off, on, then on, off), each on a fresh gateway, and reports the
-change in decisions/s (the loss, for the closed-loop phases), p99, and gateway CPU
-per decision. Gateway CPU counts the ``govgate serve`` process and the processes it
-started (with tracing on, its span exporter, :mod:`gateway.span_exporter`). With ``on`` or ``both``
+agent on the host would); ``both`` starts two fresh gateways for every run, one with
+tracing off and one with it on, and the load client takes turns between them within
+each phase: ``--slices`` windows each, A B B A ..., so that a machine whose speed drifts
+during the phase (these machines are shared) slows both alike. It reports the change
+in decisions/s (the loss, for the closed-loop phases), p99, and gateway CPU per
+decision; a gateway waiting for its turn is idle. Gateway CPU counts the ``govgate
+serve`` process and the processes it started (with tracing on, its span exporter,
+:mod:`gateway.span_exporter`). With ``on`` or ``both``
 every call carries a sampled W3C ``traceparent`` with a fresh trace id, in both
 modes, so that the only difference is the exporter: a unary call is one trace, a
 stream one trace for all its messages. The default (``off``) sends none.
@@ -290,21 +293,24 @@ async def paced(
 
 
 async def _client(config: dict[str, Any]) -> dict[str, Any]:
-    """Warm up, then run each phase in ``config['phases']``; returns what it measured."""
+    """Warm up each gateway in ``config['targets']``, then run each phase in
+    ``config['phases']``; returns what it measured, per target.
+
+    With two targets (tracing off and on), each phase is cut into ``config['slices']``
+    windows per target, taken in turn (A B B A ...), so that a machine whose speed drifts
+    during the phase slows both alike; each target's figures add up its windows."""
     import grpc
 
     from gateway._proto.govgate.v1 import decision_pb2_grpc, types_pb2
 
-    data = Path(config["data"])
-    server_pid = int(config["server_pid"])
     domains: list[str] = config["domains"]
     vcpus: list[str] = config["vcpus"]
     sequence = 0
 
-    def make() -> Any:
+    def make(run: str) -> Any:
         nonlocal sequence
         sequence += 1
-        return resize_request(config["run"], sequence, domains, vcpus, "gateway-bench")
+        return resize_request(run, sequence, domains, vcpus, "gateway-bench")
 
     def context() -> tuple[tuple[str, str], ...] | None:
         """The engine's span, as a sampled W3C trace context with a fresh trace id."""
@@ -313,19 +319,13 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
         return (("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"),)
 
     state_name = types_pb2.DecisionState.Name
-    creds = grpc.ssl_channel_credentials(
-        (data / "certs" / "ca.pem").read_bytes(),
-        (data / "certs" / "engine-1.key").read_bytes(),
-        (data / "certs" / "engine-1.pem").read_bytes(),
-    )
-    seconds = float(config["seconds"])
 
-    async def closed_loop(stub: Any, tally: _Tally) -> None:
+    async def closed_loop(stub: Any, run: str, tally: _Tally, seconds: float) -> None:
         end = time.perf_counter() + seconds
 
         async def caller() -> None:
             while time.perf_counter() < end:
-                request = make()
+                request = make(run)
                 start = time.perf_counter()
                 try:
                     d = await stub.Propose(request, timeout=CALL_TIMEOUT, metadata=context())
@@ -336,7 +336,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
         await asyncio.gather(*(caller() for _ in range(int(config["concurrency"]))))
 
-    async def streams(stub: Any, tally: _Tally) -> None:
+    async def streams(stub: Any, run: str, tally: _Tally, seconds: float) -> None:
         end = time.perf_counter() + seconds
         window = int(config["window"])
 
@@ -350,7 +350,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                     await slots.acquire()
                     if time.perf_counter() >= end:
                         break
-                    request = make()
+                    request = make(run)
                     sent.append(time.perf_counter())
                     await call.write(request)
                 await call.done_writing()
@@ -369,12 +369,12 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
         await asyncio.gather(*(one() for _ in range(int(config["streams"]))))
 
-    async def open_loop(stub: Any, tally: _Tally) -> None:
+    async def open_loop(stub: Any, run: str, tally: _Tally, seconds: float) -> None:
         loop = asyncio.get_running_loop()
 
         async def one(due: float) -> None:
             try:
-                d = await stub.Propose(make(), timeout=CALL_TIMEOUT, metadata=context())
+                d = await stub.Propose(make(run), timeout=CALL_TIMEOUT, metadata=context())
             except grpc.aio.AioRpcError as err:
                 tally.errors[err.code().name] += 1
                 return
@@ -382,39 +382,68 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
         await paced(float(config["rate"]), seconds, tally, lambda _, due: one(due))
 
-    phases: dict[str, Callable[[Any, _Tally], Awaitable[None]]] = {
+    phases: dict[str, Callable[[Any, str, _Tally, float], Awaitable[None]]] = {
         "unary": closed_loop,
         "stream": streams,
         "open": open_loop,
     }
-    out: dict[str, Any] = {"phases": {}}
-    async with grpc.aio.secure_channel(f"localhost:{config['port']}", creds) as channel:
-        stub = decision_pb2_grpc.DecisionServiceStub(channel)
-        warm = _Tally("warmup")
-        warm_end = time.perf_counter() + float(config["warmup"])
-        while time.perf_counter() < warm_end:  # TLS handshake, first XGBoost calls, caches
-            batch = [
-                stub.Propose(make(), timeout=CALL_TIMEOUT, metadata=context()) for _ in range(8)
-            ]
-            for d in await asyncio.gather(*batch):
-                warm.answer(d, 0.0, state_name)
-        out["warmup"] = len(warm.latencies)
-        out["warmup_states"] = dict(warm.states)
-        out["warm_rss_mb"] = _proc_mem_mb(server_pid, "VmRSS")
+    targets: list[dict[str, Any]] = config["targets"]
+    slices = int(config["slices"]) if len(targets) > 1 else 1
+    window_s = float(config["seconds"]) / slices
+    out: dict[str, Any] = {t["mode"]: {"phases": {}} for t in targets}
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = {}
+        for t in targets:
+            certs = Path(t["data"]) / "certs"
+            creds = grpc.ssl_channel_credentials(
+                (certs / "ca.pem").read_bytes(),
+                (certs / "engine-1.key").read_bytes(),
+                (certs / "engine-1.pem").read_bytes(),
+            )
+            channel = await stack.enter_async_context(
+                grpc.aio.secure_channel(f"localhost:{t['port']}", creds)
+            )
+            stubs[t["mode"]] = decision_pb2_grpc.DecisionServiceStub(channel)
+        for t in targets:
+            stub, warm = stubs[t["mode"]], _Tally("warmup")
+            warm_end = time.perf_counter() + float(config["warmup"])
+            while time.perf_counter() < warm_end:  # TLS handshake, first XGBoost calls, caches
+                batch = [
+                    stub.Propose(make(t["run"]), timeout=CALL_TIMEOUT, metadata=context())
+                    for _ in range(8)
+                ]
+                for d in await asyncio.gather(*batch):
+                    warm.answer(d, 0.0, state_name)
+            out[t["mode"]] |= {
+                "warmup": len(warm.latencies),
+                "warmup_states": dict(warm.states),
+                "warm_rss_mb": _proc_mem_mb(int(t["server_pid"]), "VmRSS"),
+            }
         for name in config["phases"]:
-            tally = _Tally(name)
-            gc.collect()
-            cpu0, server_cpu0 = time.process_time(), _proc_cpu_s(server_pid)
-            machine0, wall0 = _machine_cpu_s(), time.perf_counter()
-            await phases[name](stub, tally)
-            result = tally.result(time.perf_counter() - wall0)
-            result.machine_cpu_s = _machine_cpu_s() - machine0
-            result.server_cpu_s = _proc_cpu_s(server_pid) - server_cpu0
-            result.client_cpu_s = time.process_time() - cpu0
-            result.server_rss_mb = _proc_mem_mb(server_pid, "VmRSS")
-            if name == "open":
-                result.offered = float(config["rate"])
-            out["phases"][name] = asdict(result)
+            tallies = {t["mode"]: _Tally(name) for t in targets}
+            spent = {t["mode"]: dict.fromkeys(("wall", "machine", "server", "client"), 0.0)
+                     for t in targets}  # fmt: skip
+            for k in range(slices):
+                for t in targets if k % 2 == 0 else targets[::-1]:
+                    mode, pid = t["mode"], int(t["server_pid"])
+                    gc.collect()
+                    cpu0, server_cpu0 = time.process_time(), _proc_cpu_s(pid)
+                    machine0, wall0 = _machine_cpu_s(), time.perf_counter()
+                    await phases[name](stubs[mode], t["run"], tallies[mode], window_s)
+                    spent[mode]["wall"] += time.perf_counter() - wall0
+                    spent[mode]["machine"] += _machine_cpu_s() - machine0
+                    spent[mode]["server"] += _proc_cpu_s(pid) - server_cpu0
+                    spent[mode]["client"] += time.process_time() - cpu0
+            for t in targets:
+                mode = t["mode"]
+                result = tallies[mode].result(spent[mode]["wall"])
+                result.machine_cpu_s = spent[mode]["machine"]
+                result.server_cpu_s = spent[mode]["server"]
+                result.client_cpu_s = spent[mode]["client"]
+                result.server_rss_mb = _proc_mem_mb(int(t["server_pid"]), "VmRSS")
+                if name == "open":
+                    result.offered = float(config["rate"])
+                out[mode]["phases"][name] = asdict(result)
     return out
 
 
@@ -594,57 +623,74 @@ def _gateway(base: Path, args: argparse.Namespace, otlp_endpoint: str = "") -> I
         gw.stop()
 
 
-def run_once(
-    base: Path, args: argparse.Namespace, k: int, collector: Collector | None = None
-) -> RunResult:
-    """One run on a fresh gateway; traced, exporting to ``collector``, when one is given."""
+def run_set(
+    base: Path, args: argparse.Namespace, k: int, modes: list[str], collector: Collector | None
+) -> dict[str, RunResult]:
+    """Run ``k``: a fresh gateway for each of ``modes`` (tracing off or on, exporting to
+    ``collector``), all driven by one load client; with two, the client takes turns
+    between them within each phase (:func:`_client`)."""
     spans0 = collector.received() if collector else 0
     collector_cpu0 = _proc_cpu_s(collector.pid) if collector else 0.0
-    with _gateway(base, args, collector.endpoint if collector else "") as gw:
-        if collector and "tracing: otlp export" not in gw.log_tail(50):
-            raise RuntimeError(f"govgate serve did not turn tracing on:\n{gw.log_tail()}")
-        out = gw.data / "client.json"
+    with contextlib.ExitStack() as stack:
+        gateways: dict[str, Gateway] = {}
+        for mode in modes:
+            endpoint = collector.endpoint if collector and mode == "on" else ""
+            gw = gateways[mode] = stack.enter_context(_gateway(base, args, endpoint))
+            if endpoint and "tracing: otlp export" not in gw.log_tail(50):
+                raise RuntimeError(f"govgate serve did not turn tracing on:\n{gw.log_tail()}")
+        work = Path(tempfile.mkdtemp(dir=base, prefix=f"client-{k}-"))
+        out = work / "client.json"
         config = {
-            "data": str(gw.data), "port": gw.port, "server_pid": gw.pid, "run": f"r{k}",
+            "targets": [{"mode": m, "data": str(gw.data), "port": gw.port, "server_pid": gw.pid,
+                         "run": f"r{k}{m}"} for m, gw in gateways.items()],
+            "slices": args.slices,
             "seconds": args.seconds, "rate": args.rate, "concurrency": args.concurrency,
             "streams": args.streams, "window": args.window, "warmup": args.warmup,
             "phases": args.phases, "domains": args.domains.split(","),
             "vcpus": args.vcpus.split(","), "out": str(out),
             "traceparent": args.tracing != "off",
         }  # fmt: skip
-        config_path = gw.data / "client-config.json"
+        config_path = work / "client-config.json"
         config_path.write_text(json.dumps(config))
-        budget = args.seconds * len(args.phases) + args.warmup + 120
+        budget = (args.seconds * len(args.phases) + args.warmup) * len(modes) + 120
         done = subprocess.run(
             [sys.executable, __file__, "--client", str(config_path)], check=False, timeout=budget
         )
         if done.returncode != 0 or not out.exists():
-            raise RuntimeError(f"the load client failed ({done.returncode}):\n{gw.log_tail()}")
+            tails = "\n".join(gw.log_tail() for gw in gateways.values())
+            raise RuntimeError(f"the load client failed ({done.returncode}):\n{tails}")
         measured = json.loads(out.read_text())
-        peak = _proc_mem_mb(gw.pid, "VmHWM")
-    # The gateway flushed its spans on the way out (SIGTERM): the count is this run's.
+        peaks = {m: _proc_mem_mb(gw.pid, "VmHWM") for m, gw in gateways.items()}
+    # The gateways flushed their spans on the way out (SIGTERM): the count is this run's
+    # (only the traced gateway sends any).
     spans = collector.received() - spans0 if collector else 0
     collector_cpu = _proc_cpu_s(collector.pid) - collector_cpu0 if collector else 0.0
-    exit_code = gw.proc.returncode if gw.proc is not None else 0
-    size, ok, detail = gw.verify_ledger() if args.verify else (0, True, "not checked")
-    result = RunResult(
-        phases={n: PhaseResult(**p) for n, p in measured["phases"].items()},
-        warmup=int(measured["warmup"]),
-        warm_rss_mb=float(measured["warm_rss_mb"]),
-        peak_rss_mb=peak,
-        ledger_size=size,
-        ledger_ok=ok,
-        ledger_detail=detail,
-        server_exit=exit_code,
-        tracing="on" if collector else "off",
-        spans=spans,
-        collector_cpu_s=collector_cpu,
-    )
-    if measured["warmup_states"].keys() - {"EXECUTED"}:
-        print(f"  warm-up answers: {measured['warmup_states']}")
+    results = {}
+    for mode, gw in gateways.items():
+        exit_code = gw.proc.returncode if gw.proc is not None else 0
+        size, ok, detail = gw.verify_ledger() if args.verify else (0, True, "not checked")
+        mine = measured[mode]
+        traced = collector is not None and mode == "on"
+        results[mode] = RunResult(
+            phases={n: PhaseResult(**p) for n, p in mine["phases"].items()},
+            warmup=int(mine["warmup"]),
+            warm_rss_mb=float(mine["warm_rss_mb"]),
+            peak_rss_mb=peaks[mode],
+            ledger_size=size,
+            ledger_ok=ok,
+            ledger_detail=detail,
+            server_exit=exit_code,
+            tracing=mode,
+            spans=spans if traced else 0,
+            collector_cpu_s=collector_cpu if traced else 0.0,
+        )
+        if mine["warmup_states"].keys() - {"EXECUTED"}:
+            print(f"  warm-up answers ({mode}): {mine['warmup_states']}")
+        if not args.keep:
+            shutil.rmtree(gw.data, ignore_errors=True)
     if not args.keep:
-        shutil.rmtree(gw.data, ignore_errors=True)
-    return result
+        shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 # -- report --------------------------------------------------------------------------------
@@ -764,8 +810,8 @@ def _compare(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dict
     for name in args.phases:
         rows += [(f"{name}_rate", f"{name} decisions/s"), (f"{name}_p99_ms", f"{name} p99 ms"),
                  (f"{name}_server_cpu_ms", f"{name} gateway CPU ms/decision")]  # fmt: skip
-    print(f"\ntracing cost: median of {len(off)} run(s) each, off and on alternating on fresh "
-          "gateways")  # fmt: skip
+    print(f"\ntracing cost: median of {len(off)} run(s), each a pair of fresh gateways, off and "
+          f"on, taking {args.slices} turns each per phase")  # fmt: skip
     print(f"{'figure':<34} {'off':>8} {'on':>8} {'change':>8}  {'pairs':<18} target")
     change: dict[str, float] = {}
     for key, label in rows:
@@ -804,6 +850,11 @@ def main() -> None:
         "a time, so more only queue on the stream)",
     )  # fmt: skip
     ap.add_argument("--runs", type=int, default=3, help="runs, each a fresh gateway (median)")
+    ap.add_argument(
+        "--slices", type=int, default=4,
+        help="with --tracing both: turns per gateway in each phase (the two gateways of a run\n"
+        "take turns, A B B A ..., so that both see the machine's drift alike)",
+    )  # fmt: skip
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured calls")
     ap.add_argument("--phases", default=",".join(PHASES), help="which phases, in order")
     ap.add_argument("--domains", default=DOMAINS, help="domains to resize (round-robin)")
@@ -827,6 +878,8 @@ def main() -> None:
         client_main(args.client)
         return
     args.phases = [p for p in args.phases.split(",") if p]
+    if args.slices < 1:
+        ap.error("--slices must be at least 1")
     if unknown := set(args.phases) - set(PHASES):
         ap.error(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
 
@@ -848,11 +901,12 @@ def main() -> None:
     try:
         with _collector("on" in modes) as collector:
             for k in range(args.runs):
-                # off, on, then on, off: a machine that slows down over time hurts both alike
-                for mode in modes if k % 2 == 0 else modes[::-1]:
-                    r = run_once(base, args, k, collector if mode == "on" else None)
-                    runs_by_mode[mode].append(r)
-                    _print_run(k, r, f", tracing {mode}" if len(modes) > 1 else "")
+                # The client's turns start with off, then with on, run by run.
+                order = modes if k % 2 == 0 else modes[::-1]
+                results = run_set(base, args, k, order, collector)
+                for mode in order:
+                    runs_by_mode[mode].append(results[mode])
+                    _print_run(k, results[mode], f", tracing {mode}" if len(modes) > 1 else "")
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(base, ignore_errors=True)
