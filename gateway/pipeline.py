@@ -40,7 +40,7 @@ import contextlib
 import datetime as dt
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, NamedTuple, TypeVar
@@ -76,7 +76,7 @@ from gateway.metrics import Metrics
 from gateway.policy import Policy, PolicyInput, VerdictKind
 from gateway.replay import Replay, Replayed
 from gateway.roles import AccessDeniedError, Roles
-from gateway.spans import span_text
+from gateway.spans import RecordedSpan, span_text, use_leaf
 from ledger import Draft, Ledger, LedgerError
 from ledger.errors import ClaimedError
 from ledger.store import RecordQuery
@@ -240,6 +240,10 @@ class Gateway:
         # Even the API's no-op spans cost microseconds each; with no provider the stages skip
         # them. The caller's trace id still reaches the records: the server's span is current.
         self._traced = not isinstance(self._tracer, (trace.NoOpTracer, trace.ProxyTracer))
+        # The span recorder's cheap path for the stages' spans (gateway.spans).
+        self._leaf: Callable[[Span, str], RecordedSpan | None] | None = getattr(
+            self._tracer, "start_leaf", None
+        )
         self.metrics = metrics
 
     def _span(self, name: str, *, current: bool = True) -> AbstractContextManager[Span]:
@@ -251,7 +255,10 @@ class Gateway:
         span: AbstractContextManager[Span] = _NO_SPAN
         if self._traced:
             parent = trace.get_current_span()
-            if parent.is_recording() or not parent.get_span_context().is_valid:
+            leaf = None if self._leaf is None else self._leaf(parent, name)
+            if leaf is not None:
+                span = use_leaf(leaf) if current else leaf
+            elif parent.is_recording() or not parent.get_span_context().is_valid:
                 span = (self._tracer.start_as_current_span(name) if current
                         else self._tracer.start_span(name))  # fmt: skip
         if self.metrics is None:

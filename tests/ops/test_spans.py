@@ -50,7 +50,7 @@ from opentelemetry.trace import (
 )
 
 from gateway.config import ConfigError
-from gateway.spans import SpanRecorder
+from gateway.spans import SpanRecorder, use_leaf
 from gateway.telemetry import setup_tracing
 
 RESOURCE = Resource(
@@ -730,6 +730,99 @@ def test_start_as_current_span_decorates_with_a_span_per_call(
     names = [s.name for r in collector.received() for rs in r.resource_spans
              for ss in rs.scope_spans for s in ss.spans]  # fmt: skip
     assert sorted(names) == ["async work", "work", "work"]
+
+
+def test_a_leaf_is_the_span_start_span_makes_under_its_parent(
+    start: Start, collector: Collector
+) -> None:
+    """The cheap path the pipeline's stages take gives what ``start_span`` gives."""
+    recorder = start()
+    engine = trace.set_span_in_context(NonRecordingSpan(REMOTE))
+    server = recorder.get_tracer("server").start_span("server", engine, SpanKind.SERVER)
+    tracer = recorder.get_tracer("stages", "2.0")
+    with trace.use_span(server, end_on_exit=False):
+        plain = tracer.start_span("plain")
+        leaf = tracer.start_leaf(server, "leaf")
+        assert leaf is not None
+        assert leaf.is_recording()
+        assert trace.get_current_span() is server  # started, not made current
+        for span in (plain, leaf):
+            span.set_attributes({"govgate.ledger.kind": "decision", "govgate.ledger.index": 7})
+            span.add_event("checked", {"n": 1})
+            with pytest.raises(ValueError, match="disk full"), span:
+                raise ValueError("disk full")
+    server.end()
+    spans = flushed(recorder, collector)
+
+    def fields(s: trace_pb2.Span) -> dict[str, Any]:
+        out = MessageToDict(s, preserving_proto_field_name=True)
+        for key in ("name", "span_id", "start_time_unix_nano", "end_time_unix_nano"):
+            out.pop(key)
+        for event in out["events"]:
+            event.pop("time_unix_nano")
+            event["attributes"] = [a for a in event["attributes"]  # stack traces differ
+                                   if a["key"] != "exception.stacktrace"]  # fmt: skip
+        return out
+
+    assert fields(spans["leaf"]) == fields(spans["plain"])
+    assert spans["leaf"].parent_span_id == spans["server"].span_id
+    assert spans["leaf"].trace_id == REMOTE.trace_id.to_bytes(16, "big")
+    assert spans["leaf"].trace_state == spans["server"].trace_state == "engine=t61rcWkgMzE"
+    assert (spans["leaf"].kind, spans["leaf"].flags) == (INTERNAL, LOCAL_PARENT)
+    assert spans["leaf"].status.message == "ValueError: disk full"
+    assert spans["leaf"].span_id not in (spans["plain"].span_id, spans["server"].span_id)
+    scopes = {s.name: ss.scope for r in collector.received() for rs in r.resource_spans
+              for ss in rs.scope_spans for s in ss.spans}  # fmt: skip
+    assert (scopes["leaf"].name, scopes["leaf"].version) == ("stages", "2.0")
+
+
+def test_start_leaf_declines_a_parent_it_cannot_continue(start: Start) -> None:
+    """None, so that the caller takes ``start_span``'s way: a span of another recorder, an
+    ended span, and spans that are not recorded."""
+    recorder, other = start(), start()
+    tracer = recorder.get_tracer("test")
+    foreign = other.get_tracer("test").start_span("foreign")
+    ended = tracer.start_span("ended")
+    ended.end()
+    sdk = TracerProvider(shutdown_on_exit=False).get_tracer("test").start_span("sdk")
+    for parent in (foreign, ended, sdk, NonRecordingSpan(REMOTE), trace.INVALID_SPAN):
+        assert tracer.start_leaf(parent, "child") is None, parent
+    foreign.end()
+    sdk.end()
+
+
+def test_use_leaf_makes_the_leaf_current_in_its_block_and_ends_it(
+    start: Start, collector: Collector
+) -> None:
+    recorder = start()
+    tracer = recorder.get_tracer("test")
+    with tracer.start_as_current_span("decide") as parent:
+        leaf = tracer.start_leaf(parent, "stage")
+        assert leaf is not None
+        seen: list[trace.Span] = []
+
+        def stage() -> None:
+            with use_leaf(leaf) as current:
+                seen.extend((current, trace.get_current_span()))
+                child = tracer.start_leaf(trace.get_current_span(), "under the stage")
+                assert child is not None
+                child.end()
+                raise KeyError("gone")
+
+        with pytest.raises(KeyError, match="gone"):
+            stage()
+        assert seen == [leaf, leaf]
+        assert trace.get_current_span() is parent
+        assert not leaf.is_recording()
+        with pytest.raises(TypeError):
+            use_leaf(leaf)(lambda: None)  # as a decorator it would reuse one span
+    spans = flushed(recorder, collector)
+
+    assert spans["under the stage"].parent_span_id == spans["stage"].span_id
+    assert spans["stage"].parent_span_id == spans["decide"].span_id
+    assert spans["stage"].status.code == ERROR
+    (event,) = spans["stage"].events
+    assert attributes(event.attributes)["exception.escaped"] == "False"  # as start_as_current
 
 
 # -- faults ------------------------------------------------------------------------------------
