@@ -133,6 +133,8 @@ _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
 _REMOTE_FLAGS = _fixed32(HAS_IS_REMOTE | IS_REMOTE)
 _LOCAL_FLAGS = _fixed32(HAS_IS_REMOTE)
+_REMOTE_FLAGS_FIELD = _FLAGS + _REMOTE_FLAGS
+_LOCAL_FLAGS_FIELD = _FLAGS + _LOCAL_FLAGS
 _INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
 _UINT64_MASK = (1 << 64) - 1
 
@@ -213,33 +215,59 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any], limit: int | None,
     return b"".join(out), dropped
 
 
-def _span(item: tuple[Any, ...], limits: SpanLimits) -> bytes:
+# The fields packed by these structs have one-byte tags (field numbers below 16).
+assert all(len(tag) == 1 for tag in (_SPAN_ID, _PARENT_SPAN_ID, _START, _END))
+_IDS = struct.Struct(">BBQBBQ")  # span_id, then parent_span_id: tag, length 8, big-endian
+_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano, end_time_unix_nano: tag, fixed64
+_HEADS: dict[tuple[str, int], bytes] = {}  # the name and kind fields, by (name, kind)
+
+
+def _head(name: str, kind: int) -> bytes:
+    """A span's name and kind fields (few distinct pairs: the pipeline's stages)."""
+    head = _HEADS.get((name, kind))
+    if head is None:
+        head = _len(_NAME, name.encode()) if name else b""
+        head += _KIND + _varint(kind + 1)  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
+        if len(_HEADS) >= _MAX_PAIRS or len(name) > _MAX_CACHED_CHARS:
+            return head
+        _HEADS[(name, kind)] = head
+    return head
+
+
+def _span(item: tuple[Any, ...], limits: SpanLimits, traces: dict[tuple[int, str], bytes]) -> bytes:
+    """One span's message; ``traces`` keeps the trace id and state fields of this request's
+    traces (a trace's spans mostly come together)."""
     (name, trace_id, span_id, parent_id, parent_remote, _flags, state, kind, start, end,
      attributes, events, links, code, description, _scope) = item  # fmt: skip
-    event_len = limits.max_attribute_length
-    out = [_TRACE_ID, b"\x10", trace_id.to_bytes(16, "big"),
-           _SPAN_ID, b"\x08", span_id.to_bytes(8, "big")]  # fmt: skip
-    if state:
-        out.append(_len(_TRACE_STATE, state.encode()))
+    trace = traces.get((trace_id, state))
+    if trace is None:
+        trace = _TRACE_ID + b"\x10" + trace_id.to_bytes(16, "big")
+        if state:
+            trace += _len(_TRACE_STATE, state.encode())
+        traces[(trace_id, state)] = trace
     if parent_id:
-        out += (_PARENT_SPAN_ID, b"\x08", parent_id.to_bytes(8, "big"))
-    out += (_FLAGS, _REMOTE_FLAGS if parent_remote else _LOCAL_FLAGS)
-    if name:
-        encoded = name.encode()
-        out += (_NAME, _varint(len(encoded)), encoded)
-    out += (_KIND, _varint(kind + 1))  # OTLP counts from SPAN_KIND_UNSPECIFIED = 0
-    if start:
-        out += (_START, _fixed64(start))
-    if end:
-        out += (_END, _fixed64(end))
-    encoded, dropped = _attributes(
-        _ATTRIBUTES, attributes, limits.max_span_attributes, limits.max_span_attribute_length
-    )
-    out.append(encoded)
-    if dropped:
-        out += (_DROPPED_ATTRIBUTES, _varint(dropped))
+        ids = _IDS.pack(_SPAN_ID[0], 8, span_id, _PARENT_SPAN_ID[0], 8, parent_id)
+    else:
+        ids = _SPAN_ID + b"\x08" + span_id.to_bytes(8, "big")
+    out = [trace, ids, _REMOTE_FLAGS_FIELD if parent_remote else _LOCAL_FLAGS_FIELD,
+           _head(name, kind)]  # fmt: skip
+    if start and end:
+        out.append(_TIMES.pack(_START[0], start, _END[0], end))
+    else:
+        if start:
+            out += (_START, _fixed64(start))
+        if end:
+            out += (_END, _fixed64(end))
+    if attributes:
+        encoded, dropped = _attributes(
+            _ATTRIBUTES, attributes, limits.max_span_attributes, limits.max_span_attribute_length
+        )
+        out.append(encoded)
+        if dropped:
+            out += (_DROPPED_ATTRIBUTES, _varint(dropped))
     if not events and not links and not code:
         return b"".join(out)
+    event_len = limits.max_attribute_length
     kept, dropped = _last(events, limits.max_events)
     for event_name, at, event_attributes in kept:
         encoded, lost = _attributes(
@@ -293,6 +321,7 @@ def request_bytes(
     encoded, _ = _attributes(_RESOURCE_ATTRIBUTES, resource.attributes, None, None)
     out = [_len(_RS_RESOURCE, encoded)] if encoded else []
     scopes: dict[tuple[Any, ...], list[bytes]] = {}
+    traces: dict[tuple[int, str], bytes] = {}
     for item in spans:
         scope = item[-1]
         parts = scopes.get(scope)
@@ -301,7 +330,8 @@ def request_bytes(
             if scope[2]:
                 parts.append(_len(_SS_SCHEMA_URL, scope[2].encode()))
         try:
-            parts.append(_len(_SS_SPANS, _span(item, limits)))
+            span = _span(item, limits, traces)
+            parts.append(_SS_SPANS + _varint(len(span)) + span)
         except Exception as err:  # a span this encoder cannot write costs only itself
             dropped(f"a span could not be encoded ({type(err).__name__}: {err})")
     out += [_len(_RS_SCOPE_SPANS, b"".join(parts)) for parts in scopes.values()]
