@@ -19,9 +19,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["Guest", "build_guest"]
+__all__ = ["Guest", "build_guest", "load_order"]
 
-MODULES = (  # load order: dependencies first
+MODULES = (  # loaded in dependency order, read from each module (kernels change it)
     "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio_pci_legacy_dev.ko",
@@ -37,7 +37,9 @@ INIT = """#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done
+for m in /lib/modules/*.ko; do
+    insmod "$m" 2>/dev/ttyS0 || echo "GOVGATE-GUEST-INSMOD-FAILED $m" > /dev/ttyS0
+done
 sleep 0.2
 button=""
 for d in /sys/class/input/event*; do
@@ -121,6 +123,35 @@ def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
+def _depends(module: bytes) -> list[str]:
+    """The modules a kernel module needs, from its ``.modinfo`` (``depends=a,b``)."""
+    for field in module.split(b"\0"):
+        if field.startswith(b"depends="):
+            return [name.replace("-", "_") for name in field[8:].decode().split(",") if name]
+    return []
+
+
+def load_order(modules: dict[str, bytes]) -> list[str]:
+    """``modules`` (name: contents) ordered so that each comes after those it needs; raises
+    if one needs a module that is not among them (the guest could not load it)."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise ValueError(f"kernel modules depend on each other in a cycle: {path}")
+        if name not in modules:
+            raise ValueError(f"kernel module {path[-1]} needs {name}, which the guest lacks")
+        for dep in _depends(modules[name]):
+            visit(dep, (*path, name))
+        order.append(name)
+
+    for name in modules:
+        visit(name, ())
+    return order
+
+
 def build_guest(root: Path) -> Guest:
     """Fetch and build the guest's parts in ``root`` (a cache); raises if a tool is missing."""
     root.mkdir(parents=True, exist_ok=True)
@@ -149,9 +180,9 @@ def build_guest(root: Path) -> Guest:
         ]
         entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
         entries.append(("init", 0o100755, INIT.encode()))
-        for i, mod in enumerate(MODULES):
-            data = (moddir / mod).read_bytes()
-            entries.append((f"lib/modules/{i:02d}-{Path(mod).name}", 0o100644, data))
+        modules = {Path(mod).stem: (moddir / mod).read_bytes() for mod in MODULES}
+        for i, name in enumerate(load_order(modules)):
+            entries.append((f"lib/modules/{i:02d}-{name}.ko", 0o100644, modules[name]))
         tmp = initrd.with_suffix(".tmp")
         tmp.write_bytes(gzip.compress(_cpio(entries), compresslevel=6))
         os.replace(tmp, initrd)

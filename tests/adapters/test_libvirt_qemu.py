@@ -26,7 +26,7 @@ from pathlib import Path
 import libvirt
 import pytest
 from _events import drain
-from _guest import Guest, build_guest
+from _guest import Guest, build_guest, load_order
 from _process import stop
 
 from adapters.action import Action, PowerState, Target
@@ -179,6 +179,7 @@ async def test_real_guest_through_its_life(lv: tuple[LibvirtAdapter, Path]):
     _, started = await _do(adapter, "start")
     assert started.status is OutcomeStatus.APPLIED
     await _wait_for(serial, "GOVGATE-GUEST-READY button=/dev/input/")
+    assert "GOVGATE-GUEST-INSMOD-FAILED" not in serial.read_text(errors="replace")
     assert (await adapter.describe(T)).uptime_s is not None
 
     # Snapshot the running guest (memory and qcow2 disk), then change it.
@@ -251,3 +252,19 @@ async def test_reconnects_after_libvirtd_restarts(
         ev = await asyncio.wait_for(anext(events), 5)
         seen.append((ev.event, ev.detail))
     assert seen[0] == ("shutdown", "host"), seen  # QEMU reports the host's power-off first
+
+
+def test_the_guests_modules_load_after_the_modules_they_need() -> None:
+    """Kernels move dependencies between modules (Debian's 6.1.192 made virtio need
+    virtio_ring, which it had been the other way round): the order comes from each."""
+    mods = {
+        "virtio_balloon": b"\x7fELF\0license=GPL\0depends=virtio,virtio_ring\0",
+        "virtio": b"\0depends=virtio_ring\0vermagic=6.1\0",
+        "virtio_ring": b"\0depends=\0",
+        "button": b"no modinfo at all",
+    }
+    order = load_order(mods)
+    assert sorted(order) == sorted(mods)
+    assert order.index("virtio_ring") < order.index("virtio") < order.index("virtio_balloon")
+    with pytest.raises(ValueError, match="virtio_balloon needs virtio_mmio"):
+        load_order({"virtio_balloon": b"\0depends=virtio_mmio\0"})
