@@ -245,10 +245,14 @@ def _span(item: tuple[Any, ...], limits: SpanLimits, traces: dict[tuple[int, str
         if state:
             trace += _len(_TRACE_STATE, state.encode())
         traces[(trace_id, state)] = trace
-    if parent_id:
-        ids = _IDS.pack(_SPAN_ID[0], 8, span_id, _PARENT_SPAN_ID[0], 8, parent_id)
-    else:
+    try:
+        if parent_id:
+            ids = _IDS.pack(_SPAN_ID[0], 8, span_id, _PARENT_SPAN_ID[0], 8, parent_id)
+        else:
+            ids = _SPAN_ID + b"\x08" + span_id.to_bytes(8, "big")
+    except struct.error:  # an id outside 64 bits: to_bytes says so as the runtime would
         ids = _SPAN_ID + b"\x08" + span_id.to_bytes(8, "big")
+        ids += _PARENT_SPAN_ID + b"\x08" + parent_id.to_bytes(8, "big")
     out = [trace, ids, _REMOTE_FLAGS_FIELD if parent_remote else _LOCAL_FLAGS_FIELD,
            _head(name, kind)]  # fmt: skip
     if start and end:

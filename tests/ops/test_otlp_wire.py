@@ -268,3 +268,14 @@ def test_a_span_that_cannot_be_written_costs_only_itself() -> None:
     assert len(drops) == 2
     assert all(d.startswith("a span could not be encoded") for d in drops)
     _check([good, bad_key, too_big, good], Resource({}), SpanLimits())
+
+
+@pytest.mark.parametrize(("field", "value"), [(2, 1 << 64), (2, -1), (3, 1 << 64), (3, -1)])
+def test_an_id_outside_64_bits_is_dropped_as_the_runtime_drops_it(field: int, value: int) -> None:
+    """A span id or parent span id that is negative or too big costs its span, with the
+    runtime's reason (to_bytes's OverflowError)."""
+    good = _Spans(1).span()
+    bad = list(good)
+    bad[3] = bad[3] or 5  # with a parent: both ids are written together
+    bad[field] = value
+    _check([tuple(bad), good], Resource({}), SpanLimits())
