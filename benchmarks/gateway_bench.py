@@ -25,7 +25,9 @@ tracing off and one with it on, and the load client takes turns between them wit
 each phase: ``--slices`` windows each, A B B A ..., so that a machine whose speed drifts
 during the phase (these machines are shared) slows both alike. It reports the change
 in decisions/s (the loss, for the closed-loop phases), p99, and gateway CPU per
-decision; a gateway waiting for its turn is idle. Gateway CPU counts the ``govgate
+decision. Each turn ends with a pause of ``SETTLE_S``, counted in the CPU but not the
+time of the gateway whose turn it was: the spans a traced gateway ships after its turn
+cost it, not the next. Gateway CPU counts the ``govgate
 serve`` process and the processes it started (with tracing on, its span exporter,
 :mod:`gateway.span_exporter`). With ``on`` or ``both``
 every call carries a sampled W3C ``traceparent`` with a fresh trace id, in both
@@ -96,6 +98,9 @@ min_confidence = 0.0
 """
 DOMAINS = "web-1,web-2,dev-1"  # staging and development domains of gateway/samples.py
 CALL_TIMEOUT = 30.0  # seconds; a call slower than this is an error, not a latency
+# With two gateways taking turns: the pause after each turn, long enough for the traced one
+# to ship and export the spans of its turn's last 100 ms (gateway.spans ships every 0.1 s).
+SETTLE_S = 0.4
 PHASES = ("unary", "stream", "open")
 TRACING = ("off", "on", "both")
 MIN_SPANS_PER_DECISION = 9  # decide and its eight stages, plus a server span per call/stream
@@ -431,9 +436,11 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                     machine0, wall0 = _machine_cpu_s(), time.perf_counter()
                     await phases[name](stubs[mode], t["run"], tallies[mode], window_s)
                     spent[mode]["wall"] += time.perf_counter() - wall0
+                    spent[mode]["client"] += time.process_time() - cpu0
+                    if len(targets) > 1:  # its leftover work (spans shipped) is its own
+                        await asyncio.sleep(SETTLE_S)
                     spent[mode]["machine"] += _machine_cpu_s() - machine0
                     spent[mode]["server"] += _proc_cpu_s(pid) - server_cpu0
-                    spent[mode]["client"] += time.process_time() - cpu0
             for t in targets:
                 mode = t["mode"]
                 result = tallies[mode].result(spent[mode]["wall"])
