@@ -838,6 +838,17 @@ def _compare(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dict
             target = f"loss < {TARGETS['tracing_loss']:.0%}: {'met' if ok else 'MISSED'}"
         print(f"{label:<34} {fmt.format(a)} {fmt.format(b)} {change[key]:>+8.1%}  {pairs:<18} "
               f"{target}")  # fmt: skip
+    # A pair's gateways took turns on the same machine at the same time: the change within
+    # each pair is the paired estimate; the table's compares the medians of different runs.
+    within = []
+    for name in args.phases:
+        key = f"{name}_rate"
+        if key in off[0] and name != "open":
+            paired = statistics.median((y[key] - x[key]) / x[key]
+                                       for x, y in zip(off, on, strict=True) if x[key])  # fmt: skip
+            within.append(f"{name} {paired:+.1%}")
+    if within:
+        print(f"decisions/s, the median of the pairs' own changes: {', '.join(within)}")
     spans = sum(r.spans for r in runs["on"]) / max(1, sum(r.decisions for r in runs["on"]))
     collector = statistics.median(r.collector_cpu_s / max(r.decisions, 1) * 1e3 for r in runs["on"])
     print(f"spans per decision: {spans:.1f}; the collector used {collector:.2f} ms CPU per "
