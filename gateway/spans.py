@@ -269,10 +269,10 @@ class RecordedSpan(trace.Span):
 
 
 class _Leaf(RecordedSpan):
-    """A child of a recorded span, started by :meth:`_Tracer.start_leaf`: an internal span
-    with no attributes, links or start time of its own yet. The same span as
-    ``start_span(name)`` under ``parent`` would make, for about half the interpreter time
-    (no sampler, no second look at the context, no argument handling)."""
+    """A child of a recorded span, started by :meth:`_Tracer.start_leaf`: an internal span,
+    started now, with no attributes or links yet. The same span as ``start_span(name)``
+    under ``parent`` would make, for about half the interpreter time in the running
+    gateway (no sampler, no second look at the context, no argument handling)."""
 
     __slots__ = ()
 
