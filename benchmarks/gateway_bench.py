@@ -821,14 +821,17 @@ def _compare(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dict
           f"on, taking {args.slices} turns each per phase")  # fmt: skip
     print(f"{'figure':<34} {'off':>8} {'on':>8} {'change':>8}  {'pairs':<18} target")
     change: dict[str, float] = {}
+    # A pair's gateways took turns on the same machine at the same time: the change within
+    # each pair is the paired estimate; the table's compares the medians of different runs.
+    within = []
     for key, label in rows:
         if key not in off[0]:
             continue
         a = statistics.median(f[key] for f in off)
         b = statistics.median(f[key] for f in on)
         change[key] = (b - a) / a if a else 0.0
-        pairs = ", ".join(f"{(y[key] - x[key]) / x[key]:+.0%}" for x, y in zip(off, on, strict=True)
-                          if x[key])  # fmt: skip
+        changes = [(y[key] - x[key]) / x[key] for x, y in zip(off, on, strict=True) if x[key]]
+        pairs = ", ".join(f"{c:+.0%}" for c in changes)
         fmt = "{:>8.1f}" if key.endswith("_ms") else "{:>8,.0f}"
         target = ""
         # The target is a throughput loss, so it applies to the closed-loop phases; in
@@ -836,17 +839,10 @@ def _compare(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dict
         if key in ("unary_rate", "stream_rate"):
             ok = -change[key] < TARGETS["tracing_loss"]
             target = f"loss < {TARGETS['tracing_loss']:.0%}: {'met' if ok else 'MISSED'}"
+            if changes:
+                within.append(f"{key.removesuffix('_rate')} {statistics.median(changes):+.1%}")
         print(f"{label:<34} {fmt.format(a)} {fmt.format(b)} {change[key]:>+8.1%}  {pairs:<18} "
               f"{target}")  # fmt: skip
-    # A pair's gateways took turns on the same machine at the same time: the change within
-    # each pair is the paired estimate; the table's compares the medians of different runs.
-    within = []
-    for name in args.phases:
-        key = f"{name}_rate"
-        if key in off[0] and name != "open":
-            paired = statistics.median((y[key] - x[key]) / x[key]
-                                       for x, y in zip(off, on, strict=True) if x[key])  # fmt: skip
-            within.append(f"{name} {paired:+.1%}")
     if within:
         print(f"decisions/s, the median of the pairs' own changes: {', '.join(within)}")
     spans = sum(r.spans for r in runs["on"]) / max(1, sum(r.decisions for r in runs["on"]))
