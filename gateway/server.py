@@ -519,9 +519,14 @@ class ServerOptions:
     keepalive_time: float = 30.0
     keepalive_timeout: float = 10.0  # ... and drop it when the ping is not answered in this
     min_client_ping_interval: float = 10.0  # clients pinging more often get GOAWAY
+    # Share the listening address with other processes (SO_REUSEPORT; the kernel spreads
+    # connections among them): for replicas on one host. Off, a second server on the
+    # address is refused, where gRPC's own default would let both listen and split calls.
+    reuse_port: bool = False
 
     def grpc_options(self) -> list[tuple[str, int]]:
         return [
+            ("grpc.so_reuseport", int(self.reuse_port)),
             ("grpc.keepalive_time_ms", round(self.keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", round(self.keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),

@@ -53,6 +53,8 @@ class Clients:
     gw: Gateway
     lv: LibvirtAdapter
     channels: dict[str, grpc.aio.Channel]
+    tls: TlsFiles
+    port: int
     # Teardown proves the ledger with the public key alone; a test that breaks the ledger
     # on purpose (fail closed) turns this off.
     verify_ledger: bool = True
@@ -105,7 +107,7 @@ async def serving(
             for who in IDENTITIES
         }
         try:
-            clients = Clients(gw, lv, channels)
+            clients = Clients(gw, lv, channels, tls, port)
             yield clients
             if clients.verify_ledger:
                 await gw.ledger.checkpoint()
@@ -704,3 +706,18 @@ async def test_pending_decisions_are_listed_a_page_at_a_time(clients: Clients):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await ov.ListPending(oversight_pb2.ListPendingRequest(page_token="d-nope"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_second_server_on_the_address_is_refused_unless_both_share_it(clients: Clients):
+    # gRPC's own default (SO_REUSEPORT) would let both listen and split the calls between
+    # two gateways that know nothing of each other's halts, approvals and request ids.
+    with pytest.raises(RuntimeError, match="Failed to bind"):
+        await start_server(clients.gw, clients.tls, port=clients.port)
+    shared = ServerOptions(reuse_port=True)
+    first, port = await start_server(clients.gw, clients.tls, options=shared)
+    try:
+        second, again = await start_server(clients.gw, clients.tls, port=port, options=shared)
+        await second.stop(None)
+        assert again == port
+    finally:
+        await first.stop(None)
