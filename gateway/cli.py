@@ -503,7 +503,10 @@ def serve(
     ] = None,
     replica: Annotated[
         str | None,
-        typer.Option(help="This replica's stable name (needed with --ledger-url)."),
+        typer.Option(
+            help="This replica's stable name: needed with --ledger-url; on the SQLite ledger, "
+            "gateways on one host share it as replicas."
+        ),
     ] = None,
 ) -> None:
     """Run the gateway: the gRPC API with mTLS over the configured runtimes (docs/serve.md).

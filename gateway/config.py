@@ -51,7 +51,7 @@ class ServeConfig:
     kata: KataConfig | None = None
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     ledger_url: str = ""  # postgresql://...: a ledger shared by replicas; "": DATA/ledger.db
-    replica: str = ""  # this replica's stable name (required with ledger_url)
+    replica: str = ""  # this replica's stable name (required with ledger_url; shares ledger.db)
     expiry_interval: float = 1.0  # seconds between sweeps for overdue approvals
     grace: float = 10.0  # seconds in-flight calls get on shutdown
     reflection: bool = True  # gRPC server reflection (grpcurl, Postman, ...)

@@ -30,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import gc
+import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -105,6 +107,42 @@ async def _adapters(config: ServeConfig, say: Say) -> AsyncIterator[dict[str, Ru
         yield out
 
 
+@contextlib.contextmanager
+def _one_gateway(data: DataDir) -> Iterator[None]:
+    """On the SQLite ledger, refuse a second gateway unless every gateway on the file is a
+    replica (``data.shared``): gateways that are not replicas share none of their state
+    (halts, approvals, request ids), so two of them would each enforce only their own.
+    Held (``flock``: exclusive alone, shared by replicas) until the context exits; the
+    kernel lets go when the process dies. A PostgreSQL ledger is always shared."""
+    if data.ledger_url is not None:
+        yield
+        return
+    path = data.db_path.with_name(data.db_path.name + ".serving")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise ConfigError(f"cannot open {path}: {err.strerror or err}") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if data.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if not isinstance(err, BlockingIOError):
+            raise ConfigError(f"cannot lock {path}: {err.strerror or err}") from None
+        if data.shared:
+            raise ConfigError(
+                f"a gateway that is not a replica is serving {data.db_path}; stop it, or "
+                "start every gateway on this ledger with a replica name (--replica)"
+            ) from None
+        raise ConfigError(
+            f"another gateway is serving {data.db_path}: one gateway per ledger file, or "
+            "start every gateway on it with a replica name (--replica, docs/deploy.md)"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 async def serve(
     config: ServeConfig,
     *,
@@ -116,7 +154,7 @@ async def serve(
     tls = _tls(config)
     policy = Policy.load(config.path(config.policy) if config.policy else EXAMPLE_POLICY)
     roles = Roles.load(config.path(config.roles)) if config.roles else None
-    data = DataDir(config.data, config.ledger_url or None)
+    data = DataDir(config.data, config.ledger_url or None, shared=bool(config.replica))
     data.signer()  # refuse early, with the key file's own error, when there is no key
     model = Registry(config.data / "models").load(config.model or None)
     tracing_provider = setup_tracing()  # before the Gateway, which takes its tracer
@@ -134,7 +172,8 @@ async def serve(
     try:
         if tracing_provider is not None:
             say(f"tracing: {', '.join(exporter_names())} export (OTEL_* environment)")
-        await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop)
+        with _one_gateway(data):
+            await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop)
     finally:  # flush what is queued, both at once and bounded: a collector may be down
         flushes = []
         if tracing_provider is not None:

@@ -95,11 +95,15 @@ def _load_signer(path: Path) -> NoteSigner:
 class DataDir:
     """One log's files. Methods raise :class:`LedgerError` with what to do next."""
 
-    def __init__(self, path: str | Path, ledger_url: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, ledger_url: str | None = None, *, shared: bool = False
+    ) -> None:
         """``ledger_url``: a ``postgresql://`` database holding the log instead of
-        ``ledger.db`` (the keys and the salt stay in this directory)."""
+        ``ledger.db`` (the keys and the salt stay in this directory). ``shared``: gateway
+        replicas in several processes append to ``ledger.db`` (a database always is)."""
         self.path = Path(path)
         self.ledger_url = ledger_url or None
+        self.shared = shared
 
     @property
     def db_path(self) -> Path:
@@ -164,7 +168,7 @@ class DataDir:
 
     def store(self) -> LedgerStore:
         if self.ledger_url is None:
-            return SQLiteStore(self.db_path)
+            return SQLiteStore(self.db_path, shared=self.shared)
         from ledger.postgres import PostgresStore  # asyncpg only where it is used
 
         return PostgresStore(self.ledger_url)

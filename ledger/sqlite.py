@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -123,10 +125,15 @@ class SQLiteStore(LedgerStore):
         wal_autocheckpoint_pages: int = 10_000,
         index_every: int = _INDEX_EVERY,
         wal_checkpoint_every: int = 4096,
+        shared: bool = False,
     ) -> None:
         if index_every < 1 or wal_checkpoint_every < 0:
             raise ValueError("index_every must be at least 1, wal_checkpoint_every at least 0")
         self._path = Path(path)
+        # Replicas on one host: gateways in several processes append to this file, and
+        # the one holding the signer's lock (lead) signs the checkpoints.
+        self.shared = shared
+        self._signer_fd: int | None = None
         self._index_every = index_every
         self._lookup: Lookup | None = None
         self._indexer: asyncio.Future[None] | None = None
@@ -221,7 +228,37 @@ class SQLiteStore(LedgerStore):
         except (TypeError, ValueError):
             raise StoreError(f"{self._path}: schema version {row[0]!r} is not a number") from None
 
+    @property
+    def signer_lock_path(self) -> Path:
+        return self._path.with_name(self._path.name + ".signer")
+
+    async def lead(self) -> bool:
+        """Whether this process signs the checkpoints. Alone on the file: always. Shared:
+        while it holds the lock on :attr:`signer_lock_path` (``flock``), taken here when it
+        is free; the kernel releases it when the holder closes the store or dies."""
+        if not self.shared or self._signer_fd is not None:
+            return True
+        if self._db is None:
+            return False
+        try:
+            fd = os.open(self.signer_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open {self.signer_lock_path}: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another replica signs
+            os.close(fd)
+            return False
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot lock {self.signer_lock_path}: {e.strerror or e}") from e
+        self._signer_fd = fd
+        return True
+
     async def close(self) -> None:
+        signer_fd, self._signer_fd = self._signer_fd, None
+        if signer_fd is not None:
+            os.close(signer_fd)  # another replica may sign from now on
         lookup, self._lookup = self._lookup, None  # stops the catch-up after its step
         if self._indexer is not None:
             with contextlib.suppress(Exception):

@@ -295,6 +295,59 @@ def test_a_port_in_use_is_refused_with_a_clear_error(site: Site):
     assert "Traceback" not in done.stderr
 
 
+def serve_once(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    """``govgate serve`` expected to refuse to start."""
+    return subprocess.run(
+        [*GOVGATE, "serve", "--data", str(site.data), "--listen", "127.0.0.1:0",
+         "--policy", str(site.tmp / "policy.toml"), *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+
+
+def test_gateways_share_a_ledger_file_only_as_replicas(site: Site):
+    alone = site.serve()
+    second = serve_once(site)
+    assert second.returncode == 1, second.stderr
+    assert "another gateway is serving" in second.stderr
+    assert "Traceback" not in second.stderr
+    replica = serve_once(site, "--replica", "a")
+    assert replica.returncode == 1, replica.stderr
+    assert "a gateway that is not a replica is serving" in replica.stderr
+    assert alone.stop() == 0, alone.output()
+
+    a, b = site.serve("--replica", "a"), site.serve("--replica", "b")
+    assert "replica a" in a.output()
+    assert "replica b" in b.output()
+    lone = serve_once(site)
+    assert lone.returncode == 1, lone.stderr
+    assert "another gateway is serving" in lone.stderr
+    first = a.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert state(first) == "EXECUTED", first.reasons
+    again = b.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
+    assert again.decision_id == first.decision_id  # decided once, whichever replica asks
+    everything = types_pb2.Scope(all=True)
+    a.oversight().Halt(oversight_pb2.HaltRequest(scope=everything, reason="drill"), timeout=30)
+    halted = b.decisions().Propose(propose("r-2", "resize", "web-2", vcpus="3"), timeout=30)
+    assert state(halted) == "HALTED", halted.reasons
+    b.oversight().Resume(oversight_pb2.ResumeRequest(scope=everything, reason="done"),
+                         timeout=30)  # fmt: skip
+    resumed = a.decisions().Propose(propose("r-3", "resize", "web-2", vcpus="3"), timeout=30)
+    assert state(resumed) == "EXECUTED", resumed.reasons
+    assert a.stop() == 0, a.output()
+    assert b.stop() == 0, b.output()
+    site.verify_ledger()
+    done = subprocess.run(
+        [*GOVGATE, "ledger", "query", "--data", str(site.data), "--kind", "decision"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bodies = [json.loads(line)["body"] for line in done.stdout.splitlines()]
+    decided = {body["request_id"]: body for body in bodies}
+    assert sorted(decided) == ["r-1", "r-2", "r-3"]
+    # The record that lets an action run names the replica that runs it.
+    assert decided["r-1"]["replica"] == decided["r-3"]["replica"] == "a"
+
+
 def health_of(served: Served) -> str:
     stub = health_pb2_grpc.HealthStub(served.channel("alice"))
     status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status

@@ -1,5 +1,6 @@
-"""Two gateway replicas on one PostgreSQL ledger, in one process: what one replica decides,
-approves, halts or expires, the other sees and respects (a real PostgreSQL server).
+"""Two gateway replicas on one shared ledger, in one process: what one replica decides,
+approves, halts or expires, the other sees and respects. Every test runs on a real
+PostgreSQL server and on one SQLite file shared by the two (replicas on one host).
 
 Both replicas drive one libvirt test-driver connection, as two replicas would one libvirtd.
 The process-level test (three ``govgate serve`` processes, SIGKILL, a PostgreSQL restart) is
@@ -46,10 +47,14 @@ class Pair:
     data: DataDir
 
 
-@pytest.fixture
-async def pair(tmp_path: Path, postgres_url: str) -> AsyncIterator[Pair]:
-    await migrate(postgres_url)
-    data = DataDir(tmp_path / "data", postgres_url)
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        await migrate(url)
+        data = DataDir(tmp_path / "data", url)
+    else:  # replicas on one host, sharing the embedded ledger file
+        data = DataDir(tmp_path / "data", shared=True)
     data.generate_key("example.com/govgate")
     node = tmp_path / "node.xml"
     node.write_text(NODE)
