@@ -26,7 +26,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -508,6 +510,22 @@ def serve(
             "gateways on one host share it as replicas."
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            show_default=False,
+            help="Gateway processes on the one address, each a replica (default 1; "
+            "docs/serve.md, Workers).",
+        ),
+    ] = None,
+    reuse_port: Annotated[
+        bool | None, typer.Option("--reuse-port", hidden=True, help="Share the address.")
+    ] = None,
+    supervised: Annotated[
+        bool, typer.Option("--supervised", hidden=True, help="Stop when stdin closes.")
+    ] = False,
 ) -> None:
     """Run the gateway: the gRPC API with mTLS over the configured runtimes (docs/serve.md).
 
@@ -536,10 +554,24 @@ def serve(
             listen=listen, policy=policy and policy.resolve(), roles=roles and roles.resolve(),
             shadow=shadow, libvirt=lv, reflection=reflection, grace=grace,
             metrics_listen=metrics_listen, ledger_url=ledger_url, replica=replica,
+            workers=workers, reuse_port=reuse_port,
         )  # fmt: skip
         if log_format not in ("text", "json"):
             raise ConfigError(f"--log-format: {log_format!r} is not text or json")
-        configure(log_format)
+        configure(log_format, tag=cfg.replica if cfg.workers == 1 else "")
+        if cfg.workers > 1:
+            from gateway.workers import Supervisor, worker_names
+
+            host, _, port = cfg.listen.rpartition(":")
+            names = worker_names(cfg.replica, cfg.workers)
+            # The workers get these arguments, from "serve" on, with their own added.
+            supervisor = Supervisor(sys.argv[1:], names, host, int(port),
+                                    say=lambda line: event(line), ready=ready)  # fmt: skip
+            code = supervisor.run()
+            flush()
+            raise SystemExit(code)
+        if supervised:
+            _stop_when_stdin_closes()
         asyncio.run(run(cfg, say=lambda line: event(line), ready=ready))
     except (ConfigError, PolicyError, RolesError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
@@ -553,6 +585,20 @@ def serve(
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(0)
+
+
+def _stop_when_stdin_closes() -> None:
+    """A worker's tie to its supervisor (gateway.workers): standard input is a pipe from
+    it, and its end (the supervisor has exited, or was killed) stops this gateway as
+    SIGTERM does, draining first."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while sys.stdin.buffer.read(4096):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 @app.command("demo")

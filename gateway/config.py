@@ -29,6 +29,7 @@ from ledger import LedgerConfig
 __all__ = ["SAMPLE_DOMAINS", "ConfigError", "ServeConfig"]
 
 MAX_CONFIG_BYTES = 1 << 20
+MAX_WORKERS = 64
 SAMPLE_DOMAINS = "samples"  # libvirt uri: the test driver with govgate's sample domains
 
 
@@ -58,6 +59,8 @@ class ServeConfig:
     max_inflight: int = 512  # proposals in flight before RESOURCE_EXHAUSTED
     health_interval: float = 1.0  # seconds between checks that the ledger can write
     metrics_listen: str = ""  # HOST:PORT of a Prometheus scrape endpoint; "": none
+    workers: int = 1  # gateway processes sharing the address (gateway.workers)
+    reuse_port: bool = False  # share the address with other processes (workers do)
 
     def __post_init__(self) -> None:
         # A zero or negative interval would spin its loop; nan compares false with anything.
@@ -69,6 +72,8 @@ class ServeConfig:
             raise ValueError("grace must be 0 to 86400 seconds")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1 to {MAX_WORKERS}")
 
     def path(self, p: Path) -> Path:
         """``p`` read from the data directory when relative."""
@@ -100,6 +105,11 @@ class ServeConfig:
             )
         if out.replica and not _REPLICA_RE.fullmatch(out.replica):
             raise ConfigError(f"replica: {out.replica!r} must match {_REPLICA_RE.pattern}")
+        if out.workers > 1 and out.metrics_listen:
+            raise ConfigError(
+                "metrics_listen: a scrape endpoint belongs to one process, and --workers "
+                "starts several; push metrics over OTLP instead (OTEL_METRICS_EXPORTER=otlp)"
+            )
         return out
 
     @classmethod
@@ -155,7 +165,7 @@ def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
     server = _table(doc, "server", source)
     kinds = {"listen": str, "shadow": bool, "grace": float, "reflection": bool,
              "max_inflight": int, "health_interval": float, "metrics_listen": str,
-             "replica": str}  # fmt: skip
+             "replica": str, "workers": int}  # fmt: skip
     _check(server, tuple(kinds), f"{source}: server")
     for key, kind in kinds.items():
         if key in server:

@@ -52,6 +52,7 @@ class _Json(logging.Formatter):
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname.lower(),
             "event": _printable(record.getMessage()),
+            **({"replica": _tag} if _tag else {}),
             **getattr(record, "fields", {}),
         }
         if record.name != LOG.name:  # a library's message
@@ -73,7 +74,8 @@ class _Text(logging.Formatter):
         fields = getattr(record, "fields", {})
         tail = " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items())
         who = "" if record.name == LOG.name else f"{record.name}: "
-        return f"{who}{_printable(record.getMessage())} {tail}".rstrip()
+        tag = f"[{_tag}] " if _tag else ""
+        return f"{tag}{who}{_printable(record.getMessage())} {tail}".rstrip()
 
 
 class _Handoff(logging.handlers.QueueHandler):
@@ -91,6 +93,7 @@ class _Handoff(logging.handlers.QueueHandler):
 _records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
 _writer: logging.handlers.QueueListener | None = None
 _format = "text"
+_tag = ""  # the replica named on every line (configure)
 
 
 def _stop_writer() -> None:
@@ -110,15 +113,19 @@ def flush() -> None:
     _stop_writer()
 
 
-def configure(fmt: str = "text", level: str = "INFO", *, threaded: bool = True) -> None:
+def configure(
+    fmt: str = "text", level: str = "INFO", *, threaded: bool = True, tag: str = ""
+) -> None:
     """Send govgate's events, and the warnings of the libraries it uses (OpenTelemetry's
     exporters, gRPC), to standard error in ``fmt`` ("text" or "json"): one format for
     every line, written by one thread. ``threaded=False`` writes each line in the caller's
     thread as it is logged, for a process whose parent may kill it (nothing is queued to
-    lose) and that has no event loop to spare."""
-    global _writer, _format
+    lose) and that has no event loop to spare. ``tag``: a replica's name, on every line
+    (``[tag]`` first in text, ``"replica"`` in JSON), where several write to one stream."""
+    global _writer, _format, _tag
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
+    _tag = tag
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(_Json() if fmt == "json" else _Text())
     handler: logging.Handler = stream

@@ -150,7 +150,29 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set); ``ready(port)`` once listening."""
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set); ``ready(port)`` once listening.
+
+    A signal during start-up lets start-up finish what it writes (recovery's outcome
+    records, the policy record), then stops before listening, cleanly."""
+    stop, force = stop or asyncio.Event(), asyncio.Event()
+
+    def signalled() -> None:
+        (force if stop.is_set() else stop).set()  # the second signal forces
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled)
+    try:
+        await _serve(config, say, ready, stop, force)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(
+    config: ServeConfig, say: Say, ready: Callable[[int], None] | None, stop: asyncio.Event,
+    force: asyncio.Event,
+) -> None:  # fmt: skip
     tls = _tls(config)
     policy = Policy.load(config.path(config.policy) if config.policy else EXAMPLE_POLICY)
     roles = Roles.load(config.path(config.roles)) if config.roles else None
@@ -173,7 +195,7 @@ async def serve(
         if tracing_provider is not None:
             say(f"tracing: {', '.join(exporter_names())} export (OTEL_* environment)")
         with _one_gateway(data):
-            await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop)
+            await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop, force)
     finally:  # flush what is queued, both at once and bounded: a collector may be down
         flushes = []
         if tracing_provider is not None:
@@ -196,7 +218,7 @@ def _profile(config: ServeConfig, model: Model, say: Say) -> Profile | None:
 async def _run(
     config: ServeConfig, tls: TlsFiles, policy: Policy, roles: Roles | None, model: Model,
     metrics: Metrics | None, data: DataDir, say: Say, ready: Callable[[int], None] | None,
-    stop: asyncio.Event | None,
+    stop: asyncio.Event, force: asyncio.Event,
 ) -> None:  # fmt: skip
     # A server starts its sealing process now, not in the middle of its first burst.
     ledger_config = dataclasses.replace(config.ledger, seal_process_at_start=True)
@@ -234,6 +256,10 @@ async def _run(
         say(f"policy {policy.id[:16]} loaded, {change} (record {index})")
         if config.shadow:
             say("shadow mode: decisions are made and recorded, never executed")
+        if stop.is_set():  # signalled during start-up: what it had to write is written
+            say("a stop was asked for during start-up: not listening")
+            await _save_floor(gw, data, say)
+            return
         gc.collect()
         gc.freeze()
         gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
@@ -241,7 +267,7 @@ async def _run(
         health = Health(say)
         tracing = TracingInterceptor(server_address=host)  # outside the error mapper
         options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection,
-                                interceptors=(tracing,))  # fmt: skip
+                                interceptors=(tracing,), reuse_port=config.reuse_port)  # fmt: skip
         try:
             server, bound = await start_server(gw, tls, host=host, port=int(port),
                                                options=options, health_status=health)  # fmt: skip
@@ -260,14 +286,6 @@ async def _run(
             asyncio.create_task(_follow(gw, _FOLLOW_INTERVAL)),
             asyncio.create_task(_watch_health(ledger, health, config.health_interval, say)),
         ]
-        stop, force = stop or asyncio.Event(), asyncio.Event()
-
-        def signalled() -> None:
-            (force if stop.is_set() else stop).set()  # the second signal forces
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, signalled)
         try:
             await stop.wait()
             for chore in chores:
@@ -278,8 +296,6 @@ async def _run(
             await _drain(server, config.grace, force, say)
             await _save_floor(gw, data, say)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             for chore in chores:
                 chore.cancel()
             await server.stop(None)  # a no-op after a drain; else cancels what is in flight

@@ -348,6 +348,91 @@ def test_gateways_share_a_ledger_file_only_as_replicas(site: Site):
     assert decided["r-1"]["replica"] == decided["r-3"]["replica"] == "a"
 
 
+def children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children")
+            for c in task.read_text().split()]  # fmt: skip
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_share_the_address_and_the_ledger_and_are_restarted(site: Site):
+    served = site.serve("--workers", "2")
+    assert "2 workers listening on 127.0.0.1:" in served.output()
+    workers = children(served.proc.pid)
+    assert len(workers) == 2
+    certs = site.data / "certs"
+    creds = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(), (certs / "engine-1.key").read_bytes(),
+        (certs / "engine-1.pem").read_bytes(),
+    )  # fmt: skip
+
+    def propose_on_new_connections(prefix: str, count: int) -> None:
+        # One connection each (no shared subchannel): the kernel hands each to a worker.
+        for i in range(count):
+            with grpc.secure_channel(
+                f"localhost:{served.port}", creds, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch:
+                stub = decision_pb2_grpc.DecisionServiceStub(ch)
+                req = propose(f"{prefix}-{i}", "resize", f"web-{1 + i % 2}", vcpus=str(2 + i % 3))
+                d = stub.Propose(req, timeout=30)
+                assert state(d) == "EXECUTED", d.reasons
+
+    propose_on_new_connections("r", 24)
+    os.kill(workers[0], signal.SIGKILL)  # a crash: the supervisor starts it again
+    assert wait_for(lambda: "exited with status -9; starting it again" in served.output())
+    assert wait_for(lambda: "worker worker-1 listening again" in served.output())
+    assert len(children(served.proc.pid)) == 2
+    assert workers[0] not in children(served.proc.pid)
+    propose_on_new_connections("s", 24)
+    assert served.stop() == 0, served.output()
+    assert "all workers stopped" in served.output()
+    assert "[worker-1]" in served.output()  # each worker's lines name it
+    site.verify_ledger()
+    done = subprocess.run(
+        [*GOVGATE, "ledger", "query", "--data", str(site.data), "--kind", "decision"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    bodies = [json.loads(line)["body"] for line in done.stdout.splitlines()]
+    assert len(bodies) == 48
+    assert {body["replica"] for body in bodies} == {"worker-1", "worker-2"}
+
+
+def test_workers_stop_when_their_supervisor_is_killed(site: Site):
+    served = site.serve("--workers", "2")
+    workers = children(served.proc.pid)
+    served.proc.kill()  # no signal to pass on: the workers see their standard input close
+    served.proc.wait()
+    assert wait_for(lambda: all(gone(pid) for pid in workers), seconds=60), served.output()
+    assert served.output().count("stopped; the ledger is closed") == 2
+
+
+def test_a_stop_during_start_up_ends_it_cleanly_before_listening(site: Site):
+    log = site.tmp / "slow.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_slow_start_server.py"), "serve", "--data",
+             str(site.data), "--listen", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    try:
+        assert wait_for(lambda: "rebuilding slowly" in log.read_text()), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "a stop was asked for during start-up: not listening" in out
+    assert "listening on" not in out
+    assert "stopped; the ledger is closed" in out
+
+
 def health_of(served: Served) -> str:
     stub = health_pb2_grpc.HealthStub(served.channel("alice"))
     status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status

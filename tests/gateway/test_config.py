@@ -19,7 +19,7 @@ def test_the_annotated_example_states_the_defaults(tmp_path: Path):
     assert loaded.policy == Path("policy.toml")
     assert loaded.roles == Path("roles.toml")
     same = ("listen", "shadow", "grace", "ca", "cert", "key", "model", "expiry_interval",
-            "ledger", "libvirt", "kata")  # fmt: skip
+            "ledger", "libvirt", "kata", "workers")  # fmt: skip
     for name in same:
         assert getattr(loaded, name) == getattr(defaults, name), name
     assert defaults.libvirt == LibvirtConfig(SAMPLE_DOMAINS)
@@ -85,6 +85,12 @@ def test_a_kata_only_site_has_no_libvirt(tmp_path: Path):
         ("[server]\nreplica = 'a'\n[ledger]\nurl = 'mysql://db/g'\n", "a postgresql:// URL"),
         ("[ledger]\nurl = 'postgresql://db/g'\n", "needs a stable replica name"),
         ("[server]\nreplica = 'a b'\n", "replica: 'a b' must match"),
+        ("[server]\nworkers = 0\n", "workers must be 1 to 64"),
+        ("[server]\nworkers = 65\n", "workers must be 1 to 64"),
+        (
+            "[server]\nworkers = 2\nmetrics_listen = '127.0.0.1:9464'\n",
+            "a scrape endpoint belongs to one process",
+        ),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, text: str, message: str):
