@@ -60,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import multiprocessing
 import os
@@ -216,6 +217,16 @@ def _machine_cpu_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _gateway_mem_mb(pid: int, key: str, workers: int) -> float:
+    """:func:`_proc_mem_mb` of the gateway: of ``govgate serve`` itself, or with workers,
+    the sum of theirs (the supervisor's children)."""
+    if workers == 1:
+        return _proc_mem_mb(pid, key)
+    children = [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children")
+                for c in task.read_text().split()]  # fmt: skip
+    return sum(_proc_mem_mb(c, key) for c in children)
+
+
 def _proc_mem_mb(pid: int, key: str) -> float:
     """``VmRSS`` (now) or ``VmHWM`` (peak) of process ``pid`` in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -309,6 +320,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
     from gateway._proto.govgate.v1 import decision_pb2_grpc, types_pb2
 
     domains: list[str] = config["domains"]
+    workers = int(config["workers"])
     vcpus: list[str] = config["vcpus"]
     sequence = 0
 
@@ -325,10 +337,11 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
     state_name = types_pb2.DecisionState.Name
 
-    async def closed_loop(stub: Any, run: str, tally: _Tally, seconds: float) -> None:
+    # Each phase spreads its callers (streams) over the gateway's connections, round-robin.
+    async def closed_loop(stubs: list[Any], run: str, tally: _Tally, seconds: float) -> None:
         end = time.perf_counter() + seconds
 
-        async def caller() -> None:
+        async def caller(stub: Any) -> None:
             while time.perf_counter() < end:
                 request = make(run)
                 start = time.perf_counter()
@@ -339,13 +352,14 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                     continue
                 tally.answer(d, time.perf_counter() - start, state_name)
 
-        await asyncio.gather(*(caller() for _ in range(int(config["concurrency"]))))
+        callers = range(int(config["concurrency"]))
+        await asyncio.gather(*(caller(stubs[i % len(stubs)]) for i in callers))
 
-    async def streams(stub: Any, run: str, tally: _Tally, seconds: float) -> None:
+    async def streams(stubs: list[Any], run: str, tally: _Tally, seconds: float) -> None:
         end = time.perf_counter() + seconds
         window = int(config["window"])
 
-        async def one() -> None:
+        async def one(stub: Any) -> None:
             call = stub.ProposeStream(timeout=seconds + CALL_TIMEOUT, metadata=context())
             sent: deque[float] = deque()  # the gateway answers one stream in order
             slots = asyncio.Semaphore(window)
@@ -372,12 +386,14 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                     await writer
 
-        await asyncio.gather(*(one() for _ in range(int(config["streams"]))))
+        await asyncio.gather(*(one(stubs[i % len(stubs)]) for i in range(int(config["streams"]))))
 
-    async def open_loop(stub: Any, run: str, tally: _Tally, seconds: float) -> None:
+    async def open_loop(stubs: list[Any], run: str, tally: _Tally, seconds: float) -> None:
         loop = asyncio.get_running_loop()
+        turn = itertools.count()
 
         async def one(due: float) -> None:
+            stub = stubs[next(turn) % len(stubs)]
             try:
                 d = await stub.Propose(make(run), timeout=CALL_TIMEOUT, metadata=context())
             except grpc.aio.AioRpcError as err:
@@ -387,7 +403,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
 
         await paced(float(config["rate"]), seconds, tally, lambda _, due: one(due))
 
-    phases: dict[str, Callable[[Any, str, _Tally, float], Awaitable[None]]] = {
+    phases: dict[str, Callable[[list[Any], str, _Tally, float], Awaitable[None]]] = {
         "unary": closed_loop,
         "stream": streams,
         "open": open_loop,
@@ -405,24 +421,28 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                 (certs / "engine-1.key").read_bytes(),
                 (certs / "engine-1.pem").read_bytes(),
             )
-            channel = await stack.enter_async_context(
-                grpc.aio.secure_channel(f"localhost:{t['port']}", creds)
-            )
-            stubs[t["mode"]] = decision_pb2_grpc.DecisionServiceStub(channel)
+            # Connections of their own (no subchannel shared between the channels).
+            own = [("grpc.use_local_subchannel_pool", 1)] if config["connections"] > 1 else []
+            stubs[t["mode"]] = [
+                decision_pb2_grpc.DecisionServiceStub(await stack.enter_async_context(
+                    grpc.aio.secure_channel(f"localhost:{t['port']}", creds, options=own)
+                ))
+                for _ in range(int(config["connections"]))
+            ]  # fmt: skip
         for t in targets:
-            stub, warm = stubs[t["mode"]], _Tally("warmup")
+            spread, warm = itertools.cycle(stubs[t["mode"]]), _Tally("warmup")
             warm_end = time.perf_counter() + float(config["warmup"])
             while time.perf_counter() < warm_end:  # TLS handshake, first XGBoost calls, caches
                 batch = [
-                    stub.Propose(make(t["run"]), timeout=CALL_TIMEOUT, metadata=context())
-                    for _ in range(8)
+                    next(spread).Propose(make(t["run"]), timeout=CALL_TIMEOUT, metadata=context())
+                    for _ in range(max(8, int(config["connections"])))
                 ]
                 for d in await asyncio.gather(*batch):
                     warm.answer(d, 0.0, state_name)
             out[t["mode"]] |= {
                 "warmup": len(warm.latencies),
                 "warmup_states": dict(warm.states),
-                "warm_rss_mb": _proc_mem_mb(int(t["server_pid"]), "VmRSS"),
+                "warm_rss_mb": _gateway_mem_mb(int(t["server_pid"]), "VmRSS", workers),
             }
         for name in config["phases"]:
             tallies = {t["mode"]: _Tally(name) for t in targets}
@@ -447,7 +467,7 @@ async def _client(config: dict[str, Any]) -> dict[str, Any]:
                 result.machine_cpu_s = spent[mode]["machine"]
                 result.server_cpu_s = spent[mode]["server"]
                 result.client_cpu_s = spent[mode]["client"]
-                result.server_rss_mb = _proc_mem_mb(int(t["server_pid"]), "VmRSS")
+                result.server_rss_mb = _gateway_mem_mb(int(t["server_pid"]), "VmRSS", workers)
                 if name == "open":
                     result.offered = float(config["rate"])
                 out[mode]["phases"][name] = asdict(result)
@@ -561,6 +581,8 @@ class Gateway:
             cmd += ["--policy", str(policy)]
         if self.args.libvirt_uri:
             cmd += ["--libvirt-uri", self.args.libvirt_uri]
+        if self.args.workers > 1:
+            cmd += ["--workers", str(self.args.workers)]
         # Tracing is on exactly when an OTLP endpoint is set (docs/operations.md); the
         # caller's OTEL_* variables are dropped so that "off" is off. Metrics stay off: an
         # endpoint would turn their push on too, and this measures the cost of tracing.
@@ -655,7 +677,8 @@ def run_set(
             "streams": args.streams, "window": args.window, "warmup": args.warmup,
             "phases": args.phases, "domains": args.domains.split(","),
             "vcpus": args.vcpus.split(","), "out": str(out),
-            "traceparent": args.tracing != "off",
+            "traceparent": args.tracing != "off", "connections": args.connections,
+            "workers": args.workers,
         }  # fmt: skip
         config_path = work / "client-config.json"
         config_path.write_text(json.dumps(config))
@@ -667,7 +690,7 @@ def run_set(
             tails = "\n".join(gw.log_tail() for gw in gateways.values())
             raise RuntimeError(f"the load client failed ({done.returncode}):\n{tails}")
         measured = json.loads(out.read_text())
-        peaks = {m: _proc_mem_mb(gw.pid, "VmHWM") for m, gw in gateways.items()}
+        peaks = {m: _gateway_mem_mb(gw.pid, "VmHWM", args.workers) for m, gw in gateways.items()}
     # The gateways flushed their spans on the way out (SIGTERM): the count is this run's
     # (only the traced gateway sends any).
     spans = collector.received() - spans0 if collector else 0
@@ -708,7 +731,7 @@ def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if ok else "MISSED"
 
 
-def _print_run(k: int, r: RunResult, label: str = "") -> None:
+def _print_run(k: int, r: RunResult, args: argparse.Namespace, label: str = "") -> None:
     print(f"run {k + 1}{label}: {r.decisions:,} decisions (warm-up {r.warmup}), gateway RSS "
           f"{r.warm_rss_mb:.0f} MB after the warm-up, peak {r.peak_rss_mb:.0f} MB")  # fmt: skip
     for p in r.phases.values():
@@ -725,10 +748,11 @@ def _print_run(k: int, r: RunResult, label: str = "") -> None:
         if p.failures:
             print(f"    NOT EXECUTED: states {p.states}, errors {p.errors}")
         print(f"    outcomes: {p.outcomes}, highest risk {p.max_risk:.3f}")
-    expected = 2 + 2 * r.decisions  # key (genesis) and policy, then decision + outcome each
+    # The key (genesis) and each worker's policy record, then decision + outcome each.
+    expected = 1 + args.workers + 2 * r.decisions
     ledger = f"  ledger: {r.ledger_size:,} records, {r.ledger_detail}"
     if r.ledger_size and r.ledger_size != expected:
-        ledger += f" (expected {expected:,} = 2 + 2 x decisions)"
+        ledger += f" (expected {expected:,} = 1 + {args.workers} + 2 x decisions)"
     print(ledger)
     if r.tracing == "on":
         print(f"  spans: {r.spans:,} received by the collector, "
@@ -745,7 +769,7 @@ def _problems(r: RunResult, args: argparse.Namespace) -> list[str]:
         out.append(f"{r.failures} answers not EXECUTED or calls failed")
     if not r.ledger_ok:
         out.append(f"the ledger did not verify: {r.ledger_detail}")
-    if args.verify and r.ledger_size != 2 + 2 * r.decisions:
+    if args.verify and r.ledger_size != 1 + args.workers + 2 * r.decisions:
         out.append(f"the ledger has {r.ledger_size} records for {r.decisions} decisions")
     if r.server_exit != 0:
         out.append(f"govgate serve exited with {r.server_exit}")
@@ -886,6 +910,16 @@ def main() -> None:
         help="off: as govgate serve runs by default; on: OTLP export to a collector process;\n"
         "both: each run twice, tracing off and on, and the cost (target < 10%% loss)",
     )  # fmt: skip
+    ap.add_argument(
+        "--workers", type=int, default=1,
+        help="gateway processes (govgate serve --workers N) on the one address",
+    )  # fmt: skip
+    ap.add_argument(
+        "--connections", type=int, default=0,
+        help="client connections per gateway, its callers and streams spread over them\n"
+        "(default: 1, or 8 per worker with --workers: the kernel hands each connection to\n"
+        "one worker)",
+    )  # fmt: skip
     ap.add_argument("--client", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client is not None:
@@ -894,6 +928,9 @@ def main() -> None:
     args.phases = [p for p in args.phases.split(",") if p]
     if args.slices < 1:
         ap.error("--slices must be at least 1")
+    if not 1 <= args.workers <= 64 or args.connections < 0:
+        ap.error("--workers must be 1 to 64, --connections at least 0")
+    args.connections = args.connections or (1 if args.workers == 1 else 8 * args.workers)
     if unknown := set(args.phases) - set(PHASES):
         ap.error(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
 
@@ -907,6 +944,8 @@ def main() -> None:
         f"(libvirt {args.libvirt_uri or 'samples'}), policy: {policy}\n"
         f"unary: {args.concurrency} callers; stream: {args.streams} streams x {args.window} "
         f"in flight; open loop: {args.rate:g}/s; client and gateway are separate processes\n"
+        f"gateway: {args.workers} worker process(es); client: {args.connections} "
+        f"connection(s) per gateway\n"
         f"tracing: {args.tracing}"
         + (" (every call carries a sampled traceparent)\n" if args.tracing != "off" else "\n")
     )
@@ -920,7 +959,8 @@ def main() -> None:
                 results = run_set(base, args, k, order, collector)
                 for mode in order:
                     runs_by_mode[mode].append(results[mode])
-                    _print_run(k, results[mode], f", tracing {mode}" if len(modes) > 1 else "")
+                    label = f", tracing {mode}" if len(modes) > 1 else ""
+                    _print_run(k, results[mode], args, label)
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(base, ignore_errors=True)

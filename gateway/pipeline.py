@@ -79,6 +79,7 @@ from gateway.roles import AccessDeniedError, Roles
 from gateway.spans import RecordedSpan, span_text, use_leaf
 from ledger import Draft, Ledger, LedgerError
 from ledger.errors import ClaimedError
+from ledger.record import open_record
 from ledger.store import RecordQuery
 
 __all__ = ["Gateway", "Switched"]
@@ -233,6 +234,9 @@ class Gateway:
         # before such a decision's records (one may be that very record, not yet reflected
         # by the call writing it) until the write is done (_wrote).
         self._writing: Counter[str] = Counter()
+        # With replicas: indexes of records this gateway wrote and has reflected, which a
+        # catch-up passes over without opening them (each was wholly applied when written).
+        self._own: set[int] = set()
         self._wrote = asyncio.Event()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._plan_errors: dict[str, AdapterError] = {}  # why a decision could not be planned
@@ -294,6 +298,8 @@ class Gateway:
                     self._wrote.set()
             if of is not None:
                 of.applied = max(of.applied, rec.index)
+                if self.shared and rec.index > self._state.last_index:  # not read back yet
+                    self._own.add(rec.index)
             if self.metrics is not None:
                 self.metrics.appended(rec.index, time.perf_counter() - started)
             if span.is_recording():
@@ -398,10 +404,16 @@ class Gateway:
             upto = self._sync_asked
             try:
                 while True:
-                    page = await self.ledger.store.query(
-                        RecordQuery(limit=_SYNC_PAGE), after=self._state.last_index
-                    )
-                    for rec in page:
+                    first = self._state.last_index + 1
+                    page = await self.ledger.store.envelopes_after(first - 1, _SYNC_PAGE)
+                    for index, envelope in enumerate(page, first):
+                        if index in self._own:  # reflected when written: feed() would skip it
+                            self._own.discard(index)
+                            self._replay.skip(index)
+                            continue
+                        rec = open_record(envelope).record
+                        if rec.index != index:
+                            raise LedgerError(f"record {index} reads as record {rec.index}")
                         while rec.decision_id and rec.decision_id in self._writing:
                             # Perhaps this gateway's own record, committed but not yet
                             # reflected by the call writing it: applied here too, it would

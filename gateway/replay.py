@@ -152,6 +152,12 @@ class Replay:
         self._state, self.live = state, True
         self._gone.clear()  # the gateway reads back what it does not hold
 
+    def skip(self, index: int) -> None:
+        """Pass over record ``index`` unread: one whose every effect is reflected already
+        (a live gateway's own, :meth:`gateway.pipeline.Gateway.sync`)."""
+        self._state.records += 1
+        self._state.last_index = index
+
     def feed(self, rec: Record) -> None:
         self._state.records += 1
         self._state.last_index = rec.index

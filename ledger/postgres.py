@@ -458,6 +458,21 @@ class PostgresStore(LedgerStore):
         rows = await self._run("ledger query failed", lambda c: c.fetch(sql, *params))
         return [open_record(bytes(r[0])).record for r in rows]
 
+    async def envelopes_after(self, after: int, limit: int) -> list[bytes]:
+        if after + 1 > _MAX_BIGINT:
+            return []
+        rows = await self._run(
+            "cannot read records",
+            lambda c: c.fetch(
+                "SELECT idx, envelope FROM records WHERE idx > $1 ORDER BY idx LIMIT $2",
+                after, limit,
+            ),
+        )  # fmt: skip
+        for offset, row in enumerate(rows):
+            if row[0] != after + 1 + offset:
+                raise StoreCorruptError(f"record {after + 1 + offset} is missing from the store")
+        return [bytes(r[1]) for r in rows]
+
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         async def save(conn: asyncpg.Connection) -> StoredCheckpoint:
             async with conn.transaction():

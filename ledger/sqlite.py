@@ -112,6 +112,8 @@ MIN_FREE_BYTES = 64 * 2**20
 _APPEND_PROVES = 1.0  # seconds an append's commit stands for the health probe's
 _INDEX_EVERY = 4096  # records behind the head before the query index catches up
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
+_TURN_FIRST_PAUSE_S = 0.0001  # between tries for the replicas' append turn, doubling ...
+_TURN_LAST_PAUSE_S = 0.001  # ... up to this
 
 
 class SQLiteStore(LedgerStore):
@@ -134,6 +136,7 @@ class SQLiteStore(LedgerStore):
         # the one holding the signer's lock (lead) signs the checkpoints.
         self.shared = shared
         self._signer_fd: int | None = None
+        self._writer_fd: int | None = None  # the replicas' turns to append (_turn)
         self._index_every = index_every
         self._lookup: Lookup | None = None
         self._indexer: asyncio.Future[None] | None = None
@@ -279,6 +282,9 @@ class SQLiteStore(LedgerStore):
         self._cache = None
         if db is not None:
             await db.close()
+        writer_fd, self._writer_fd = self._writer_fd, None
+        if writer_fd is not None:  # after the connection's last job
+            os.close(writer_fd)
 
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         async with self._conn.execute(sql, params) as cur:
@@ -345,6 +351,45 @@ class SQLiteStore(LedgerStore):
 
     def _append(self, conn: sqlite3.Connection, build: BuildFn, prebuilt: Batch | None) -> Batch:
         """One append transaction, start to durable commit, on the connection thread."""
+        if not self.shared:
+            return self._append_now(conn, build, prebuilt)
+        with self._turn():
+            return self._append_now(conn, build, prebuilt)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Shared: this process's turn to append, among the replicas (``flock`` on
+        ``ledger.db.writer``, taken before SQLite's write lock and let go after the commit).
+
+        SQLite itself would queue the replicas' transactions too, but its busy handler
+        sleeps 1, 2, 5, 10 ... ms between tries, so a transaction that waits starts
+        milliseconds after the lock is free. This lock is tried every 0.1 to 1 ms instead,
+        for at most the busy timeout (then SQLite's own "database is locked")."""
+        fd = self._writer_fd
+        if fd is None:
+            fd = self._writer_fd = os.open(
+                self._path.with_name(self._path.name + ".writer"),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+            )  # fmt: skip
+        give_up = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = _TURN_FIRST_PAUSE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    raise sqlite3.OperationalError("database is locked") from None
+                time.sleep(pause)
+                pause = min(pause * 2, _TURN_LAST_PAUSE_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _append_now(
+        self, conn: sqlite3.Connection, build: BuildFn, prebuilt: Batch | None
+    ) -> Batch:
         conn.execute("BEGIN IMMEDIATE")
         try:
             head = self._read_head(conn)
@@ -533,6 +578,9 @@ class SQLiteStore(LedgerStore):
         return None if row is None else int(row[0])
 
     async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
+        return [open_record(r).record for r in await self._query(q, after)]
+
+    async def _query(self, q: RecordQuery, after: int | None) -> list[bytes]:
         """Through the query index's connection and thread: no wait for the writer."""
         lookup = self._lookup
         if lookup is None:
@@ -549,7 +597,11 @@ class SQLiteStore(LedgerStore):
                 rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
         except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: closed meanwhile
             raise StoreError(f"ledger query failed: {e}") from e
-        return [open_record(r).record for r in rows]
+        return list(rows)
+
+    async def envelopes_after(self, after: int, limit: int) -> list[bytes]:
+        # With no filter, the query reads the records table alone, from after + 1 on.
+        return await self._query(RecordQuery(limit=limit), after)
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         async with self._lock:

@@ -169,6 +169,12 @@ class LedgerStore(abc.ABC):
         """Records matching ``q`` with index greater than ``after``, ascending."""
 
     @abc.abstractmethod
+    async def envelopes_after(self, after: int, limit: int) -> list[bytes]:
+        """The envelope bytes of the records after index ``after`` (-1: from the first), at
+        most ``limit``, in order: for a reader that opens only some of them (a replica's
+        catch-up skips the records it wrote itself)."""
+
+    @abc.abstractmethod
     async def claimant(self, key: str) -> int | None:
         """The index of the record that claimed ``key``, or None if none has."""
 

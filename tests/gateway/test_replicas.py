@@ -25,6 +25,7 @@ from adapters.libvirt import LibvirtAdapter, LibvirtConfig
 from explain.batcher import MicroBatcher
 from explain.registry import Registry
 from explain.scorer import Scorer
+from gateway import pipeline
 from gateway.decision import Halt
 from gateway.errors import ReviewRefusedError
 from gateway.pipeline import Gateway
@@ -358,3 +359,26 @@ async def test_every_watcher_of_a_decision_sees_a_change_from_another_replica(
     await pair.b.sync()
     assert (await asyncio.wait_for(fast_next, 10)).state == types_pb2.EXECUTED
     assert (await asyncio.wait_for(slow.__anext__(), 10)).state == types_pb2.EXECUTED
+
+
+async def test_a_catch_up_opens_only_the_records_other_replicas_wrote(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+):
+    for i in range(3):
+        await pair.a.propose(f"own-{i}", act("resize", vcpus=2 + i % 2), requester=ENGINE)
+    theirs = await pair.b.propose("theirs", act("resize", vcpus=3), requester=ENGINE)
+    opened: list[Any] = []
+
+    def counted(envelope: bytes) -> Any:
+        opened.append(real(envelope))
+        return opened[-1]
+
+    real = pipeline.open_record
+    monkeypatch.setattr(pipeline, "open_record", counted)
+    await pair.a.sync()
+    # a's six records were reflected as it wrote them: passed over, unopened.
+    assert [o.record.kind for o in opened] == ["decision", "outcome"]
+    assert {o.record.decision_id for o in opened} == {theirs.decision_id}
+    head, _ = await pair.a.ledger.store.snapshot()
+    assert pair.a.synced_upto == head.size
+    assert (await pair.a.get(theirs.decision_id)).state == "EXECUTED"
