@@ -168,14 +168,14 @@ class Replay:
         if held is not None and rec.index <= held.applied:
             return  # already reflected: the gateway wrote it itself, or read it back
         if held is None and self.live and rec.decision_id and rec.kind != "decision":
-            return  # not held here: read back from the ledger, this record with it, if asked
+            # Not held here (another replica's, or gone from the cache): read back from the
+            # ledger, this record with it, if asked; but a rollback under way counts now.
+            self._track_rollback(rec)
+            return
         decided_below_floor = (held is None and self._floor > 0 and rec.index >= self._floor
                        and rec.decision_id != "" and rec.kind != "decision")  # fmt: skip
         if rec.decision_id in self._gone or decided_below_floor:  # final: read back if asked
-            if rec.kind == "rollback":
-                self._rolling[rec.decision_id] = str(rec.body.get("replica", ""))
-            elif rec.kind == "outcome" and rec.body.get("rollback"):
-                self._rolling.pop(rec.decision_id, None)
+            self._track_rollback(rec)
             return
         try:
             handler(rec)
@@ -187,6 +187,14 @@ class Replay:
         if d is not None:
             d.applied = max(d.applied, rec.index)
             self.touched.add(rec.decision_id)
+
+    def _track_rollback(self, rec: Record) -> None:
+        """Keep :meth:`rolling` true from a rollback record to its outcome, for a decision
+        that is not held."""
+        if rec.kind == "rollback":
+            self._rolling[rec.decision_id] = str(rec.body.get("replica", ""))
+        elif rec.kind == "outcome" and rec.body.get("rollback"):
+            self._rolling.pop(rec.decision_id, None)
 
     def rolling(self, decision_id: str) -> bool:
         """Whether a rollback of ``decision_id`` is recorded without its outcome yet."""
@@ -236,10 +244,18 @@ class Replay:
                 self._foreign.add(rec.decision_id)
             self._state.foreign += 1
             return
-        action = Action.from_json(b.get("action"), "action")
-        state = RuntimeState.from_json(b.get("state", {}), "state")
         at = parse_time(_text(b, "scored_at") or rec.time)
         verdict = _text(b, "verdict")
+        if self.live and verdict != "PENDING_APPROVAL":
+            # Another replica's decision (this gateway's own are reflected as it writes
+            # them) that waits for nobody here: of it, this replica's decisions need only
+            # the target's recent activity. The decision is read back from the ledger if
+            # asked for, and its request id found by its claim (Gateway._recall).
+            if dt.datetime.now(dt.UTC) - at < RECENT:
+                self._state.recent[rec.target].append(at.timestamp())
+            return
+        action = Action.from_json(b.get("action"), "action")
+        state = RuntimeState.from_json(b.get("state", {}), "state")
         digest = bytes.fromhex(_text(b, "digest"))
         reasons = b.get("reasons", [])
         d = Decision(

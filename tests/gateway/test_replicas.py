@@ -381,4 +381,8 @@ async def test_a_catch_up_opens_only_the_records_other_replicas_wrote(
     assert {o.record.decision_id for o in opened} == {theirs.decision_id}
     head, _ = await pair.a.ledger.store.snapshot()
     assert pair.a.synced_upto == head.size
-    assert (await pair.a.get(theirs.decision_id)).state == "EXECUTED"
+    # Of b's decision, a keeps only what its own decisions need: the target's activity
+    # (the risk model counts recent actions on a target, whichever replica ran them).
+    assert theirs.decision_id not in pair.a.decisions
+    assert len(pair.a._recent["libvirt/web-1"]) == 4
+    assert (await pair.a.get(theirs.decision_id)).state == "EXECUTED"  # read back
