@@ -9,6 +9,9 @@ adapter reads them (docs/adapters.md).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 __all__ = ["NODE", "write_node"]
@@ -41,7 +44,21 @@ NODE = (
 
 
 def write_node(path: Path) -> Path:
-    """Write the sample domains for libvirt's test driver; returns ``path``."""
+    """Write the sample domains for libvirt's test driver; returns ``path``.
+
+    Left as it is when it already holds them, and otherwise replaced whole (written beside
+    it, then renamed): workers starting together (``govgate serve --workers``) each write
+    it, and one must never read it half written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(NODE)
+    with contextlib.suppress(OSError):
+        if path.read_text() == NODE:
+            return path
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(NODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

@@ -8,6 +8,7 @@ import pytest
 
 from adapters.libvirt import LibvirtConfig
 from gateway.config import SAMPLE_DOMAINS, ConfigError, ServeConfig
+from gateway.samples import NODE, write_node
 from ledger import LedgerConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "govgate.toml"
@@ -109,3 +110,17 @@ def test_unreadable_or_huge_files_are_refused(tmp_path: Path):
     big.write_bytes(b"#" * (2 << 20))
     with pytest.raises(ConfigError, match="larger than"):
         ServeConfig.load(big, data=tmp_path)
+
+
+def test_the_sample_node_file_is_written_whole_and_once(tmp_path: Path):
+    path = write_node(tmp_path / "node.xml")
+    assert path.read_text() == NODE
+    first = path.stat().st_mtime_ns
+    path.chmod(0o400)  # left alone when it holds the samples already: not even opened to write
+    write_node(path)
+    assert path.stat().st_mtime_ns == first
+    path.chmod(0o600)
+    path.write_text("<node/>")
+    write_node(path)  # replaced whole, by a rename
+    assert path.read_text() == NODE
+    assert [p.name for p in tmp_path.iterdir()] == ["node.xml"]
