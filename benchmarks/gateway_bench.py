@@ -34,6 +34,11 @@ every call carries a sampled W3C ``traceparent`` with a fresh trace id, in both
 modes, so that the only difference is the exporter: a unary call is one trace, a
 stream one trace for all its messages. The default (``off``) sends none.
 
+``--workers N`` runs ``govgate serve --workers N`` (N gateway processes on one address,
+each a replica of the one SQLite ledger). The client then spreads its callers and
+streams over ``--connections`` connections (default 8 per worker), since the kernel
+hands each connection to one worker; gateway CPU and RSS add up the workers.
+
 The actions are low-risk resizes of the staging and development domains,
 alternating between two vCPU counts, each with a unique request id. By default
 the gateway runs a permissive benchmark policy (execute below 0.99, no
@@ -49,6 +54,7 @@ Usage::
     .venv/bin/python benchmarks/gateway_bench.py                  # 10 s per phase, 3 runs
     .venv/bin/python benchmarks/gateway_bench.py --seconds 5 --runs 1 --json
     .venv/bin/python benchmarks/gateway_bench.py --tracing both --seconds 8 --runs 2 --phases stream
+    .venv/bin/python benchmarks/gateway_bench.py --workers 2 --concurrency 64 --streams 64
 
 Each figure is the median of ``--runs`` runs, each against a fresh gateway. The
 machine is shared and noisy: compare ratios, not absolute numbers, across runs.
