@@ -420,6 +420,8 @@ class Gateway:
                             # count twice. Once that call is done, feed() knows (applied).
                             self._wrote.clear()
                             await self._wrote.wait()
+                        if index in self._own:  # it was ours, and its call has reflected it
+                            self._own.discard(index)
                         self._replay.feed(rec)
                     if len(page) < _SYNC_PAGE:
                         break
