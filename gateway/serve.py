@@ -107,40 +107,63 @@ async def _adapters(config: ServeConfig, say: Say) -> AsyncIterator[dict[str, Ru
         yield out
 
 
-@contextlib.contextmanager
-def _one_gateway(data: DataDir) -> Iterator[None]:
-    """On the SQLite ledger, refuse a second gateway unless every gateway on the file is a
-    replica (``data.shared``): gateways that are not replicas share none of their state
-    (halts, approvals, request ids), so two of them would each enforce only their own.
-    Held (``flock``: exclusive alone, shared by replicas) until the context exits; the
-    kernel lets go when the process dies. A PostgreSQL ledger is always shared."""
-    if data.ledger_url is not None:
-        yield
-        return
-    path = data.db_path.with_name(data.db_path.name + ".serving")
+def _lock(path: Path, mode: int) -> int | None:
+    """``path`` opened (created 0600) and ``flock``-ed in ``mode`` without waiting; the
+    descriptor, or None when another process holds it."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as err:
         raise ConfigError(f"cannot open {path}: {err.strerror or err}") from None
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if data.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except OSError as err:
         os.close(fd)
         if not isinstance(err, BlockingIOError):
             raise ConfigError(f"cannot lock {path}: {err.strerror or err}") from None
-        if data.shared:
-            raise ConfigError(
-                f"a gateway that is not a replica is serving {data.db_path}; stop it, or "
-                "start every gateway on this ledger with a replica name (--replica)"
-            ) from None
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _one_gateway(data: DataDir, replica: str) -> Iterator[None]:
+    """On the SQLite ledger, refuse a second gateway unless every gateway on the file is a
+    replica (``data.shared``), each under a name of its own: gateways that are not
+    replicas share none of their state (halts, approvals, request ids), so two of them
+    would each enforce only their own; two under one name would each finish the other's
+    work after a crash (recovery and the replay floor go by the name). Held (``flock``:
+    ``ledger.db.serving`` exclusive alone, shared by replicas; ``ledger.db.replica.NAME``
+    exclusive) until the context exits; the kernel lets go when the process dies. A
+    PostgreSQL ledger is always shared."""
+    if data.ledger_url is not None:
+        yield
+        return
+    db = data.db_path
+    serving = _lock(db.with_name(db.name + ".serving"),
+                    fcntl.LOCK_SH if data.shared else fcntl.LOCK_EX)  # fmt: skip
+    if serving is None and data.shared:
         raise ConfigError(
-            f"another gateway is serving {data.db_path}: one gateway per ledger file, or "
-            "start every gateway on it with a replica name (--replica, docs/deploy.md)"
-        ) from None
+            f"a gateway that is not a replica is serving {db}; stop it, or start every "
+            "gateway on this ledger with a replica name (--replica)"
+        )
+    if serving is None:
+        raise ConfigError(
+            f"another gateway is serving {db}: one gateway per ledger file, or start every "
+            "gateway on it with a replica name (--replica, docs/deploy.md)"
+        )
+    name = None
     try:
+        if data.shared:
+            name = _lock(db.with_name(f"{db.name}.replica.{replica}"), fcntl.LOCK_EX)
+            if name is None:
+                raise ConfigError(
+                    f"replica {replica} is serving {db} already: every replica needs a "
+                    "name of its own"
+                )
         yield
     finally:
-        os.close(fd)
+        if name is not None:
+            os.close(name)
+        os.close(serving)
 
 
 async def serve(
@@ -194,7 +217,7 @@ async def _serve(
     try:
         if tracing_provider is not None:
             say(f"tracing: {', '.join(exporter_names())} export (OTEL_* environment)")
-        with _one_gateway(data):
+        with _one_gateway(data, config.replica):
             await _run(config, tls, policy, roles, model, metrics, data, say, ready, stop, force)
     finally:  # flush what is queued, both at once and bounded: a collector may be down
         flushes = []

@@ -321,6 +321,9 @@ def test_gateways_share_a_ledger_file_only_as_replicas(site: Site):
     lone = serve_once(site)
     assert lone.returncode == 1, lone.stderr
     assert "another gateway is serving" in lone.stderr
+    twin = serve_once(site, "--replica", "a")  # recovery and replay floors go by the name
+    assert twin.returncode == 1, twin.stderr
+    assert "replica a is serving" in twin.stderr
     first = a.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
     assert state(first) == "EXECUTED", first.reasons
     again = b.decisions().Propose(propose("r-1", "resize", "web-1", vcpus="4"), timeout=30)
@@ -383,6 +386,10 @@ def test_workers_share_the_address_and_the_ledger_and_are_restarted(site: Site):
                 assert state(d) == "EXECUTED", d.reasons
 
     propose_on_new_connections("r", 24)
+    # Another supervisor on the same address would run workers of the same names: refused.
+    twin = serve_once(site, "--workers", "2", "--listen", f"127.0.0.1:{served.port}")
+    assert twin.returncode == 1, twin.stderr
+    assert "replica worker-1 is serving" in twin.stderr
     os.kill(workers[0], signal.SIGKILL)  # a crash: the supervisor starts it again
     assert wait_for(lambda: "exited with status -9; starting it again" in served.output())
     assert wait_for(lambda: "worker worker-1 listening again" in served.output())
