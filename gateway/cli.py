@@ -532,6 +532,11 @@ def serve(
     Needs a signing key (govgate keys generate) and certificates (govgate certs init) in
     the data directory. Stops cleanly on SIGTERM or Ctrl-C.
     """
+    # From here on a stop request is caught, not fatal: start-up, once it runs, takes it
+    # as if it came then (it finishes what it writes, and stops before listening).
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
     from adapters.libvirt import LibvirtConfig
     from gateway.config import ConfigError, ServeConfig
     from gateway.logs import configure, event, flush
@@ -562,6 +567,9 @@ def serve(
         if cfg.workers > 1:
             from gateway.workers import Supervisor, worker_names
 
+            if early:  # asked to stop before any worker started
+                raise SystemExit(0)
+
             host, _, port = cfg.listen.rpartition(":")
             names = worker_names(cfg.replica, cfg.workers)
             # The workers get these arguments, from "serve" on, with their own added.
@@ -572,7 +580,7 @@ def serve(
             raise SystemExit(code)
         if supervised:
             _stop_when_stdin_closes()
-        asyncio.run(run(cfg, say=lambda line: event(line), ready=ready))
+        asyncio.run(run(cfg, say=lambda line: event(line), ready=ready, early_signals=early))
     except (ConfigError, PolicyError, RolesError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         raise SystemExit(1) from None

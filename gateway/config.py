@@ -24,6 +24,7 @@ from typing import Any
 
 from adapters.kata import KataConfig
 from adapters.libvirt import LibvirtConfig
+from gateway.workers import worker_names
 from ledger import LedgerConfig
 
 __all__ = ["SAMPLE_DOMAINS", "ConfigError", "ServeConfig"]
@@ -105,6 +106,13 @@ class ServeConfig:
             )
         if out.replica and not _REPLICA_RE.fullmatch(out.replica):
             raise ConfigError(f"replica: {out.replica!r} must match {_REPLICA_RE.pattern}")
+        if out.workers > 1 and not all(map(_REPLICA_RE.fullmatch,
+                                           worker_names(out.replica, out.workers))):  # fmt: skip
+            raise ConfigError(
+                f"replica: {out.replica!r} is too long to name {out.workers} workers "
+                f"({worker_names(out.replica, out.workers)[-1]!r} must match "
+                f"{_REPLICA_RE.pattern})"
+            )
         if out.workers > 1 and out.metrics_listen:
             raise ConfigError(
                 "metrics_listen: a scrape endpoint belongs to one process, and --workers "

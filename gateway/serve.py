@@ -34,7 +34,7 @@ import fcntl
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -172,21 +172,48 @@ async def serve(
     say: Say,
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    early_signals: Sequence[int] = (),
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set); ``ready(port)`` once listening.
 
     A signal during start-up lets start-up finish what it writes (recovery's outcome
-    records, the policy record), then stops before listening, cleanly."""
+    records, the policy record), then stops before listening, cleanly; a second one cuts
+    start-up short (what it wrote stays written; the next start goes on from there).
+    ``early_signals``: those that came before this coroutine ran (the command line
+    catches them from its start), taken as if they came now."""
     stop, force = stop or asyncio.Event(), asyncio.Event()
+    listening = False
+    starting: list[asyncio.Task[None]] = []
 
     def signalled() -> None:
-        (force if stop.is_set() else stop).set()  # the second signal forces
+        if not stop.is_set():
+            stop.set()
+            return
+        force.set()  # the second signal forces
+        if not listening and starting:
+            starting[0].cancel()
+
+    def listened(port: int) -> None:
+        nonlocal listening
+        listening = True
+        if ready is not None:
+            ready(port)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signalled)
     try:
-        await _serve(config, say, ready, stop, force)
+        for _ in early_signals:
+            signalled()
+        starting.append(asyncio.ensure_future(_serve(config, say, listened, stop, force)))
+        if force.is_set():  # two signals before it began
+            starting[0].cancel()
+        try:
+            await starting[0]
+        except asyncio.CancelledError:
+            if listening or not force.is_set():
+                raise  # not the second signal's doing
+            say("start-up cut short by a second signal")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

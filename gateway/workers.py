@@ -43,7 +43,10 @@ from types import FrameType
 
 __all__ = ["RESTART_DELAY_S", "Supervisor", "worker_names"]
 
-RESTART_DELAY_S = 1.0  # at least this long between two starts of one worker
+RESTART_DELAY_S = 1.0  # at least this long between two starts of one worker ...
+_MAX_RESTART_DELAY_S = 30.0  # ... doubling with each start that never listened, up to this
+_MAX_FAILED_STARTS = 5  # starts in a row that never listened before the supervisor gives up
+_STOPPED_BY_US = (-signal.SIGTERM, -signal.SIGINT)  # a worker stopped before its handlers
 _START_TIMEOUT_S = 300.0  # a worker rebuilds its state from the ledger before it listens
 _POLL_S = 0.05
 
@@ -61,7 +64,9 @@ class _Worker:
     port_file: Path
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    listened: bool = False
+    listened: bool = False  # since its last start
+    sent: int = 0  # stop signals passed on to this process
+    failed: int = 0  # starts in a row that ended before it listened
 
 
 class Supervisor:
@@ -84,6 +89,7 @@ class Supervisor:
         self._dir = Path(tempfile.mkdtemp(prefix="govgate-workers-"))
         self._workers = [_Worker(n, self._dir / f"{n}.port") for n in names]
         self._signals = 0
+        self._signum: int = signal.SIGTERM
 
     def _command(self, w: _Worker) -> list[str]:
         return [
@@ -93,8 +99,9 @@ class Supervisor:
         ]  # fmt: skip
 
     def _start(self, w: _Worker) -> None:
+        _close_stdin(w.proc)  # the last run's pipe: that process has exited
         w.port_file.unlink(missing_ok=True)
-        w.listened, w.started = False, time.monotonic()
+        w.listened, w.started, w.sent = False, time.monotonic(), 0
         # stdout and stderr are ours: the workers' lines name them (their replica). Each
         # worker is in a process group of its own, so that Ctrl-C reaches it once, from
         # here (twice would force it), and it stops when its standard input closes: when
@@ -102,21 +109,29 @@ class Supervisor:
         w.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             self._command(w), stdin=subprocess.PIPE, process_group=0
         )
+        while w.sent < self._signals:  # a signal that came while it was being started
+            self._send(w, self._signum)
 
     def _listening(self, w: _Worker) -> bool:
         if not w.listened:
             with contextlib.suppress(OSError, ValueError):
                 port = int(w.port_file.read_text())
-                w.listened = True
+                w.listened, w.failed = True, 0
                 self._port = self._port or port
         return w.listened
 
+    def _send(self, w: _Worker, signum: int) -> None:
+        w.sent += 1
+        if w.proc is not None and w.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signum)
+
     def _signalled(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
+        self._signum = signum
         for w in self._workers:
-            if w.proc is not None and w.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    w.proc.send_signal(signum)
+            if w.proc is not None and w.sent < self._signals:
+                self._send(w, signum)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._signalled) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -127,6 +142,7 @@ class Supervisor:
                 signal.signal(s, handler)
             self._stop_all()
             for w in self._workers:
+                _close_stdin(w.proc)
                 w.port_file.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self._dir.rmdir()
@@ -152,16 +168,24 @@ class Supervisor:
                 code = w.proc.poll()
                 if code is None or self._signals:
                     continue
-                wait = RESTART_DELAY_S - (time.monotonic() - w.started)
+                if not w.listened:
+                    w.failed += 1
+                    if w.failed >= _MAX_FAILED_STARTS:
+                        self._say(f"worker {w.name} exited {w.failed} times in a row before "
+                                  f"it listened (status {code}); stopping the others")  # fmt: skip
+                        self._stop_all()
+                        return 1
+                delay = min(RESTART_DELAY_S * 2**w.failed, _MAX_RESTART_DELAY_S)
+                wait = delay - (time.monotonic() - w.started)
                 self._say(f"worker {w.name} exited with status {code}; starting it again"
                           + (f" in {wait:.1f}s" if wait > 0 else ""))  # fmt: skip
-                if wait > 0:
-                    time.sleep(wait)
+                self._sleep(wait)
                 if not self._signals:
                     self._start(w)
             time.sleep(_POLL_S)
         codes = [self._wait(w) for w in self._workers]
-        bad = [f"{w.name}: {c}" for w, c in zip(self._workers, codes, strict=True) if c]
+        bad = [f"{w.name}: {c}" for w, c in zip(self._workers, codes, strict=True)
+               if c and not (c in _STOPPED_BY_US and not w.listened)]  # fmt: skip
         if bad:
             self._say(f"workers that did not stop cleanly: {', '.join(bad)}")
             return 1
@@ -180,10 +204,17 @@ class Supervisor:
             time.sleep(_POLL_S)
         return True
 
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake for a signal (within ``_POLL_S``)."""
+        end = time.monotonic() + seconds
+        while not self._signals and time.monotonic() < end:
+            time.sleep(min(_POLL_S, max(0.0, end - time.monotonic())))
+
     def _failed_start(self) -> int:
-        if self._signals:
-            self._stop_all()
-            return 0 if all(self._wait(w) == 0 for w in self._workers if w.proc) else 1
+        if self._signals:  # the signal was passed on: wait for them (a second would force)
+            codes = [self._wait(w) for w in self._workers if w.proc is not None]
+            # One stopped by that signal before it could take it over had started nothing.
+            return 0 if all(c == 0 or c in _STOPPED_BY_US for c in codes) else 1
         late = [w.name for w in self._workers if w.proc is not None and not w.listened]
         self._say(f"workers did not start ({', '.join(late)}); stopping the others")
         return 1
@@ -205,3 +236,9 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _close_stdin(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()

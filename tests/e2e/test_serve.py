@@ -409,6 +409,30 @@ def test_workers_share_the_address_and_the_ledger_and_are_restarted(site: Site):
     assert {body["replica"] for body in bodies} == {"worker-1", "worker-2"}
 
 
+def test_a_stop_while_workers_start_stops_them_once_and_cleanly(site: Site):
+    log, port_file = site.tmp / "workers.log", site.tmp / "port"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*GOVGATE, "serve", "--data", str(site.data), "--listen", "127.0.0.1:0",
+             "--port-file", str(port_file), "--policy", str(site.tmp / "policy.toml"),
+             "--workers", "2"],
+            stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    try:
+        # Worker 1 listens; worker 2 has just been started.
+        assert wait_for(lambda: "[worker-1] listening on" in log.read_text()), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "second signal:" not in out  # passed on once: a drain, not a forced stop
+    assert "start-up cut short" not in out
+    assert not port_file.exists()
+
+
 def test_workers_stop_when_their_supervisor_is_killed(site: Site):
     served = site.serve("--workers", "2")
     workers = children(served.proc.pid)
@@ -438,6 +462,29 @@ def test_a_stop_during_start_up_ends_it_cleanly_before_listening(site: Site):
     assert "a stop was asked for during start-up: not listening" in out
     assert "listening on" not in out
     assert "stopped; the ledger is closed" in out
+
+
+def test_a_second_signal_cuts_start_up_short(site: Site):
+    log = site.tmp / "slow.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_slow_start_server.py"), "serve", "--data",
+             str(site.data), "--listen", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    try:
+        assert wait_for(lambda: "rebuilding slowly" in log.read_text()), log.read_text()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # two signals at once are one (the kernel keeps one pending)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C twice: do not wait for start-up to end
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "start-up cut short by a second signal" in out
+    assert "listening on" not in out
 
 
 def health_of(served: Served) -> str:

@@ -88,6 +88,7 @@ def test_a_kata_only_site_has_no_libvirt(tmp_path: Path):
         ("[server]\nreplica = 'a b'\n", "replica: 'a b' must match"),
         ("[server]\nworkers = 0\n", "workers must be 1 to 64"),
         ("[server]\nworkers = 65\n", "workers must be 1 to 64"),
+        ("[server]\nworkers = 10\nreplica = '" + "g" * 61 + "'\n", "too long to name 10 workers"),
         (
             "[server]\nworkers = 2\nmetrics_listen = '127.0.0.1:9464'\n",
             "a scrape endpoint belongs to one process",
