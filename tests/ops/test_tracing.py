@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from contextlib import asynccontextmanager
@@ -251,10 +252,26 @@ def propose(request_id: str, runtime: str = "libvirt", **params: str) -> Any:
     )
 
 
-async def flushed(provider: Provider, receiver: Receiver, trace_id: str) -> list[Span]:
-    """The spans of ``trace_id`` once the batch processor has exported everything."""
-    assert await asyncio.to_thread(provider.force_flush, 10_000)
-    return receiver.spans(trace_id)
+SERVER_SPAN = "govgate.v1.DecisionService/Propose"
+
+
+async def flushed(
+    provider: Provider, receiver: Receiver, trace_id: str, *, server: bool = False
+) -> list[Span]:
+    """The spans of ``trace_id`` once the batch processor has exported everything.
+
+    ``server``: wait (5 s at most) for the call's server span too. A call that ends in an
+    error status can reach the caller first: gRPC sends the status from within the abort,
+    and the interceptor ends the span as the abort's exception unwinds, just after."""
+    give_up = time.monotonic() + 5
+    while True:
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+        spans = receiver.spans(trace_id)
+        if not server or any(s.name == SERVER_SPAN for s in spans):
+            return spans
+        if time.monotonic() > give_up:
+            return spans
+        await asyncio.sleep(0.05)
 
 
 def one(spans: list[Span], name: str) -> Span:
@@ -351,7 +368,7 @@ async def test_a_refusal_gives_the_server_span_the_status_the_caller_gets(
             await t.decisions().Propose(propose("r-2", vcpus="many"), metadata=other, timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-        spans = await flushed(provider, receiver[0], TRACE)
+        spans = await flushed(provider, receiver[0], TRACE, server=True)
         server = one(spans, "govgate.v1.DecisionService/Propose")
         assert (
             server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -378,7 +395,7 @@ async def test_a_ledger_that_cannot_record_is_the_servers_error(
             await t.decisions().Propose(propose("r-1", vcpus="4"), metadata=TRACEPARENT,
                                         timeout=10)  # fmt: skip
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        spans = await flushed(provider, receiver[0], TRACE)
+        spans = await flushed(provider, receiver[0], TRACE, server=True)
     server = one(spans, "govgate.v1.DecisionService/Propose")
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert server.status == STATUS_ERROR
