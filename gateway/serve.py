@@ -213,7 +213,7 @@ async def serve(
         except asyncio.CancelledError:
             if listening or not force.is_set():
                 raise  # not the second signal's doing
-            say("start-up cut short by a second signal")
+            say("start-up cut short by a second signal; the ledger is closed")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

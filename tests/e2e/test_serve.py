@@ -10,6 +10,7 @@ what lets a test see that a recovered decision was *not* run again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -409,24 +410,31 @@ def test_workers_share_the_address_and_the_ledger_and_are_restarted(site: Site):
     assert {body["replica"] for body in bodies} == {"worker-1", "worker-2"}
 
 
-def test_a_stop_while_workers_start_stops_them_once_and_cleanly(site: Site):
-    log, port_file = site.tmp / "workers.log", site.tmp / "port"
+@contextlib.contextmanager
+def running(log: Path, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` started, its standard error in ``log``; killed if it still runs at the end."""
     with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*GOVGATE, "serve", "--data", str(site.data), "--listen", "127.0.0.1:0",
-             "--port-file", str(port_file), "--policy", str(site.tmp / "policy.toml"),
-             "--workers", "2"],
-            stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
+        proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=sink)
     try:
-        # Worker 1 listens; worker 2 has just been started.
-        assert wait_for(lambda: "[worker-1] listening on" in log.read_text()), log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+SLOW_START = (sys.executable, str(HERE / "_slow_start_server.py"))
+
+
+def test_a_stop_while_workers_start_stops_them_once_and_cleanly(site: Site):
+    log, port_file = site.tmp / "workers.log", site.tmp / "port"
+    with running(log, *GOVGATE, "serve", "--data", str(site.data), "--listen", "127.0.0.1:0",
+                 "--port-file", str(port_file), "--policy", str(site.tmp / "policy.toml"),
+                 "--workers", "2") as proc:  # fmt: skip
+        # Worker 1 listens; worker 2 has just been started.
+        assert wait_for(lambda: "[worker-1] listening on" in log.read_text()), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
     out = log.read_text()
     assert "second signal:" not in out  # passed on once: a drain, not a forced stop
     assert "start-up cut short" not in out
@@ -442,49 +450,30 @@ def test_workers_stop_when_their_supervisor_is_killed(site: Site):
     assert served.output().count("stopped; the ledger is closed") == 2
 
 
-def test_a_stop_during_start_up_ends_it_cleanly_before_listening(site: Site):
+@pytest.mark.parametrize(
+    ("signals", "said"),
+    [
+        # One: start-up finishes what it writes, then the gateway stops before listening.
+        ([signal.SIGTERM], "a stop was asked for during start-up: not listening"),
+        # Ctrl-C twice: start-up is cut short, without waiting for it to end.
+        ([signal.SIGINT, signal.SIGINT], "start-up cut short by a second signal"),
+    ],
+)
+def test_a_stop_during_start_up_ends_it_cleanly_before_listening(
+    site: Site, signals: list[int], said: str
+):
     log = site.tmp / "slow.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_slow_start_server.py"), "serve", "--data",
-             str(site.data), "--listen", "127.0.0.1:0"],
-            stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
-    try:
+    with running(log, *SLOW_START, "serve", "--data", str(site.data),
+                 "--listen", "127.0.0.1:0") as proc:  # fmt: skip
         assert wait_for(lambda: "rebuilding slowly" in log.read_text()), log.read_text()
-        proc.send_signal(signal.SIGTERM)
+        for signum in signals:
+            proc.send_signal(signum)
+            time.sleep(0.3)  # two signals at once are one (the kernel keeps one pending)
         assert proc.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out = log.read_text()
-    assert "a stop was asked for during start-up: not listening" in out
+    assert said in out
     assert "listening on" not in out
-    assert "stopped; the ledger is closed" in out
-
-
-def test_a_second_signal_cuts_start_up_short(site: Site):
-    log = site.tmp / "slow.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_slow_start_server.py"), "serve", "--data",
-             str(site.data), "--listen", "127.0.0.1:0"],
-            stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
-    try:
-        assert wait_for(lambda: "rebuilding slowly" in log.read_text()), log.read_text()
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)  # two signals at once are one (the kernel keeps one pending)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C twice: do not wait for start-up to end
-        assert proc.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    out = log.read_text()
-    assert "start-up cut short by a second signal" in out
-    assert "listening on" not in out
+    assert "the ledger is closed" in out
 
 
 def health_of(served: Served) -> str:
