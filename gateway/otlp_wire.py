@@ -334,8 +334,7 @@ def request_bytes(
             if scope[2]:
                 parts.append(_len(_SS_SCHEMA_URL, scope[2].encode()))
         try:
-            span = _span(item, limits, traces)
-            parts.append(_SS_SPANS + _varint(len(span)) + span)
+            parts.append(_len(_SS_SPANS, _span(item, limits, traces)))
         except Exception as err:  # a span this encoder cannot write costs only itself
             dropped(f"a span could not be encoded ({type(err).__name__}: {err})")
     out += [_len(_RS_SCOPE_SPANS, b"".join(parts)) for parts in scopes.values()]

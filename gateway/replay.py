@@ -251,8 +251,7 @@ class Replay:
             # them) that waits for nobody here: of it, this replica's decisions need only
             # the target's recent activity. The decision is read back from the ledger if
             # asked for, and its request id found by its claim (Gateway._recall).
-            if dt.datetime.now(dt.UTC) - at < RECENT:
-                self._state.recent[rec.target].append(at.timestamp())
+            self._count_recent(rec.target, at)
             return
         action = Action.from_json(b.get("action"), "action")
         state = RuntimeState.from_json(b.get("state", {}), "state")
@@ -298,8 +297,12 @@ class Replay:
         self._before[d.decision_id] = state
         if len(s.decisions) > 2 * self._keep:  # trimmed in bulk, not on every record
             self._trim()
+        self._count_recent(str(action.target), at)
+
+    def _count_recent(self, target: str, at: dt.datetime) -> None:
+        """Count an action on ``target`` decided ``at`` among its recent ones, if it is."""
         if (dt.datetime.now(dt.UTC) if self.live else self._now) - at < RECENT:
-            s.recent[str(action.target)].append(at.timestamp())
+            self._state.recent[target].append(at.timestamp())
 
     def _on_approval(self, rec: Record, approve: bool = True) -> None:
         d = self._decision(rec)

@@ -66,6 +66,8 @@ from gateway.telemetry import (
     setup_tracing,
 )
 from ledger import DataDir, Ledger, LedgerError
+from ledger.errors import StoreError
+from ledger.sqlite import try_lock
 
 __all__ = ["EXAMPLE_POLICY", "serve"]
 
@@ -108,20 +110,11 @@ async def _adapters(config: ServeConfig, say: Say) -> AsyncIterator[dict[str, Ru
 
 
 def _lock(path: Path, mode: int) -> int | None:
-    """``path`` opened (created 0600) and ``flock``-ed in ``mode`` without waiting; the
-    descriptor, or None when another process holds it."""
+    """:func:`ledger.sqlite.try_lock`, its failure a configuration error."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise ConfigError(f"cannot open {path}: {err.strerror or err}") from None
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except OSError as err:
-        os.close(fd)
-        if not isinstance(err, BlockingIOError):
-            raise ConfigError(f"cannot lock {path}: {err.strerror or err}") from None
-        return None
-    return fd
+        return try_lock(path, mode)
+    except StoreError as err:
+        raise ConfigError(str(err)) from None
 
 
 @contextlib.contextmanager

@@ -17,9 +17,11 @@ This process, the supervisor, opens no ledger and serves no call. It:
    ``govgate serve`` does; a second signal forces them) and exits 0 when all of
    them did;
 4. starts again, under the same name, a worker that exits while the others
-   serve (it finishes what the crash cut short, as after any restart), at most
-   once every ``RESTART_DELAY_S``. A worker that exits before it ever listened
-   stops them all: that is a configuration error, not a crash.
+   serve (it finishes what the crash cut short, as after any restart), after
+   ``RESTART_DELAY_S``, twice as long after each start in a row that ended
+   before it listened (``_MAX_FAILED_STARTS`` of those stop them all). A worker
+   that exits before it first listened stops them all at once: that is a
+   configuration error, not a crash.
 
 Workers are ``govgate serve`` processes started with the supervisor's own
 arguments and ``--workers 1 --replica NAME --reuse-port --supervised --listen

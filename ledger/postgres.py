@@ -52,6 +52,7 @@ from ledger.store import (
     LedgerStore,
     RecordQuery,
     StoredCheckpoint,
+    envelopes_from,
     frontier_from,
 )
 
@@ -418,10 +419,7 @@ class PostgresStore(LedgerStore):
                 end,
             ),
         )
-        for offset, row in enumerate(rows):
-            if row[0] != start + offset:
-                raise StoreCorruptError(f"record {start + offset} is missing from the store")
-        return [bytes(r[1]) for r in rows]
+        return envelopes_from(rows, start)
 
     async def claimant(self, key: str) -> int | None:
         idx = await self._run(
@@ -468,10 +466,7 @@ class PostgresStore(LedgerStore):
                 after, limit,
             ),
         )  # fmt: skip
-        for offset, row in enumerate(rows):
-            if row[0] != after + 1 + offset:
-                raise StoreCorruptError(f"record {after + 1 + offset} is missing from the store")
-        return [bytes(r[1]) for r in rows]
+        return envelopes_from(rows, after + 1)
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         async def save(conn: asyncpg.Connection) -> StoredCheckpoint:

@@ -57,10 +57,11 @@ from ledger.store import (
     LedgerStore,
     RecordQuery,
     StoredCheckpoint,
+    envelopes_from,
     frontier_from,
 )
 
-__all__ = ["MIN_FREE_BYTES", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["MIN_FREE_BYTES", "SCHEMA_VERSION", "SQLiteStore", "try_lock"]
 
 _log = logging.getLogger(__name__)
 
@@ -114,6 +115,24 @@ _INDEX_EVERY = 4096  # records behind the head before the query index catches up
 _IN_CHUNK = 500  # stay well below SQLite's bound-parameter limit
 _TURN_FIRST_PAUSE_S = 0.0001  # between tries for the replicas' append turn, doubling ...
 _TURN_LAST_PAUSE_S = 0.001  # ... up to this
+
+
+def try_lock(path: Path, mode: int) -> int | None:
+    """``path`` opened (created 0600) and ``flock``-ed in ``mode`` (``LOCK_EX`` or
+    ``LOCK_SH``) without waiting: the descriptor, which holds the lock until it is closed
+    or the process dies, or None when another process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open {path}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            return None
+        raise StoreError(f"cannot lock {path}: {e.strerror or e}") from e
+    return fd
 
 
 class SQLiteStore(LedgerStore):
@@ -243,20 +262,8 @@ class SQLiteStore(LedgerStore):
             return True
         if self._db is None:
             return False
-        try:
-            fd = os.open(self.signer_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot open {self.signer_lock_path}: {e.strerror or e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another replica signs
-            os.close(fd)
-            return False
-        except OSError as e:
-            os.close(fd)
-            raise StoreError(f"cannot lock {self.signer_lock_path}: {e.strerror or e}") from e
-        self._signer_fd = fd
-        return True
+        self._signer_fd = try_lock(self.signer_lock_path, fcntl.LOCK_EX)
+        return self._signer_fd is not None  # None: another replica signs
 
     async def close(self) -> None:
         signer_fd, self._signer_fd = self._signer_fd, None
@@ -564,10 +571,7 @@ class SQLiteStore(LedgerStore):
                 )
             except sqlite3.Error as e:
                 raise StoreError(f"cannot read records: {e}") from e
-        for offset, (idx, _) in enumerate(rows):
-            if idx != start + offset:
-                raise StoreCorruptError(f"record {start + offset} is missing from the store")
-        return [bytes(env) for _, env in rows]
+        return envelopes_from(rows, start)
 
     async def claimant(self, key: str) -> int | None:
         async with self._lock:

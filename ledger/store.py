@@ -24,9 +24,10 @@ Example::
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from ledger.errors import StoreCorruptError
 from ledger.merkle import Frontier, NodeId
@@ -90,6 +91,17 @@ class RecordQuery:
             raise ValueError("index range must satisfy 0 <= start <= end")
         if not 1 <= self.limit <= 100_000:
             raise ValueError("limit must be between 1 and 100000")
+
+
+def envelopes_from(rows: Iterable[Sequence[Any]], first: int) -> list[bytes]:
+    """The envelopes of ``(index, envelope)`` rows read in index order from ``first``; a
+    gap is :class:`StoreCorruptError` naming the first record missing."""
+    out = []
+    for offset, (idx, envelope) in enumerate(rows):
+        if idx != first + offset:
+            raise StoreCorruptError(f"record {first + offset} is missing from the store")
+        out.append(bytes(envelope))
+    return out
 
 
 # build(head, frontier, taken): ``taken`` holds keys found claimed already.
