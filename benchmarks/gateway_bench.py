@@ -211,10 +211,16 @@ def _proc_cpu_s(pid: int) -> float:
     except FileNotFoundError:  # it has just exited
         return 0.0
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total + sum(_proc_cpu_s(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started that are still running."""
+    out = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         with contextlib.suppress(FileNotFoundError):
-            total += sum(_proc_cpu_s(int(child)) for child in task.read_text().split())
-    return total
+            out += [int(child) for child in task.read_text().split()]
+    return out
 
 
 def _machine_cpu_s() -> float:
@@ -228,9 +234,7 @@ def _gateway_mem_mb(pid: int, key: str, workers: int) -> float:
     the sum of theirs (the supervisor's children)."""
     if workers == 1:
         return _proc_mem_mb(pid, key)
-    children = [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children")
-                for c in task.read_text().split()]  # fmt: skip
-    return sum(_proc_mem_mb(c, key) for c in children)
+    return sum(_proc_mem_mb(child, key) for child in _children(pid))
 
 
 def _proc_mem_mb(pid: int, key: str) -> float:
@@ -737,6 +741,11 @@ def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if ok else "MISSED"
 
 
+def _expected_records(r: RunResult, args: argparse.Namespace) -> int:
+    """The key (genesis) and each worker's policy record, then decision + outcome each."""
+    return 1 + args.workers + 2 * r.decisions
+
+
 def _print_run(k: int, r: RunResult, args: argparse.Namespace, label: str = "") -> None:
     print(f"run {k + 1}{label}: {r.decisions:,} decisions (warm-up {r.warmup}), gateway RSS "
           f"{r.warm_rss_mb:.0f} MB after the warm-up, peak {r.peak_rss_mb:.0f} MB")  # fmt: skip
@@ -754,8 +763,7 @@ def _print_run(k: int, r: RunResult, args: argparse.Namespace, label: str = "") 
         if p.failures:
             print(f"    NOT EXECUTED: states {p.states}, errors {p.errors}")
         print(f"    outcomes: {p.outcomes}, highest risk {p.max_risk:.3f}")
-    # The key (genesis) and each worker's policy record, then decision + outcome each.
-    expected = 1 + args.workers + 2 * r.decisions
+    expected = _expected_records(r, args)
     ledger = f"  ledger: {r.ledger_size:,} records, {r.ledger_detail}"
     if r.ledger_size and r.ledger_size != expected:
         ledger += f" (expected {expected:,} = 1 + {args.workers} + 2 x decisions)"
@@ -775,7 +783,7 @@ def _problems(r: RunResult, args: argparse.Namespace) -> list[str]:
         out.append(f"{r.failures} answers not EXECUTED or calls failed")
     if not r.ledger_ok:
         out.append(f"the ledger did not verify: {r.ledger_detail}")
-    if args.verify and r.ledger_size != 1 + args.workers + 2 * r.decisions:
+    if args.verify and r.ledger_size != _expected_records(r, args):
         out.append(f"the ledger has {r.ledger_size} records for {r.decisions} decisions")
     if r.server_exit != 0:
         out.append(f"govgate serve exited with {r.server_exit}")
