@@ -40,7 +40,11 @@ streams over ``--connections`` connections (default 8 per worker), since the ker
 hands each connection to one worker; gateway CPU and RSS add up the workers.
 
 The actions are low-risk resizes of the staging and development domains,
-alternating between two vCPU counts, each with a unique request id. By default
+alternating between two vCPU counts, each with a unique request id. ``--estate N``
+resizes N staging domains of the benchmark's own instead (on the same test driver):
+a stream's requests on one target are decided one after another, so a stream with
+``--window`` requests in flight needs at least as many targets to have them all
+under way. By default
 the gateway runs a permissive benchmark policy (execute below 0.99, no
 confidence floor), so that every decision takes the execute path however the
 risk of thousands of repeated actions on one target drifts (the model counts
@@ -55,6 +59,7 @@ Usage::
     .venv/bin/python benchmarks/gateway_bench.py --seconds 5 --runs 1 --json
     .venv/bin/python benchmarks/gateway_bench.py --tracing both --seconds 8 --runs 2 --phases stream
     .venv/bin/python benchmarks/gateway_bench.py --workers 2 --concurrency 64 --streams 64
+    .venv/bin/python benchmarks/gateway_bench.py --workers 2 --streams 64 --window 4 --estate 48
 
 Each figure is the median of ``--runs`` runs, each against a fresh gateway. The
 machine is shared and noisy: compare ratios, not absolute numbers, across runs.
@@ -890,6 +895,23 @@ def _compare(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dict
     return change
 
 
+def _named(args: argparse.Namespace) -> str:
+    names = args.domains.split(",")
+    return args.domains if len(names) <= 4 else f"{len(names)} domains, {names[0]}..{names[-1]}"
+
+
+def _estate(base: Path, n: int) -> tuple[str, str]:
+    """A test-driver node of ``n`` running staging domains (low criticality, no
+    dependents): their names, comma-separated, and the URI of the node file."""
+    from gateway.samples import domain_xml
+
+    names = [f"bench-{i:03d}" for i in range(1, n + 1)]
+    node = base / "estate.xml"
+    node.write_text("<node>" + "".join(domain_xml(name, "staging", "low", 2, 8, 4096, 0)
+                                       for name in names) + "</node>")  # fmt: skip
+    return ",".join(names), f"test://{node}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per phase")
@@ -898,8 +920,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=32, help="ProposeStream streams")
     ap.add_argument(
         "--window", type=int, default=1,
-        help="requests in flight per stream (the gateway answers a stream's requests one at\n"
-        "a time, so more only queue on the stream)",
+        help="requests in flight per stream (the gateway decides up to its stream_window of\n"
+        "them at once, those on one target one after another)",
     )  # fmt: skip
     ap.add_argument("--runs", type=int, default=3, help="runs, each a fresh gateway (median)")
     ap.add_argument(
@@ -910,6 +932,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured calls")
     ap.add_argument("--phases", default=",".join(PHASES), help="which phases, in order")
     ap.add_argument("--domains", default=DOMAINS, help="domains to resize (round-robin)")
+    ap.add_argument(
+        "--estate", type=int, default=0,
+        help="instead of --domains on the samples: N low-risk staging domains of their own on\n"
+        "the test driver, resized round-robin (a stream decides one target's requests in\n"
+        "order, so its window only fills with as many targets)",
+    )  # fmt: skip
     ap.add_argument("--vcpus", default="3,4", help="vCPU counts each domain alternates between")
     ap.add_argument("--libvirt-uri", default="", help="passed to govgate serve (default samples)")
     ap.add_argument("--default-policy", action="store_true",
@@ -950,11 +978,15 @@ def main() -> None:
 
     base = args.dir or Path(tempfile.mkdtemp(prefix="govgate-gateway-bench-"))
     base.mkdir(parents=True, exist_ok=True)
+    if args.estate:
+        if args.libvirt_uri:
+            ap.error("--estate makes its own domains: leave --libvirt-uri out")
+        args.domains, args.libvirt_uri = _estate(base, args.estate)
     policy = "bundled default" if args.default_policy else "permissive (execute below 0.99)"
     print(
         f"govgate gateway benchmark — {os.cpu_count()} CPUs, {args.runs} run(s), "
         f"{args.seconds:g} s per phase, work dir {base}\n"
-        f"actions: resize {args.domains} between {args.vcpus} vCPUs "
+        f"actions: resize {_named(args)} between {args.vcpus} vCPUs "
         f"(libvirt {args.libvirt_uri or 'samples'}), policy: {policy}\n"
         f"unary: {args.concurrency} callers; stream: {args.streams} streams x {args.window} "
         f"in flight; open loop: {args.rate:g}/s; client and gateway are separate processes\n"

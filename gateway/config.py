@@ -31,6 +31,8 @@ __all__ = ["SAMPLE_DOMAINS", "ConfigError", "ServeConfig"]
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_WORKERS = 64
+STREAM_WINDOW = 32  # messages of one ProposeStream decided at once (gateway.server)
+MAX_STREAM_WINDOW = 1024
 SAMPLE_DOMAINS = "samples"  # libvirt uri: the test driver with govgate's sample domains
 
 
@@ -58,6 +60,7 @@ class ServeConfig:
     grace: float = 10.0  # seconds in-flight calls get on shutdown
     reflection: bool = True  # gRPC server reflection (grpcurl, Postman, ...)
     max_inflight: int = 512  # proposals in flight before RESOURCE_EXHAUSTED
+    stream_window: int = STREAM_WINDOW
     health_interval: float = 1.0  # seconds between checks that the ledger can write
     metrics_listen: str = ""  # HOST:PORT of a Prometheus scrape endpoint; "": none
     workers: int = 1  # gateway processes sharing the address (gateway.workers)
@@ -73,6 +76,8 @@ class ServeConfig:
             raise ValueError("grace must be 0 to 86400 seconds")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if not 1 <= self.stream_window <= MAX_STREAM_WINDOW:
+            raise ValueError(f"stream_window must be 1 to {MAX_STREAM_WINDOW}")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"workers must be 1 to {MAX_WORKERS}")
 
@@ -172,8 +177,8 @@ def _parse(doc: Mapping[str, Any], data: Path, source: str) -> ServeConfig:
     out: dict[str, Any] = {}
     server = _table(doc, "server", source)
     kinds = {"listen": str, "shadow": bool, "grace": float, "reflection": bool,
-             "max_inflight": int, "health_interval": float, "metrics_listen": str,
-             "replica": str, "workers": int}  # fmt: skip
+             "max_inflight": int, "stream_window": int, "health_interval": float,
+             "metrics_listen": str, "replica": str, "workers": int}  # fmt: skip
     _check(server, tuple(kinds), f"{source}: server")
     for key, kind in kinds.items():
         if key in server:

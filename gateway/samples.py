@@ -14,11 +14,12 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["NODE", "write_node"]
+__all__ = ["NODE", "domain_xml", "write_node"]
 
 
-def _domain(name: str, env: str, crit: str, vcpus: int, max_vcpus: int, mib: int,
-            dependents: int, running: bool = True) -> str:  # fmt: skip
+def domain_xml(name: str, env: str, crit: str, vcpus: int, max_vcpus: int, mib: int,
+               dependents: int, running: bool = True) -> str:  # fmt: skip
+    """One test-driver domain with govgate's labels (environment, criticality, dependents)."""
     state = "" if running else "<test:runstate>5</test:runstate>"
     return (
         "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
@@ -34,11 +35,11 @@ def _domain(name: str, env: str, crit: str, vcpus: int, max_vcpus: int, mib: int
 
 NODE = (
     "<node>"
-    + _domain("web-1", "staging", "low", 2, 8, 4096, 1)
-    + _domain("web-2", "staging", "medium", 2, 8, 4096, 2)
-    + _domain("api-1", "prod", "high", 4, 16, 8192, 6)
-    + _domain("db-1", "prod", "critical", 8, 16, 32768, 12, running=False)
-    + _domain("dev-1", "dev", "low", 1, 4, 2048, 0)
+    + domain_xml("web-1", "staging", "low", 2, 8, 4096, 1)
+    + domain_xml("web-2", "staging", "medium", 2, 8, 4096, 2)
+    + domain_xml("api-1", "prod", "high", 4, 16, 8192, 6)
+    + domain_xml("db-1", "prod", "critical", 8, 16, 32768, 12, running=False)
+    + domain_xml("dev-1", "dev", "low", 1, 4, 2048, 0)
     + "</node>"
 )
 

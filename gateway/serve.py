@@ -310,7 +310,8 @@ async def _run(
         health = Health(say)
         tracing = TracingInterceptor(server_address=host)  # outside the error mapper
         options = ServerOptions(max_inflight=config.max_inflight, reflection=config.reflection,
-                                interceptors=(tracing,), reuse_port=config.reuse_port)  # fmt: skip
+                                stream_window=config.stream_window, interceptors=(tracing,),
+                                reuse_port=config.reuse_port)  # fmt: skip
         try:
             server, bound = await start_server(gw, tls, host=host, port=int(port),
                                                options=options, health_status=health)  # fmt: skip

@@ -41,6 +41,7 @@ from gateway._proto.govgate.v1 import (
     oversight_pb2_grpc,
     types_pb2,
 )
+from gateway.config import STREAM_WINDOW
 from gateway.convert import action_from_proto, decision_to_proto, halt_from_proto, record_to_proto
 from gateway.decision import Decision
 from gateway.errors import (
@@ -228,6 +229,12 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Read the error of a task nobody awaits (else asyncio logs it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def caller(context: grpc.aio.ServicerContext) -> str:
     """The identity proved by the client certificate of this call."""
     certs = context.auth_context().get("x509_pem_cert") or []
@@ -306,9 +313,14 @@ class Admission:
 
 
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: ignore[misc]
-    def __init__(self, gw: Gateway, admission: Admission | None = None) -> None:
+    def __init__(
+        self, gw: Gateway, admission: Admission | None = None, stream_window: int = STREAM_WINDOW
+    ) -> None:
+        if stream_window < 1:
+            raise ValueError("stream_window must be at least 1")
         self.gw = gw
         self.admission = admission or Admission()
+        self.stream_window = stream_window
 
     async def _propose(
         self, req: Any, context: Any, requester: str | None = None
@@ -329,10 +341,54 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
         return await self._propose(request, context)
 
     async def ProposeStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        requester = ""  # one connection, one certificate: read once, at the first message
-        async for req in request_iterator:
-            requester = requester or caller(context)
-            yield await self._propose(req, context, requester)
+        """Up to ``stream_window`` messages of one stream are decided at once; answers go
+        back in the order the messages came, and messages on one target are decided (and
+        run) one after another, in that order. The first message that fails ends the stream
+        with its error, after the answers before it; messages after it that were already
+        under way run to their end (a retry with their request ids gets those decisions)."""
+        room = asyncio.Semaphore(self.stream_window)
+        answers: asyncio.Queue[asyncio.Task[types_pb2.Decision] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            requester = ""  # one connection, one certificate: read once, at the first message
+            last: dict[tuple[str, str], asyncio.Task[types_pb2.Decision]] = {}
+            try:
+                async for req in request_iterator:
+                    await room.acquire()
+                    requester = requester or caller(context)
+                    target = (req.action.target.runtime, req.action.target.resource)
+                    task = asyncio.create_task(
+                        self._propose_after(last.get(target), req, context, requester)
+                    )
+                    last[target] = task
+                    answers.put_nowait(task)
+                    if len(last) > 2 * self.stream_window:  # forget the targets left idle
+                        last = {t: x for t, x in last.items() if not x.done()}
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await answers.get()) is not None:
+                try:
+                    answer = await task
+                finally:
+                    room.release()
+                yield answer
+            await reader  # how reading ended: the client's end of the stream, or an error
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                if (task := answers.get_nowait()) is not None:
+                    task.cancel()  # one not yet proposing never starts; one that is ends
+                    task.add_done_callback(_retrieved)
+
+    async def _propose_after(
+        self, before: asyncio.Task[Any] | None, req: Any, context: Any, requester: str
+    ) -> types_pb2.Decision:
+        if before is not None:  # the stream's last message on this target goes first
+            await asyncio.wait([before])
+        return await self._propose(req, context, requester)
 
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:
         with _about(request.decision_id):
@@ -512,6 +568,7 @@ class Health:
 @dataclass(frozen=True)
 class ServerOptions:
     max_inflight: int = 512  # proposals in flight before RESOURCE_EXHAUSTED
+    stream_window: int = STREAM_WINDOW  # messages of one ProposeStream decided at once
     retry_after: float = 0.2  # seconds, in RetryInfo
     reflection: bool = True  # grpc.reflection.v1alpha, for grpcurl and friends
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()  # run before the error mapper
@@ -559,7 +616,9 @@ async def start_server(
     admission = Admission(
         options.max_inflight, options.retry_after, gw.metrics, busy=gw.proposals_under_way
     )
-    decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(gw, admission), server)
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+        DecisionServicer(gw, admission, options.stream_window), server
+    )
     oversight_pb2_grpc.add_OversightServiceServicer_to_server(OversightServicer(gw), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(gw), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_status.servicer, server)

@@ -721,3 +721,90 @@ async def test_a_second_server_on_the_address_is_refused_unless_both_share_it(cl
         assert again == port
     finally:
         await first.stop(None)
+
+
+class _Under:
+    """Wraps ``Gateway.propose`` to see a stream's proposals: the order they start and end in,
+    and how many are under way at once. ``hold(request_id, until)`` keeps one proposal from
+    going on until ``until`` (another proposal's start, say) has happened."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.started: dict[str, asyncio.Event] = {}
+        self.now = self.most = 0
+        self.holds: dict[str, asyncio.Event] = {}
+        real = gw.propose
+
+        async def propose(request_id: str, *args: object, **kwargs: object) -> object:
+            self.events.append(("start", request_id))
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.start_of(request_id).set()
+            try:
+                if request_id in self.holds:
+                    await asyncio.wait_for(self.holds[request_id].wait(), 10)
+                return await real(request_id, *args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                self.now -= 1
+                self.events.append(("end", request_id))
+
+        gw.propose = propose  # type: ignore[method-assign]
+
+    def start_of(self, request_id: str) -> asyncio.Event:
+        return self.started.setdefault(request_id, asyncio.Event())
+
+    def at(self, kind: str, request_id: str) -> int:
+        return self.events.index((kind, request_id))
+
+
+async def test_a_stream_decides_other_targets_at_once_and_one_target_in_order(clients: Clients):
+    under = _Under(clients.gw)
+    # s-1 goes on only once s-3, on another target, has started: one at a time, it never would.
+    under.holds["s-1"] = under.start_of("s-3")
+    requests = [propose("s-1", vcpus="3"), propose("s-2", vcpus="4"),
+                propose("s-3", resource="web-2", vcpus="3")]  # fmt: skip
+    call = clients.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
+    answers = [d async for d in call]
+    assert [d.request_id for d in answers] == ["s-1", "s-2", "s-3"]  # the order they came in
+    assert all(d.state == types_pb2.EXECUTED for d in answers), [d.reasons for d in answers]
+    assert under.at("start", "s-3") < under.at("end", "s-1")  # at once
+    assert under.at("end", "s-1") < under.at("start", "s-2")  # web-1's, one after the other
+    assert await clients.vcpus() == 4  # s-2 ran last on web-1
+
+
+async def test_a_stream_has_at_most_its_window_under_way(tmp_path: Path):
+    async with serving(tmp_path, options=ServerOptions(stream_window=2)) as c:
+        under = _Under(c.gw)
+        release = asyncio.Event()
+        targets = ("web-1", "web-2", "dev-1", "api-1")
+        for n in range(len(targets)):
+            under.holds[f"w-{n}"] = release
+        requests = [propose(f"w-{n}", "start", resource=t) for n, t in enumerate(targets)]
+        call = c.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
+        answers = asyncio.ensure_future(_collect(call))
+        await asyncio.wait_for(under.start_of("w-1").wait(), 10)
+        await asyncio.sleep(0.3)  # a third would have started by now, were it let in
+        assert (under.now, under.most) == (2, 2)
+        release.set()
+        assert [d.request_id for d in await answers] == ["w-0", "w-1", "w-2", "w-3"]
+        assert under.most == 2
+
+
+async def _collect(call: grpc.aio.StreamStreamCall) -> list[types_pb2.Decision]:
+    return [d async for d in call]
+
+
+async def test_a_stream_ends_at_its_first_failing_message_after_the_answers_before_it(
+    clients: Clients,
+):
+    requests = [propose("f-1", vcpus="3"), propose("f-2", "explode", resource="web-2"),
+                propose("f-3", resource="dev-1", vcpus="2")]  # fmt: skip
+    call = clients.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
+    answers = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for d in call:
+            answers.append(d)
+    assert [d.request_id for d in answers] == ["f-1"]
+    assert answers[0].state == types_pb2.EXECUTED
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "verb" in caught.value.details()

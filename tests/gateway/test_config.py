@@ -20,7 +20,7 @@ def test_the_annotated_example_states_the_defaults(tmp_path: Path):
     assert loaded.policy == Path("policy.toml")
     assert loaded.roles == Path("roles.toml")
     same = ("listen", "shadow", "grace", "ca", "cert", "key", "model", "expiry_interval",
-            "ledger", "libvirt", "kata", "workers")  # fmt: skip
+            "ledger", "libvirt", "kata", "workers", "max_inflight", "stream_window")  # fmt: skip
     for name in same:
         assert getattr(loaded, name) == getattr(defaults, name), name
     assert defaults.libvirt == LibvirtConfig(SAMPLE_DOMAINS)
@@ -83,6 +83,8 @@ def test_a_kata_only_site_has_no_libvirt(tmp_path: Path):
         ("[server]\ngrace = -5.0\n", "grace must be 0 to 86400"),
         ("[server]\ngrace = nan\n", "grace must be 0 to 86400"),
         ("[server]\nmax_inflight = 0\n", "max_inflight must be at least 1"),
+        ("[server]\nstream_window = 0\n", "stream_window must be 1 to 1024"),
+        ("[server]\nstream_window = 1025\n", "stream_window must be 1 to 1024"),
         ("[server]\nreplica = 'a'\n[ledger]\nurl = 'mysql://db/g'\n", "a postgresql:// URL"),
         ("[ledger]\nurl = 'postgresql://db/g'\n", "needs a stable replica name"),
         ("[server]\nreplica = 'a b'\n", "replica: 'a b' must match"),

@@ -79,7 +79,12 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProposeStream(self, request_iterator, context):
-        """Many proposals on one stream; decisions come back as they are made.
+        """Many proposals on one stream, decided several at once (the server's
+        stream_window); decisions come back in the order the requests came, and
+        requests on one target are decided and executed in that order. The first
+        request that fails ends the stream with its status, after the decisions
+        before it; requests after it that were already under way run to their end
+        (a retry with their request_ids returns those decisions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
