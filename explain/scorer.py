@@ -1,11 +1,16 @@
 """Scoring: risk in [0, 1] with exact TreeSHAP contributions, a batch at a time.
 
-XGBoost's native ``pred_contribs`` computes exact TreeSHAP for every row; the
-last column is the bias (the base value, in log-odds). The margin is the base
-value plus the contributions, and the risk its sigmoid, so every score comes
-with an explanation that adds up to it by construction. ``tests/explain``
-checks that the contributions reproduce XGBoost's own margin and agree with
-``shap.TreeExplainer`` to 1e-5.
+The contributions are exact (path-dependent) TreeSHAP values, in log-odds, and
+the bias is the base value. For shallow trees (the bundled model's) they come
+from :class:`~explain.treeshap.TreeShap`, which computes them from per-tree
+tables, 7 to 12 times faster than XGBoost's ``pred_contribs``, and checks
+itself against ``pred_contribs`` when it is built; otherwise, and with
+``vectorized=False``, from ``pred_contribs`` itself (the last column is the
+bias). The margin is the base value plus the contributions, and the risk its
+sigmoid, so every score comes with an explanation that adds up to it by
+construction. ``tests/explain`` checks that the contributions reproduce
+XGBoost's own margin and agree with ``shap.TreeExplainer`` to 1e-5, by both
+paths.
 
 Scoring never makes up a number: XGBoost errors and NaN or infinite output
 raise :class:`~explain.errors.ScoringFailedError`, which the gateway turns into
@@ -32,6 +37,7 @@ from explain.errors import ScoringFailedError
 from explain.explanation import Explanation
 from explain.features import FEATURE_NAMES, SCHEMA_VERSION
 from explain.model import Model
+from explain.treeshap import TreeShap
 
 __all__ = ["Scorer", "Scores"]
 
@@ -73,12 +79,14 @@ class Scorer:
     it), and the other core is better spent on the event loop and the ledger.
     """
 
-    def __init__(self, model: Model, *, nthread: int = 1) -> None:
+    def __init__(self, model: Model, *, nthread: int = 1, vectorized: bool = True) -> None:
         if nthread < 1:
             raise ValueError("nthread must be >= 1")
         self.model = model
         self.nthread = nthread
         model.booster.set_param({"nthread": nthread})
+        # None: XGBoost's pred_contribs (asked for, or the trees are not shallow enough).
+        self.tables = _tables(model) if vectorized else None
 
     def score(self, features: npt.ArrayLike) -> Scores:
         x = np.ascontiguousarray(features, dtype=np.float32)
@@ -86,6 +94,21 @@ class Scorer:
             raise ValueError(f"features must have shape (n, {len(FEATURE_NAMES)}), not {x.shape}")
         if len(x) == 0:
             raise ValueError("nothing to score")
+        if np.isinf(x).any():  # XGBoost refuses these; NaN is a missing value
+            raise ScoringFailedError(f"model {self.model.id[:12]}: infinite feature values")
+        if self.tables is not None:
+            contribs, base = self.tables.contributions(x), self.tables.base_value
+        else:
+            contribs, base = self._pred_contribs(x)
+        if not np.isfinite(contribs).all():
+            raise ScoringFailedError(
+                f"model {self.model.id[:12]} returned non-finite contributions"
+            )
+        margin = base + contribs.sum(axis=1)
+        risk = 1.0 / (1.0 + np.exp(-margin))
+        return Scores(risk, margin, contribs, base, x, self.model.id)
+
+    def _pred_contribs(self, x: F32) -> tuple[F64, float]:
         try:
             dm = xgb.DMatrix(x, nthread=self.nthread)
             raw = self.model.booster.predict(dm, pred_contribs=True, validate_features=False)
@@ -95,8 +118,16 @@ class Scorer:
             raise ScoringFailedError(
                 f"model {self.model.id[:12]} returned non-finite or mis-shaped contributions"
             )
-        contribs = raw[:, :-1].astype(np.float64)
-        base = float(raw[0, -1])
-        margin = base + contribs.sum(axis=1)
-        risk = 1.0 / (1.0 + np.exp(-margin))
-        return Scores(risk, margin, contribs, base, x, self.model.id)
+        return raw[:, :-1].astype(np.float64), float(raw[0, -1])
+
+
+_TABLES: dict[str, TreeShap | None] = {}  # model id (its file's hash): its tables
+
+
+def _tables(model: Model) -> TreeShap | None:
+    """The model's TreeSHAP tables, built (and checked) once per model in a process."""
+    if model.id not in _TABLES:
+        if len(_TABLES) >= 16:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[model.id] = TreeShap.build(model.booster, len(FEATURE_NAMES))
+    return _TABLES[model.id]

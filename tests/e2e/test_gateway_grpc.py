@@ -800,10 +800,14 @@ async def test_a_stream_ends_at_its_first_failing_message_after_the_answers_befo
     requests = [propose("f-1", vcpus="3"), propose("f-2", "explode", resource="web-2"),
                 propose("f-3", resource="dev-1", vcpus="2")]  # fmt: skip
     call = clients.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
-    answers = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
+    answers: list[types_pb2.Decision] = []
+
+    async def read() -> None:
         async for d in call:
             answers.append(d)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read()
     assert [d.request_id for d in answers] == ["f-1"]
     assert answers[0].state == types_pb2.EXECUTED
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -109,7 +109,7 @@ async def test_stuck_scorer_times_out_and_overload_is_refused(
     small_model: Model, rows: npt.NDArray[np.float32]
 ):
     scorer = _Stuck(small_model)
-    config = BatcherConfig(timeout=0.2, max_batch=1, max_pending=2)
+    config = BatcherConfig(timeout=0.2, max_batch=1, max_pending=2, inline_rows=0)
     batcher = MicroBatcher(scorer, config)
     try:
         stuck = asyncio.ensure_future(batcher.score(rows[0]))  # occupies the only worker
@@ -147,6 +147,8 @@ def test_config_limits():
         BatcherConfig(max_batch=0)
     with pytest.raises(ValueError, match="timeout"):
         BatcherConfig(timeout=0)
+    with pytest.raises(ValueError, match="inline_rows"):
+        BatcherConfig(inline_rows=-1)
     assert len(FEATURE_NAMES) == 19
 
 
@@ -157,7 +159,7 @@ async def test_rows_whose_callers_gave_up_are_not_scored(
     not take the scorer's slots ahead of callers still waiting, who would then time out
     in their turn."""
     scorer = _Stuck(small_model)
-    batcher = MicroBatcher(scorer, BatcherConfig(timeout=30, max_batch=1))
+    batcher = MicroBatcher(scorer, BatcherConfig(timeout=30, max_batch=1, inline_rows=0))
     try:
         first = asyncio.ensure_future(batcher.score(rows[0]))  # occupies the only worker
         await asyncio.sleep(0.05)
@@ -175,3 +177,34 @@ async def test_rows_whose_callers_gave_up_are_not_scored(
     finally:
         scorer.release.set()
         await batcher.close()
+
+
+class _Where(Scorer):
+    """Notes the thread each batch is scored on."""
+
+    def __init__(self, model: Model, vectorized: bool = True) -> None:
+        super().__init__(model, vectorized=vectorized)
+        self.threads: list[int] = []
+
+    def score(self, features: npt.ArrayLike) -> Scores:
+        self.threads.append(threading.get_ident())
+        return super().score(features)
+
+
+async def test_small_batches_with_tables_are_scored_on_the_event_loop(
+    small_model: Model, rows: npt.NDArray[np.float32]
+):
+    loop_thread = threading.get_ident()
+    direct = Scorer(small_model).score(rows[:40])
+    for config, vectorized, on_loop in [
+        (BatcherConfig(max_batch=8), True, True),
+        (BatcherConfig(max_batch=40, window=1.0), True, False),  # a batch past 32 rows
+        (BatcherConfig(max_batch=8, inline_rows=0), True, False),
+        (BatcherConfig(max_batch=8), False, False),  # XGBoost's own: always on a thread
+    ]:
+        scorer = _Where(small_model, vectorized)
+        async with MicroBatcher(scorer, config) as batcher:
+            got = await asyncio.gather(*(batcher.score(r) for r in rows[:40]))
+        assert scorer.threads, config
+        assert all((t == loop_thread) == on_loop for t in scorer.threads), (config, vectorized)
+        assert [g.risk for g in got] == pytest.approx(direct.risk.tolist(), abs=1e-6)

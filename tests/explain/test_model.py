@@ -37,12 +37,17 @@ def _rows(n: int = 400, seed: int = 11) -> npt.NDArray[np.float32]:
 # -- exactness ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("vectorized", [True, False], ids=["tables", "pred_contribs"])
 @pytest.mark.parametrize("which", ["bundled_model", "small_model"])
-def test_contributions_reproduce_margin_and_risk(which: str, request: pytest.FixtureRequest):
+def test_contributions_reproduce_margin_and_risk(
+    which: str, vectorized: bool, request: pytest.FixtureRequest
+):
     model: Model = request.getfixturevalue(which)
     x = _rows()
     assert np.isnan(x).any(), "the rows should exercise missing values"
-    scores = Scorer(model).score(x)
+    scorer = Scorer(model, vectorized=vectorized)
+    assert (scorer.tables is not None) == vectorized  # both models' trees are shallow
+    scores = scorer.score(x)
     dm = xgb.DMatrix(x, feature_names=list(FEATURE_NAMES))
     margin = model.booster.predict(dm, output_margin=True)
     prob = model.booster.predict(dm)
@@ -55,13 +60,14 @@ def test_contributions_reproduce_margin_and_risk(which: str, request: pytest.Fix
     assert exp.model_id == model.id
 
 
-def test_contributions_agree_with_shap_tree_explainer(bundled_model: Model):
+@pytest.mark.parametrize("vectorized", [True, False], ids=["tables", "pred_contribs"])
+def test_contributions_agree_with_shap_tree_explainer(bundled_model: Model, vectorized: bool):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, PendingDeprecationWarning))
         import shap
 
     x = _rows(300, seed=12)
-    ours = Scorer(bundled_model).score(x)
+    ours = Scorer(bundled_model, vectorized=vectorized).score(x)
     explainer = shap.TreeExplainer(bundled_model.booster)
     theirs = explainer.shap_values(x)
     np.testing.assert_allclose(ours.contributions, theirs, atol=1e-5, rtol=0)
@@ -69,7 +75,9 @@ def test_contributions_agree_with_shap_tree_explainer(bundled_model: Model):
 
 
 def test_scorer_refuses_bad_shapes_and_nonfinite_output(small_model: Model, monkeypatch):
-    scorer = Scorer(small_model)
+    scorer = Scorer(small_model, vectorized=False)
+    tabled = Scorer(small_model)
+    assert tabled.tables is not None
     with pytest.raises(ValueError, match="shape"):
         scorer.score(np.zeros((2, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="nothing"):
@@ -78,9 +86,19 @@ def test_scorer_refuses_bad_shapes_and_nonfinite_output(small_model: Model, monk
     def nan_predict(*args: object, **kwargs: object) -> npt.NDArray[np.float32]:
         return np.full((1, len(FEATURE_NAMES) + 1), np.nan, dtype=np.float32)
 
+    for which in (scorer, tabled):
+        with pytest.raises(ScoringFailedError, match="infinite"):
+            which.score(np.full((1, len(FEATURE_NAMES)), np.inf, dtype=np.float32))
     monkeypatch.setattr(small_model.booster, "predict", nan_predict)
     with pytest.raises(ScoringFailedError, match="non-finite"):
         scorer.score(_rows(1))
+
+    def nan_contributions(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return np.full((len(x), len(FEATURE_NAMES)), np.nan)
+
+    monkeypatch.setattr(tabled.tables, "contributions", nan_contributions)
+    with pytest.raises(ScoringFailedError, match="non-finite"):
+        tabled.score(_rows(1))
 
 
 # -- what the model learned --------------------------------------------------------------
