@@ -405,11 +405,14 @@ class Gateway:
             try:
                 while True:
                     first = self._state.last_index + 1
-                    page = await self.ledger.store.envelopes_after(first - 1, _SYNC_PAGE)
-                    for index, envelope in enumerate(page, first):
+                    page = await self.ledger.store.entries_after(first - 1, _SYNC_PAGE)
+                    for index, (kind, decision_id, envelope) in enumerate(page, first):
                         if index in self._own:  # reflected when written: feed() would skip it
                             self._own.discard(index)
                             self._replay.skip(index)
+                            continue
+                        if kind == "outcome" and self._replay.passes_over(decision_id):
+                            self._replay.skip(index)  # another replica's, all done there
                             continue
                         rec = open_record(envelope).record
                         if rec.index != index:

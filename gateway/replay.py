@@ -158,6 +158,13 @@ class Replay:
         self._state.records += 1
         self._state.last_index = index
 
+    def passes_over(self, decision_id: str) -> bool:
+        """Whether :meth:`feed` would change nothing for an ``outcome`` record of
+        ``decision_id`` (a live gateway's catch-up then leaves it unopened): the decision is
+        not held here, and no rollback of it is waiting for its outcome."""
+        return (self.live and decision_id != "" and decision_id not in self._state.decisions
+                and decision_id not in self._rolling)  # fmt: skip
+
     def feed(self, rec: Record) -> None:
         self._state.records += 1
         self._state.last_index = rec.index

@@ -222,6 +222,15 @@ class Lookup:
         self.indexed_upto = max(upto, end)
         return self.indexed_upto, size
 
+    def entries(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """(index, kind, decision id, envelope) of the records after ``after``, at most
+        ``limit``: one statement, so one consistent read."""
+        return self.conn.execute(
+            "SELECT idx, kind, decision_id, envelope FROM log.records WHERE idx > ? "
+            "ORDER BY idx LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
     def query(self, q: RecordQuery, after: int | None) -> list[bytes]:
         """Envelopes of matching records, in one read transaction."""
         conn = self.conn

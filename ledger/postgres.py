@@ -48,10 +48,12 @@ from ledger.record import Record, open_record
 from ledger.store import (
     Batch,
     BuildFn,
+    Entry,
     Head,
     LedgerStore,
     RecordQuery,
     StoredCheckpoint,
+    entries_from,
     envelopes_from,
     frontier_from,
 )
@@ -456,17 +458,18 @@ class PostgresStore(LedgerStore):
         rows = await self._run("ledger query failed", lambda c: c.fetch(sql, *params))
         return [open_record(bytes(r[0])).record for r in rows]
 
-    async def envelopes_after(self, after: int, limit: int) -> list[bytes]:
+    async def entries_after(self, after: int, limit: int) -> list[Entry]:
         if after + 1 > _MAX_BIGINT:
             return []
         rows = await self._run(
             "cannot read records",
             lambda c: c.fetch(
-                "SELECT idx, envelope FROM records WHERE idx > $1 ORDER BY idx LIMIT $2",
+                "SELECT idx, kind, decision_id, envelope FROM records WHERE idx > $1 "
+                "ORDER BY idx LIMIT $2",
                 after, limit,
             ),
         )  # fmt: skip
-        return envelopes_from(rows, after + 1)
+        return entries_from(rows, after + 1)
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         async def save(conn: asyncpg.Connection) -> StoredCheckpoint:

@@ -53,10 +53,12 @@ from ledger.record import Record, format_time, open_record, utc_now
 from ledger.store import (
     Batch,
     BuildFn,
+    Entry,
     Head,
     LedgerStore,
     RecordQuery,
     StoredCheckpoint,
+    entries_from,
     envelopes_from,
     frontier_from,
 )
@@ -603,9 +605,17 @@ class SQLiteStore(LedgerStore):
             raise StoreError(f"ledger query failed: {e}") from e
         return list(rows)
 
-    async def envelopes_after(self, after: int, limit: int) -> list[bytes]:
-        # With no filter, the query reads the records table alone, from after + 1 on.
-        return await self._query(RecordQuery(limit=limit), after)
+    async def entries_after(self, after: int, limit: int) -> list[Entry]:
+        """Through the query index's connection and thread, as queries: no wait for the
+        writer."""
+        lookup = self._lookup
+        if lookup is None:
+            raise StoreError("store is not open")
+        try:
+            rows = await asyncio.wrap_future(lookup.submit(lookup.entries, after, limit))
+        except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: closed meanwhile
+            raise StoreError(f"ledger read failed: {e}") from e
+        return entries_from(rows, after + 1)
 
     async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
         async with self._lock:

@@ -27,13 +27,13 @@ import abc
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.errors import StoreCorruptError
 from ledger.merkle import Frontier, NodeId
 from ledger.record import ZERO_HASH, Record
 
-__all__ = ["Batch", "Head", "LedgerStore", "RecordQuery", "StoredCheckpoint"]
+__all__ = ["Batch", "Entry", "Head", "LedgerStore", "RecordQuery", "StoredCheckpoint"]
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,26 @@ class RecordQuery:
 def envelopes_from(rows: Iterable[Sequence[Any]], first: int) -> list[bytes]:
     """The envelopes of ``(index, envelope)`` rows read in index order from ``first``; a
     gap is :class:`StoreCorruptError` naming the first record missing."""
+    return [entry.envelope for entry in entries_from(((i, "", "", e) for i, e in rows), first)]
+
+
+class Entry(NamedTuple):
+    """A stored record as :meth:`LedgerStore.entries_after` gives it: two of its indexed
+    columns, and its envelope unopened."""
+
+    kind: str
+    decision_id: str
+    envelope: bytes
+
+
+def entries_from(rows: Iterable[Sequence[Any]], first: int) -> list[Entry]:
+    """The entries of ``(index, kind, decision id, envelope)`` rows read in index order
+    from ``first``; a gap is :class:`StoreCorruptError` naming the first record missing."""
     out = []
-    for offset, (idx, envelope) in enumerate(rows):
+    for offset, (idx, kind, decision_id, envelope) in enumerate(rows):
         if idx != first + offset:
             raise StoreCorruptError(f"record {first + offset} is missing from the store")
-        out.append(bytes(envelope))
+        out.append(Entry(str(kind), str(decision_id), bytes(envelope)))
     return out
 
 
@@ -181,10 +196,11 @@ class LedgerStore(abc.ABC):
         """Records matching ``q`` with index greater than ``after``, ascending."""
 
     @abc.abstractmethod
-    async def envelopes_after(self, after: int, limit: int) -> list[bytes]:
-        """The envelope bytes of the records after index ``after`` (-1: from the first), at
-        most ``limit``, in order: for a reader that opens only some of them (a replica's
-        catch-up skips the records it wrote itself)."""
+    async def entries_after(self, after: int, limit: int) -> list[Entry]:
+        """The records after index ``after`` (-1: from the first), at most ``limit``, in
+        order, each as its kind, its decision id and its envelope bytes: for a reader that
+        opens only some of them (a replica's catch-up passes over the records it wrote
+        itself, and the outcomes of decisions it does not hold)."""
 
     @abc.abstractmethod
     async def claimant(self, key: str) -> int | None:

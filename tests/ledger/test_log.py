@@ -583,3 +583,27 @@ async def test_a_start_that_fails_after_opening_closes_the_store(tmp_path: Path)
         await Ledger(store, NoteSigner.generate("test.example/log"), config=QUIET).start()
     with pytest.raises(StoreError, match="not open"):
         await store.snapshot()  # closed: its connection and its index thread are gone
+
+
+async def test_entries_after_give_each_record_kind_decision_and_envelope(data: DataDir) -> None:
+    """What a replica's catch-up reads: every record after an index, in order, with the
+    kind and decision id it can decide by without opening the envelope."""
+    async with data.open_ledger(QUIET) as log:
+        drafts = [Draft("decision", {"n": 0}, decision_id="d-0"), Draft("note", {"n": 1}),
+                  Draft("outcome", {"n": 2}, decision_id="d-0"),
+                  Draft("decision", {"n": 3}, decision_id="d-3")]  # fmt: skip
+        written = [await log.append(d) for d in drafts]
+        first = written[0].index  # after the key record the ledger starts with
+        store = log.store
+        entries = await store.entries_after(first - 1, 100)
+        assert [(e.kind, e.decision_id) for e in entries] == [
+            ("decision", "d-0"),
+            ("note", ""),
+            ("outcome", "d-0"),
+            ("decision", "d-3"),
+        ]
+        assert [open_record(e.envelope).record.index for e in entries] == [r.index for r in written]
+        assert entries[2].envelope == written[2].envelope
+        assert (await store.entries_after(-1, 1))[0].kind == "key"
+        assert [e.kind for e in await store.entries_after(first + 1, 1)] == ["outcome"]
+        assert await store.entries_after(written[-1].index, 10) == []
