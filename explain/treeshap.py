@@ -13,21 +13,24 @@ shallow trees:
   every split on feature ``j`` towards ``l`` (NaN goes the default way) and
   ``z_j`` is the product of the cover fractions of those splits.
 * Shapley values add up over the leaves, and a leaf's game depends on the
-  row only through the bits ``o_j`` of its own (at most a few) features. So
-  each leaf gets a table, computed once per model: for every pattern of
-  bits, each of its features' share of the leaf's value.
-* Scoring a batch is then array work: compare each row with every leaf's
-  bounds, form the leaves' patterns, look the shares up, and add them per
-  feature, in an order that does not depend on the batch (a row's numbers
-  are the same alone or in company, bit for bit).
+  row only through the bits ``o_j`` of its own (at most a few) features,
+  which in turn depend only on which way the row goes at each split of the
+  tree. So each tree gets a table, computed once per model: for every
+  pattern of ways at its splits (at most ``2 ** MAX_SPLITS``), every
+  feature's contribution, summed over the tree's leaves.
+* Scoring a batch is then array work: compare each row with every split's
+  threshold, form each tree's pattern, look the rows of the tables up, and
+  add them over the trees, in an order that does not depend on the batch (a
+  row's numbers are the same alone or in company, bit for bit).
 
 :meth:`TreeShap.build` declines (returns None) for what it does not cover:
-categorical splits, more than one output, paths with more than
-:data:`MAX_PATH_FEATURES` distinct features, or tables past
-:data:`MAX_TABLE`. It also checks itself against ``pred_contribs`` on probe
-rows that take every side of every split, missing values included, and
-declines when any contribution is off by more than :data:`TOLERANCE`: the
-scorer then uses XGBoost. The bias (the base value) is XGBoost's own.
+categorical splits, vector leaves, more than one output, trees of more than
+:data:`MAX_SPLITS` splits, paths with more than :data:`MAX_PATH_FEATURES`
+distinct features, or tables past :data:`MAX_TABLE` numbers. It also checks
+itself against ``pred_contribs`` on probe rows that take every side of every
+split, missing values included, and declines when any contribution is off by
+more than :data:`TOLERANCE`: the scorer then uses XGBoost. The bias (the base
+value) is XGBoost's own.
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-__all__ = ["MAX_SPLITS", "TOLERANCE", "TreeShap"]
+__all__ = ["MAX_PATH_FEATURES", "MAX_SPLITS", "MAX_TABLE", "TOLERANCE", "TreeShap"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
 MAX_SPLITS = 8  # a tree's splits (its table has a row for each of their 2**8 patterns)
+MAX_PATH_FEATURES = 5  # distinct features on one root-to-leaf path
+MAX_TABLE = 1 << 22  # numbers in all the tables together (32 MiB of float64)
 TOLERANCE = 1e-5  # log-odds: the most a contribution may differ from pred_contribs
 _PROBE_ROWS = 512
 
@@ -96,7 +101,12 @@ class TreeShap:
             gb = learner["gradient_booster"]
             if gb["name"] != "gbtree" or booster.num_boosted_rounds() != len(gb["model"]["trees"]):
                 return None
-            trees = [_tree(tree, n_features) for tree in gb["model"]["trees"]]
+            raw_trees = gb["model"]["trees"]
+            width = max((sum(1 for c in t["left_children"] if c != -1) for t in raw_trees),
+                        default=0)  # fmt: skip
+            if len(raw_trees) << min(width, MAX_SPLITS + 1) > MAX_TABLE // n_features:
+                return None
+            trees = [_tree(tree, n_features) for tree in raw_trees]
         except (_Unsupported, KeyError, TypeError, ValueError, IndexError, xgb.core.XGBoostError):
             return None
         probe = _probe(trees, n_features)
@@ -153,6 +163,8 @@ def _tree(tree: dict[str, Any], n_features: int) -> _Tree:
     stack: list[tuple[int, dict[int, tuple[list[tuple[int, bool]], float]]]] = [(0, {})]
     while stack:
         node, path = stack.pop()
+        if len(path) > MAX_PATH_FEATURES:
+            raise _Unsupported("too many features on a path")
         if left[node] == -1:
             leaves.append((float(np.float32(cond[node])), [p[0] for p in path.values()],
                            [p[1] for p in path.values()]))  # fmt: skip

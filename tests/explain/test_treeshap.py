@@ -107,3 +107,13 @@ def test_tables_that_disagree_with_xgboost_are_not_used(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(treeshap, "_shares", off)
     assert TreeShap.build(booster, F) is None
+
+
+def test_tables_past_their_bounds_are_left_to_xgboost(monkeypatch: pytest.MonkeyPatch):
+    booster = _fit({"max_depth": 3}, rounds=10)
+    assert TreeShap.build(booster, F) is not None
+    with monkeypatch.context() as m:
+        m.setattr(treeshap, "MAX_TABLE", 10 * 2**7 * F - 1)  # one number short
+        assert TreeShap.build(booster, F) is None
+    monkeypatch.setattr(treeshap, "MAX_PATH_FEATURES", 1)  # its paths split on 2 or 3
+    assert TreeShap.build(booster, F) is None
