@@ -74,7 +74,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.policy import Policy, PolicyInput, VerdictKind
-from gateway.replay import Replay, Replayed
+from gateway.replay import RECENT, Replay, Replayed
 from gateway.roles import AccessDeniedError, Roles
 from gateway.spans import RecordedSpan, span_text, use_leaf
 from ledger import Draft, Ledger, LedgerError
@@ -784,10 +784,7 @@ class Gateway:
                                      "govgate.decision.state": d.state})  # fmt: skip
 
     def _recent_count(self, key: str, now: dt.datetime) -> int:
-        seen = self._recent[key]
-        while seen and seen[0] < now.timestamp() - 3600:
-            seen.popleft()
-        return len(seen)
+        return self._recent[key].count_since(now.timestamp() - RECENT.total_seconds())
 
     # -- execute -----------------------------------------------------------------------
 

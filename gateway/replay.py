@@ -19,8 +19,9 @@ A record this module cannot read (a body written by hand with
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict, defaultdict, deque
-from collections.abc import Mapping
+from array import array
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +34,41 @@ from gateway.approvals import ApprovalError, Pending, ReviewOutcome
 from gateway.decision import Decision, Halt
 from ledger.record import Record, parse_time
 
-__all__ = ["Replay", "Replayed"]
+__all__ = ["Replay", "Replayed", "Times"]
 
 RECENT = dt.timedelta(hours=1)  # the featurizer's "recent actions" window
+
+
+class Times:
+    """The times (POSIX seconds) of a target's recent actions, oldest first as they come:
+    8 bytes each in an array, where a deque of floats takes 32. Every action of the last
+    hour is kept, since the risk model counts them exactly."""
+
+    __slots__ = ("_at", "_first")
+
+    def __init__(self) -> None:
+        self._at = array("d")
+        self._first = 0  # the times before this one are dropped
+
+    def append(self, t: float) -> None:
+        self._at.append(t)
+
+    def count_since(self, cutoff: float) -> int:
+        """Drop the leading times before ``cutoff``; how many are left."""
+        at, first = self._at, self._first
+        while first < len(at) and at[first] < cutoff:
+            first += 1
+        if first > 1024 and first * 2 > len(at):  # now and then, give the space back
+            del at[:first]
+            first = 0
+        self._first = first
+        return len(at) - first
+
+    def __len__(self) -> int:
+        return len(self._at) - self._first
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._at[self._first :])
 
 
 @dataclass
@@ -50,7 +83,7 @@ class Replayed:
     unclaimed: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     halts: list[Halt] = field(default_factory=list)
-    recent: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    recent: defaultdict[str, Times] = field(default_factory=lambda: defaultdict(Times))
     unfinished: list[Decision] = field(default_factory=list)  # allowed to run, no outcome yet
     rollbacks: list[str] = field(default_factory=list)  # decision ids: a rollback, no outcome
     policy_id: str = ""  # of the last ``policy`` record

@@ -601,3 +601,20 @@ async def test_reviews_running_their_actions_do_not_count_as_proposals_in_flight
     go_on.set()
     assert [(await r).state for r in reviews] == ["EXECUTED", "EXECUTED"]
     del world.lv._execute
+
+
+def test_recent_times_count_the_last_hour_exactly_and_give_space_back():
+    from gateway.replay import Times
+
+    times = Times()
+    for t in range(5000):
+        times.append(float(t))
+    assert times.count_since(0.0) == 5000
+    assert times.count_since(1000.5) == 3999  # 1001 .. 4999: before the cutoff is dropped
+    assert times.count_since(1000.0) == 3999  # what was dropped stays dropped
+    assert len(times._at) == 5000  # not yet half: kept in place
+    assert times.count_since(4000.0) == 1000
+    assert (len(times), len(times._at)) == (1000, 1000)  # compacted
+    times.append(6000.0)
+    assert times.count_since(4999.0) == 2
+    assert times.count_since(7000.0) == 0
