@@ -166,7 +166,10 @@ class MicroBatcher:
             batch = self._pending[: self.config.max_batch]
             del self._pending[: self.config.max_batch]
             rows = np.stack([x for x, _ in batch])
-            if self.scorer.tables is not None and len(batch) <= self.config.inline_rows:
+            # Inline only when this batch is all there is: a backlog (max_batch no larger
+            # than inline_rows) is not drained on the loop in one go.
+            if (self.scorer.tables is not None and len(batch) <= self.config.inline_rows
+                    and not self._pending):  # fmt: skip
                 try:
                     scores = self.scorer.score(rows)
                 except Exception as err:  # as a worker thread's failure would be

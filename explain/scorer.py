@@ -127,7 +127,7 @@ _TABLES: dict[str, TreeShap | None] = {}  # model id (its file's hash): its tabl
 def _tables(model: Model) -> TreeShap | None:
     """The model's TreeSHAP tables, built (and checked) once per model in a process."""
     if model.id not in _TABLES:
-        if len(_TABLES) >= 16:
+        if len(_TABLES) >= 4:
             _TABLES.pop(next(iter(_TABLES)))
         _TABLES[model.id] = TreeShap.build(model.booster, len(FEATURE_NAMES))
     return _TABLES[model.id]

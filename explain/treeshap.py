@@ -73,7 +73,8 @@ class TreeShap:
         self.n_features, self.base_value, self.width = n_features, base_value, width
         n = len(trees)
         # Every tree padded to ``width`` splits; a padding split sends everything right
-        # (bit 0), and its tree's table repeats for it.
+        # (bit 0: its threshold is -inf, and NaN goes right), so only the first 2**m rows
+        # of a tree of m splits are ever looked up (the rest stay zero).
         feature = np.zeros((n, width), dtype=np.intp)
         threshold = np.full((n, width), -np.inf, dtype=np.float32)
         default_left = np.zeros((n, width), dtype=bool)
@@ -125,7 +126,7 @@ class TreeShap:
 
     def contributions(self, x: F32) -> F64:
         """(n, features) log-odds contributions of the rows of ``x`` (float32, NaN missing)."""
-        v = x[:, self._feature]  # (n, trees, width)
+        v = np.asarray(x, dtype=np.float32)[:, self._feature]  # (n, trees, width)
         with np.errstate(invalid="ignore"):
             left = np.where(np.isnan(v), self._default_left, v < self._threshold)
         pattern = left @ self._bits + self._offset  # (n, trees)
@@ -220,8 +221,10 @@ def _shares(value: float, zero: tuple[float, ...]) -> F64:
 
 
 def _probe(trees: list[_Tree], n_features: int) -> F32:
-    """Rows that take every side of every split: each feature drawn from its thresholds,
-    the values just below them, NaN and both ends (a fixed seed: the check is repeatable)."""
+    """Rows that take every side of every split: each feature's column holds each of its
+    thresholds, each value just below one, NaN and both ends, at least once each (while
+    they fit in the rows), in an order shuffled per feature so that the rows mix them
+    (a fixed seed: the check is repeatable)."""
     cuts: list[set[float]] = [set() for _ in range(n_features)]
     for t in trees:
         for f, threshold in zip(t.feature, t.threshold, strict=True):
@@ -232,6 +235,6 @@ def _probe(trees: list[_Tree], n_features: int) -> F32:
         near = [np.float32(c) for c in values]
         near += [np.nextafter(c, np.float32(-np.inf)) for c in near]
         candidates = np.array([*near, np.nan, -1e6, 1e6, 0.0], dtype=np.float32)
-        rows[:, f] = rng.choice(candidates, size=_PROBE_ROWS)
+        rows[:, f] = rng.permutation(np.resize(candidates, _PROBE_ROWS))
     rows[0] = np.nan  # every feature missing
     return rows

@@ -213,8 +213,11 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     await admit(context)
-                    async for item in fn(request, context):
-                        yield item
+                    # Closed as soon as the call ends, however it ends (grpc does not close
+                    # a handler's generator itself; ProposeStream cleans up in its finally).
+                    async with contextlib.aclosing(fn(request, context)) as items:
+                        async for item in items:
+                            yield item
                 except _HANDLED as err:
                     await self._abort(context, err)
 
@@ -227,6 +230,11 @@ class ErrorMapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.stream_stream:
             return handler._replace(stream_stream=streaming(handler.stream_stream))
         return handler
+
+
+class _Behind(Exception):
+    """A stream's request not started because the one before it on its target failed (its
+    answer is never sent: the stream ends at that failure)."""
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
@@ -342,10 +350,11 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
 
     async def ProposeStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         """Up to ``stream_window`` messages of one stream are decided at once; answers go
-        back in the order the messages came, and messages on one target are decided (and
-        run) one after another, in that order. The first message that fails ends the stream
-        with its error, after the answers before it; messages after it that were already
-        under way run to their end (a retry with their request ids gets those decisions)."""
+        back in the order the messages came, and messages on one target are decided (and,
+        when they run at once, run) one after another, in that order. The first message
+        that fails ends the stream with its error, after the answers before it; later
+        messages on its target never run, and others already under way run to their end
+        (a retry with their request ids gets those decisions)."""
         room = asyncio.Semaphore(self.stream_window)
         answers: asyncio.Queue[asyncio.Task[types_pb2.Decision] | None] = asyncio.Queue()
 
@@ -388,6 +397,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
     ) -> types_pb2.Decision:
         if before is not None:  # the stream's last message on this target goes first
             await asyncio.wait([before])
+            if before.cancelled() or before.exception() is not None:
+                # The stream ends at that message (or sooner): this one must not run
+                # before it, as it would if the client retried both.
+                raise _Behind("an earlier request on this target did not go through")
         return await self._propose(req, context, requester)
 
     async def GetDecision(self, request: Any, context: Any) -> types_pb2.Decision:

@@ -289,8 +289,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with traced(context):
-                    async for item in fn(request, context):
-                        yield item
+                    async with contextlib.aclosing(fn(request, context)) as items:
+                        async for item in items:
+                            yield item
 
             return wrapped
 

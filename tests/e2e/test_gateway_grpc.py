@@ -812,3 +812,29 @@ async def test_a_stream_ends_at_its_first_failing_message_after_the_answers_befo
     assert answers[0].state == types_pb2.EXECUTED
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "verb" in caught.value.details()
+
+
+async def test_after_a_failing_request_the_next_on_its_target_never_runs(clients: Clients):
+    """A retry of both would otherwise run them the other way round."""
+    under = _Under(clients.gw)
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, release.set)
+    under.holds["g-1"] = release  # the stream's answers wait on g-1 meanwhile
+    requests = [propose("g-1", vcpus="3"), propose("g-2", "explode", resource="web-2"),
+                propose("g-3", resource="web-2", vcpus="3")]  # fmt: skip
+    call = clients.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
+    answers: list[types_pb2.Decision] = []
+
+    async def read() -> None:
+        async for d in call:
+            answers.append(d)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [d.request_id for d in answers] == ["g-1"]
+    assert ("start", "g-3") not in under.events
+    query = ledger_pb2.QueryRequest(kind="decision")
+    decided = [json.loads(r.body_json)["request_id"]
+               async for r in clients.ledger("alice").Query(query, timeout=10)]  # fmt: skip
+    assert "g-3" not in decided

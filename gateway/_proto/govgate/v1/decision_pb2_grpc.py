@@ -81,10 +81,12 @@ class DecisionServiceServicer:
     def ProposeStream(self, request_iterator, context):
         """Many proposals on one stream, decided several at once (the server's
         stream_window); decisions come back in the order the requests came, and
-        requests on one target are decided and executed in that order. The first
-        request that fails ends the stream with its status, after the decisions
-        before it; requests after it that were already under way run to their end
-        (a retry with their request_ids returns those decisions).
+        requests on one target are decided in that order (those that run at once
+        run in that order too; one that waits for approval runs when approved).
+        The first request that fails ends the stream with its status, after the
+        decisions before it; later requests on its target never run, and other
+        requests already under way run to their end (a retry with their
+        request_ids returns those decisions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
