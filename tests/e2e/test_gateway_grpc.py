@@ -794,12 +794,11 @@ async def _collect(call: grpc.aio.StreamStreamCall) -> list[types_pb2.Decision]:
     return [d async for d in call]
 
 
-async def test_a_stream_ends_at_its_first_failing_message_after_the_answers_before_it(
-    clients: Clients,
-):
-    requests = [propose("f-1", vcpus="3"), propose("f-2", "explode", resource="web-2"),
-                propose("f-3", resource="dev-1", vcpus="2")]  # fmt: skip
-    call = clients.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
+async def _until_error(
+    stub: decision_pb2_grpc.DecisionServiceStub, requests: list[decision_pb2.ProposeRequest]
+) -> tuple[list[types_pb2.Decision], grpc.aio.AioRpcError]:
+    """The answers of a stream that must end with an error, and the error."""
+    call = stub.ProposeStream(iter(requests), timeout=20)
     answers: list[types_pb2.Decision] = []
 
     async def read() -> None:
@@ -808,10 +807,19 @@ async def test_a_stream_ends_at_its_first_failing_message_after_the_answers_befo
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await read()
+    return answers, caught.value
+
+
+async def test_a_stream_ends_at_its_first_failing_message_after_the_answers_before_it(
+    clients: Clients,
+):
+    requests = [propose("f-1", vcpus="3"), propose("f-2", "explode", resource="web-2"),
+                propose("f-3", resource="dev-1", vcpus="2")]  # fmt: skip
+    answers, err = await _until_error(clients.decisions("engine-1"), requests)
     assert [d.request_id for d in answers] == ["f-1"]
     assert answers[0].state == types_pb2.EXECUTED
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "verb" in caught.value.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "verb" in err.details()
 
 
 async def test_after_a_failing_request_the_next_on_its_target_never_runs(clients: Clients):
@@ -822,16 +830,8 @@ async def test_after_a_failing_request_the_next_on_its_target_never_runs(clients
     under.holds["g-1"] = release  # the stream's answers wait on g-1 meanwhile
     requests = [propose("g-1", vcpus="3"), propose("g-2", "explode", resource="web-2"),
                 propose("g-3", resource="web-2", vcpus="3")]  # fmt: skip
-    call = clients.decisions("engine-1").ProposeStream(iter(requests), timeout=20)
-    answers: list[types_pb2.Decision] = []
-
-    async def read() -> None:
-        async for d in call:
-            answers.append(d)
-
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await read()
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    answers, err = await _until_error(clients.decisions("engine-1"), requests)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [d.request_id for d in answers] == ["g-1"]
     assert ("start", "g-3") not in under.events
     query = ledger_pb2.QueryRequest(kind="decision")
