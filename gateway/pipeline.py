@@ -127,7 +127,8 @@ def _timed(span: AbstractContextManager[Span], metrics: Metrics, stage: str) -> 
         metrics.stage(stage, time.perf_counter() - started)
 
 
-def _retrieved(task: asyncio.Future[Any]) -> None:
+def retrieved(task: asyncio.Future[Any]) -> None:
+    """Read the error of a task nobody awaits (else asyncio logs it as never retrieved)."""
     if not task.cancelled():
         task.exception()
 
@@ -353,7 +354,7 @@ class Gateway:
         that must take effect); it counts as work under way (:meth:`replay_floor`), and a
         proposal as one in flight (:meth:`proposals_under_way`), until it ends."""
         task = asyncio.ensure_future(work)
-        task.add_done_callback(_retrieved)  # a caller that left does not read its error
+        task.add_done_callback(retrieved)  # a caller that left does not read its error
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         if proposal:

@@ -57,7 +57,7 @@ from gateway.errors import (
 from gateway.identity import IdentityError, identity_of
 from gateway.logs import LOG, event
 from gateway.metrics import Metrics
-from gateway.pipeline import Gateway
+from gateway.pipeline import Gateway, retrieved
 from gateway.roles import AccessDeniedError
 from ledger.errors import LedgerError
 from ledger.errors import NotFoundError as LedgerNotFoundError
@@ -237,12 +237,6 @@ class _Behind(Exception):
     answer is never sent: the stream ends at that failure)."""
 
 
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Read the error of a task nobody awaits (else asyncio logs it as never retrieved)."""
-    if not task.cancelled():
-        task.exception()
-
-
 def caller(context: grpc.aio.ServicerContext) -> str:
     """The identity proved by the client certificate of this call."""
     certs = context.auth_context().get("x509_pem_cert") or []
@@ -390,7 +384,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):  # type: igno
             while not answers.empty():
                 if (task := answers.get_nowait()) is not None:
                     task.cancel()  # one not yet proposing never starts; one that is ends
-                    task.add_done_callback(_retrieved)
+                    task.add_done_callback(retrieved)
 
     async def _propose_after(
         self, before: asyncio.Task[Any] | None, req: Any, context: Any, requester: str

@@ -119,12 +119,17 @@ _TURN_FIRST_PAUSE_S = 0.0001  # between tries for the replicas' append turn, dou
 _TURN_LAST_PAUSE_S = 0.001  # ... up to this
 
 
+def _open_lock_file(path: Path) -> int:
+    """A lock file's descriptor, the file created 0600 if it is not there."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
 def try_lock(path: Path, mode: int) -> int | None:
     """``path`` opened (created 0600) and ``flock``-ed in ``mode`` (``LOCK_EX`` or
     ``LOCK_SH``) without waiting: the descriptor, which holds the lock until it is closed
     or the process dies, or None when another process holds it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_lock_file(path)
     except OSError as e:
         raise StoreError(f"cannot open {path}: {e.strerror or e}") from e
     try:
@@ -376,10 +381,8 @@ class SQLiteStore(LedgerStore):
         for at most the busy timeout (then SQLite's own "database is locked")."""
         fd = self._writer_fd
         if fd is None:
-            fd = self._writer_fd = os.open(
-                self._path.with_name(self._path.name + ".writer"),
-                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
-            )  # fmt: skip
+            writer = self._path.with_name(self._path.name + ".writer")
+            fd = self._writer_fd = _open_lock_file(writer)
         give_up = time.monotonic() + self._busy_timeout_ms / 1000
         pause = _TURN_FIRST_PAUSE_S
         while True:
@@ -583,14 +586,16 @@ class SQLiteStore(LedgerStore):
                 raise StoreError(f"cannot read claims: {e}") from e
         return None if row is None else int(row[0])
 
-    async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
-        return [open_record(r).record for r in await self._query(q, after)]
-
-    async def _query(self, q: RecordQuery, after: int | None) -> list[bytes]:
-        """Through the query index's connection and thread: no wait for the writer."""
-        lookup = self._lookup
-        if lookup is None:
+    def _open_lookup(self) -> Lookup:
+        """The query index (its own connection and thread: readers never wait for the
+        writer), or :class:`StoreError` when the store is closed."""
+        if self._lookup is None:
             raise StoreError("store is not open")
+        return self._lookup
+
+    async def query(self, q: RecordQuery, *, after: int | None = None) -> list[Record]:
+        """Through the query index's connection and thread: no wait for the writer."""
+        lookup = self._open_lookup()
         try:
             try:
                 rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
@@ -603,14 +608,12 @@ class SQLiteStore(LedgerStore):
                 rows = await asyncio.wrap_future(lookup.submit(lookup.query, q, after))
         except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: closed meanwhile
             raise StoreError(f"ledger query failed: {e}") from e
-        return list(rows)
+        return [open_record(r).record for r in rows]
 
     async def entries_after(self, after: int, limit: int) -> list[Entry]:
         """Through the query index's connection and thread, as queries: no wait for the
         writer."""
-        lookup = self._lookup
-        if lookup is None:
-            raise StoreError("store is not open")
+        lookup = self._open_lookup()
         try:
             rows = await asyncio.wrap_future(lookup.submit(lookup.entries, after, limit))
         except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: closed meanwhile
